@@ -1,0 +1,241 @@
+//! `Policy`: who may run what on which Connections, and what is masked.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::common::Approvers;
+
+/// Desired state of a Policy: the Connections and callers it covers, its rules and its masking.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "gatehouse.dev",
+    doc = "Rules for the Connections it selects. Default deny: a statement runs only when a rule of some Policy that selects the Connection and names the caller allows it. Every matching rule of every such Policy counts, and the most restrictive action wins (deny over requireApproval over allow).",
+    version = "v1alpha1",
+    kind = "Policy",
+    plural = "policies",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "gpol",
+    category = "gatehouse",
+    printcolumn(name = "Connections", type_ = "string", json_path = ".status.matchedConnections", description = "Connections this Policy applies to"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the Policy is valid and applied"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.rules.all(r, self.rules.exists_one(s, s.name == r.name))").message("rule names must be unique within a Policy"))]
+pub struct PolicySpec {
+    /// Selects Connections in this namespace by label. An empty selector (`{}`)
+    /// selects every Connection in the namespace.
+    pub connection_selector: LabelSelector,
+    /// Callers this Policy applies to. A caller matches when its username or
+    /// one of its groups matches a subject.
+    #[schemars(length(min = 1, max = 64))]
+    pub subjects: Vec<Subject>,
+    /// Rules, each matching statements and choosing an action.
+    #[schemars(length(min = 1, max = 64))]
+    pub rules: Vec<PolicyRule>,
+    /// Masking of result columns and of secret-looking values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<Masking>,
+}
+
+/// A caller a Policy applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'ServiceAccount' ? has(self.__namespace__) : !has(self.__namespace__)").message("subjects[].namespace is required for kind ServiceAccount and not allowed for User or Group"))]
+pub struct Subject {
+    /// `ServiceAccount`, `User` or `Group`.
+    pub kind: SubjectKind,
+    /// Name of the ServiceAccount, user or group.
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 253").message("subjects[].name must be 1 to 253 characters"))]
+    pub name: String,
+    /// Namespace of the ServiceAccount; only for kind `ServiceAccount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Kind of a Policy subject.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum SubjectKind {
+    /// A Kubernetes ServiceAccount, authenticated with a projected token.
+    ServiceAccount,
+    /// A user as the authenticator names it (OIDC subject, certificate CN, ...).
+    User,
+    /// A group the authenticated caller belongs to.
+    Group,
+}
+
+/// One rule: which statements it matches and what happens to them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.action == 'requireApproval' ? has(self.approvers) : !has(self.approvers)").message("rules[].approvers is required for action requireApproval and not allowed otherwise"))]
+pub struct PolicyRule {
+    /// Name of the rule, unique within the Policy; it appears in refusals,
+    /// ApprovalRequests and recordings.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("rules[].name must be a DNS label: lower-case letters, digits and '-', at most 63 characters"))]
+    pub name: String,
+    /// Which statements the rule matches. Every field that is set must match;
+    /// an empty match matches every statement.
+    #[serde(default, rename = "match")]
+    pub matches: StatementMatch,
+    /// `allow`, `deny` or `requireApproval`.
+    pub action: Action,
+    /// Who may approve; only with `requireApproval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
+}
+
+/// Matches a statement by what the PostgreSQL parser finds in it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatementMatch {
+    /// Kinds of statement; any one matches. Empty matches every kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub operations: Vec<Operation>,
+    /// Tables as `schema.table`; `*` matches any run of characters
+    /// (`public.*`). A statement matches when it touches any of them. Empty
+    /// matches statements on any table, and statements on none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new("self.all(t, t.matches('^[^.]+[.][^.]+$'))").message("rules[].match.tables entries must be schema-qualified, as schema.table"))]
+    pub tables: Vec<String>,
+}
+
+/// A class of statement, as the proxy's classifier names it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Operation {
+    /// SELECT, VALUES, TABLE and SHOW without writes.
+    Select,
+    /// INSERT.
+    Insert,
+    /// UPDATE, and SELECT ... FOR UPDATE / FOR SHARE.
+    Update,
+    /// DELETE.
+    Delete,
+    /// MERGE.
+    Merge,
+    /// CREATE, ALTER, DROP, COMMENT and other schema changes.
+    Ddl,
+    /// TRUNCATE.
+    Truncate,
+    /// COPY ... TO STDOUT.
+    CopyTo,
+    /// COPY ... FROM STDIN.
+    CopyFrom,
+    /// COPY to or from a server file or program.
+    CopyProgram,
+    /// GRANT, REVOKE and default privileges.
+    Privilege,
+    /// CREATE/ALTER/DROP ROLE, SET ROLE and SET SESSION AUTHORIZATION.
+    Role,
+    /// SET, RESET and other session settings.
+    Session,
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT.
+    Transaction,
+    /// VACUUM, ANALYZE, REINDEX, CLUSTER, CHECKPOINT, REFRESH MATERIALIZED VIEW.
+    Maintenance,
+    /// DO blocks (anonymous code).
+    Do,
+    /// CALL of a procedure.
+    Call,
+    /// PREPARE, EXECUTE and DEALLOCATE.
+    Prepare,
+    /// EXPLAIN without ANALYZE (EXPLAIN ANALYZE takes its inner statement's class).
+    Explain,
+    /// Calls of built-in functions with side effects (file access, dblink, ...).
+    SideEffectFunction,
+    /// The protocol-level FunctionCall message.
+    FunctionCall,
+}
+
+/// What happens to a matching statement.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    /// The statement runs.
+    Allow,
+    /// The statement is refused with SQLSTATE 42501.
+    Deny,
+    /// The statement is held until approvers approve it.
+    RequireApproval,
+}
+
+/// Masking settings of a Policy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Masking {
+    /// Result columns to mask, by column name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub columns: Vec<ColumnMask>,
+    /// Built-in secret detectors run on every text value: `all`, or names such
+    /// as `aws`, `github`, `jwt`, `privateKey`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub detectors: Vec<String>,
+    /// `strict` refuses a row that cannot be scanned, `bestEffort` passes it on.
+    /// Defaults to `strict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<FailureMode>,
+}
+
+/// A column masking rule.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.strategy == 'partial' ? has(self.keepLast) : !has(self.keepLast)").message("masking.columns[].keepLast is required for strategy partial and not allowed otherwise"))]
+pub struct ColumnMask {
+    /// Regular expression matched against the column name, for example
+    /// `(?i)password|token|secret`.
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 1024").message("masking.columns[].name must be 1 to 1024 characters"))]
+    pub name: String,
+    /// `redact`, `partial` (keep the last characters), `hash` (keyed HMAC, so
+    /// equal values still join) or `null`.
+    pub strategy: MaskStrategy,
+    /// With `partial`: how many trailing characters stay visible.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("masking.columns[].keepLast must be between 1 and 16"))]
+    pub keep_last: Option<i32>,
+}
+
+/// How a masked value is rewritten.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum MaskStrategy {
+    /// Replace the value with a fixed marker.
+    Redact,
+    /// Keep only the last `keepLast` characters.
+    Partial,
+    /// Replace the value with a keyed HMAC of it.
+    Hash,
+    /// Replace the value with NULL.
+    Null,
+}
+
+/// What the proxy does with a value it cannot scan.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureMode {
+    /// Refuse the row with a clear error.
+    Strict,
+    /// Pass the value on unscanned and count it.
+    BestEffort,
+}
+
+/// Observed state of a Policy, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Names of the Connections this Policy selects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_connections: Vec<String>,
+    /// Ready, and the reason when the Policy is invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
