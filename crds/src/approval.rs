@@ -17,12 +17,43 @@ use crate::common::Approvers;
     status = "ApprovalRequestStatus",
     shortname = "gapr",
     category = "gatehouse",
-    printcolumn(name = "Connection", type_ = "string", json_path = ".spec.connection", description = "Connection the statement runs on"),
-    printcolumn(name = "Requester", type_ = "string", json_path = ".spec.requester.username", description = "Who sent the statement"),
-    printcolumn(name = "Rule", type_ = "string", json_path = ".spec.rule", description = "Policy rule that asked for approval"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Pending, Approved, Denied, Expired or Consumed"),
-    printcolumn(name = "Statement", type_ = "string", json_path = ".spec.statement", description = "The held statement, secrets masked", priority = 1),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt", description = "When the request lapses"),
+    printcolumn(
+        name = "Connection",
+        type_ = "string",
+        json_path = ".spec.connection",
+        description = "Connection the statement runs on"
+    ),
+    printcolumn(
+        name = "Requester",
+        type_ = "string",
+        json_path = ".spec.requester.username",
+        description = "Who sent the statement"
+    ),
+    printcolumn(
+        name = "Rule",
+        type_ = "string",
+        json_path = ".spec.rule",
+        description = "Policy rule that asked for approval"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Approved, Denied, Expired or Consumed"
+    ),
+    printcolumn(
+        name = "Statement",
+        type_ = "string",
+        json_path = ".spec.statement",
+        description = "The held statement, secrets masked",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Expires",
+        type_ = "date",
+        json_path = ".spec.expiresAt",
+        description = "When the request lapses"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -58,9 +89,10 @@ pub struct ApprovalRequestSpec {
     pub approvers: Approvers,
     /// When the request lapses; after it, no review counts.
     pub expires_at: Time,
-    /// Decisions by approvers, one per user. Add yours with `kubectl patch`;
-    /// earlier reviews never change.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Decisions by approvers, one per user. Add yours with `kubectl patch
+    /// --type=json` appending to `/spec/reviews/-`; earlier reviews never
+    /// change. Defaults to an empty list, so the append always applies.
+    #[serde(default)]
     #[schemars(length(max = 32))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["user".into()]))]
     pub reviews: Vec<Review>,

@@ -18,6 +18,7 @@ pub struct SecretReference {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("size(self.users) + size(self.groups) > 0").message("approvers must name at least one user or group"))]
 #[x_kube(validation = Rule::new("self.required >= 1").message("approvers.required must be at least 1"))]
+#[x_kube(validation = Rule::new("size(self.groups) > 0 || size(self.users) == 0 || self.required <= size(self.users)").message("approvers.required cannot exceed the number of users when no group is named"))]
 pub struct Approvers {
     /// Kubernetes usernames that may approve, exactly as the API server
     /// authenticates them (for example `alice` or `oidc:alice@example.com`).

@@ -17,11 +17,36 @@ use crate::common::SecretReference;
     status = "ConnectionStatus",
     shortname = "gconn",
     category = "gatehouse",
-    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type", description = "Protocol of the target"),
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target.host", description = "Host of the target"),
-    printcolumn(name = "Database", type_ = "string", json_path = ".spec.target.database", description = "Database on the target"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint", description = "Where agents connect"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the proxy serves"),
+    printcolumn(
+        name = "Type",
+        type_ = "string",
+        json_path = ".spec.type",
+        description = "Protocol of the target"
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target.host",
+        description = "Host of the target"
+    ),
+    printcolumn(
+        name = "Database",
+        type_ = "string",
+        json_path = ".spec.target.database",
+        description = "Database on the target"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".status.endpoint",
+        description = "Where agents connect"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the proxy serves"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -5,6 +5,8 @@
 //! enforces. `crdgen` writes the CRD YAML committed under `config/crd/bases`
 //! and `charts/gatehouse/crds`.
 #![forbid(unsafe_code)]
+// `#[kube(printcolumn(type_ = ..), printcolumn(type_ = ..))]` repeats keys by design.
+#![allow(clippy::duplicated_attributes)]
 
 pub mod approval;
 pub mod common;

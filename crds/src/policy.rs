@@ -18,8 +18,18 @@ use crate::common::Approvers;
     status = "PolicyStatus",
     shortname = "gpol",
     category = "gatehouse",
-    printcolumn(name = "Connections", type_ = "string", json_path = ".status.matchedConnections", description = "Connections this Policy applies to"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the Policy is valid and applied"),
+    printcolumn(
+        name = "Connections",
+        type_ = "string",
+        json_path = ".status.matchedConnections",
+        description = "Connections this Policy applies to"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the Policy is valid and applied"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -52,6 +62,7 @@ pub struct Subject {
     pub name: String,
     /// Namespace of the ServiceAccount; only for kind `ServiceAccount`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 63").message("subjects[].namespace must be 1 to 63 characters"))]
     pub namespace: Option<String>,
 }
 
@@ -73,6 +84,10 @@ pub enum SubjectKind {
 pub struct PolicyRule {
     /// Name of the rule, unique within the Policy; it appears in refusals,
     /// ApprovalRequests and recordings.
+    // The maxLength bounds the API server's cost estimate of the rules that
+    // read names (this one and the uniqueness rule on the spec); without it
+    // the API server refuses the CRD as too expensive.
+    #[schemars(length(max = 63))]
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$')").message("rules[].name must be a DNS label: lower-case letters, digits and '-', at most 63 characters"))]
     pub name: String,
     /// Which statements the rule matches. Every field that is set must match;
@@ -98,7 +113,9 @@ pub struct StatementMatch {
     /// (`public.*`). A statement matches when it touches any of them. Empty
     /// matches statements on any table, and statements on none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 128))]
+    // The items' maxLength bounds the API server's cost estimate of the rule
+    // below; without it the API server refuses the CRD as too expensive.
+    #[schemars(length(max = 128), inner(length(max = 255)))]
     #[x_kube(validation = Rule::new("self.all(t, t.matches('^[^.]+[.][^.]+$'))").message("rules[].match.tables entries must be schema-qualified, as schema.table"))]
     pub tables: Vec<String>,
 }

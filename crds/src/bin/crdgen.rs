@@ -32,7 +32,10 @@ fn main() -> ExitCode {
     }
     if !stale.is_empty() {
         for path in stale {
-            eprintln!("crdgen: {} differs from the types; run `make crds`", path.display());
+            eprintln!(
+                "crdgen: {} differs from the types; run `make crds`",
+                path.display()
+            );
         }
         return ExitCode::FAILURE;
     }

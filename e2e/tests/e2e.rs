@@ -1,0 +1,113 @@
+//! Gatehouse's end-to-end suite: one binary, one shared environment (a real
+//! control plane, PostgreSQL and S3), every test against real components.
+//!
+//! `cargo test -p gatehouse-e2e --test e2e [FILTER]`. The run folder (logs,
+//! kubeconfigs) is kept when a test fails; its path is printed.
+
+use std::{future::Future, path::PathBuf, pin::Pin, process::ExitCode, sync::Arc};
+
+use gatehouse_e2e::TestEnv;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+mod harness;
+
+type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+macro_rules! tests {
+    ($($module:ident :: $name:ident),* $(,)?) => {
+        vec![$((concat!(stringify!($module), "::", stringify!($name)), (|env| Box::pin($module::$name(env))) as TestFn)),*]
+    };
+}
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let tests = tests![
+        harness::crds_install_server_side_and_reapply_changes_nothing,
+        harness::samples_are_accepted_and_listed_with_printer_columns,
+        harness::invalid_manifests_are_rejected_with_their_cel_message,
+        harness::approval_request_spec_and_reviews_are_immutable,
+        harness::explain_prints_field_docs,
+        harness::service_account_token_passes_token_review_and_altered_fails,
+        harness::user_without_rights_is_refused_by_rbac,
+        harness::postgres_answers_with_scram_and_seed_data,
+        harness::s3_stores_and_returns_objects,
+        harness::approver_role_lets_the_dba_group_review_and_nothing_more,
+        harness::a_port_in_use_names_step_command_and_log,
+    ];
+    let tracing = tracing_subscriber::fmt().with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+    );
+    let _ = tracing.with_test_writer().try_init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("e2e: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Listing tests must not start anything.
+    if args.list {
+        let trials = tests
+            .into_iter()
+            .map(|(name, _)| Trial::test(name, || Ok(())))
+            .collect();
+        return libtest_mimic::run(&args, trials).exit_code();
+    }
+
+    let env = match runtime.block_on(setup()) {
+        Ok(env) => Arc::new(env),
+        Err(e) => {
+            eprintln!("e2e: the environment did not come up:\n{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("e2e: environment up in {}", env.path().display());
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let env = env.clone();
+            let handle = runtime.handle().clone();
+            Trial::test(name, move || {
+                handle
+                    .block_on(test(env))
+                    .map_err(|e| Failed::from(format!("{e:#}")))
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+
+    let Ok(mut env) = Arc::try_unwrap(env) else {
+        eprintln!("e2e: a test still holds the environment");
+        return ExitCode::FAILURE;
+    };
+    if conclusion.has_failed() {
+        env.keep_folder();
+        eprintln!("e2e: logs and kubeconfigs kept in {}", env.path().display());
+    }
+    let pids = env.pids();
+    drop(env);
+    drop(runtime);
+    let survivors: Vec<u32> = pids
+        .into_iter()
+        .filter(|pid| gatehouse_e2e::process::is_alive(*pid))
+        .collect();
+    if !survivors.is_empty() {
+        eprintln!("e2e: processes outlived the environment: {survivors:?}");
+        return ExitCode::FAILURE;
+    }
+    conclusion.exit_code()
+}
+
+/// Starts the environment and installs the CRDs the way a user does.
+async fn setup() -> anyhow::Result<TestEnv> {
+    let env = TestEnv::start().await?;
+    env.kube.install_crds().await?;
+    Ok(env)
+}
+
+/// The repository root.
+fn repo() -> PathBuf {
+    gatehouse_e2e::repo_root()
+}
