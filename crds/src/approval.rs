@@ -50,7 +50,7 @@ use crate::common::Approvers;
     ),
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        type_ = "string",
         json_path = ".spec.expiresAt",
         description = "When the request lapses"
     ),

@@ -87,7 +87,11 @@ async fn demo() -> anyhow::Result<()> {
     )?;
 
     say("Try it (in another terminal)");
-    println!("    export KUBECONFIG={}", kubeconfig.display());
+    println!(
+        "    export PATH={}:$PATH KUBECONFIG={}",
+        gatehouse_e2e::tools::Tools::get()?.bin.display(),
+        kubeconfig.display()
+    );
     println!("    kubectl get gatehouse -n {NAMESPACE}");
     println!("    kubectl explain connection.spec.target");
     println!("    kubectl describe policy writes-need-approval -n {NAMESPACE}");
