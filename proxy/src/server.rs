@@ -1,0 +1,223 @@
+//! The listener, the state sessions share, configuration reload and drain.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
+
+use crate::{
+    config::ProxyConfig,
+    identity::{AuthError, Identity, StaticTokens},
+    pg::{CancelRequest, messages::BackendKeyData},
+    policy::{Classification, ClassificationCache, ClassifyError, CompiledPolicy},
+};
+
+/// Memory the classification cache may use.
+const CACHE_BYTES: u64 = 32 << 20;
+
+/// A configuration in force, with what is derived from it.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The configuration.
+    pub config: ProxyConfig,
+    tokens: StaticTokens,
+    /// The compiled Policies.
+    pub policies: Vec<CompiledPolicy>,
+}
+
+impl Runtime {
+    /// Derives the runtime state of a checked configuration.
+    pub fn new(config: ProxyConfig) -> Result<Runtime, crate::config::ConfigError> {
+        let tokens = StaticTokens::new(&config.auth.static_tokens);
+        let policies = config
+            .policies
+            .iter()
+            .map(|p| CompiledPolicy::compile(&p.name, &p.spec))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        Ok(Runtime {
+            config,
+            tokens,
+            policies,
+        })
+    }
+
+    /// The identity a token stands for.
+    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.tokens.validate(token)
+    }
+}
+
+/// A cancel key the proxy handed a client: process id and secret.
+type CancelKey = (i32, Vec<u8>);
+/// Where a cancel for that key goes: the server's address and its own key.
+type UpstreamCancel = (String, BackendKeyData);
+
+/// What every session of a proxy shares.
+#[derive(Debug)]
+pub struct Shared {
+    runtime: RwLock<Arc<Runtime>>,
+    /// Classifications by constant-free key, shared by every session.
+    cache: ClassificationCache,
+    /// The proxy's cancel keys handed to clients → the server's key and address.
+    cancels: Mutex<HashMap<CancelKey, UpstreamCancel>>,
+}
+
+impl Shared {
+    /// State for a first configuration.
+    pub fn new(runtime: Runtime) -> Arc<Shared> {
+        Arc::new(Shared {
+            runtime: RwLock::new(Arc::new(runtime)),
+            cache: ClassificationCache::new(CACHE_BYTES),
+            cancels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Classifies `sql` through the shared cache.
+    pub fn classify(&self, sql: &str) -> Result<Arc<Classification>, ClassifyError> {
+        self.cache.classify(sql)
+    }
+
+    /// The configuration in force now. Sessions take it per statement, so a
+    /// reloaded Policy applies to sessions already open.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .map(|r| r.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Puts a new configuration in force.
+    pub fn replace(&self, runtime: Runtime) {
+        let runtime = Arc::new(runtime);
+        match self.runtime.write() {
+            Ok(mut slot) => *slot = runtime,
+            Err(poisoned) => *poisoned.into_inner() = runtime,
+        }
+    }
+
+    /// Hands out a cancel key for a session whose server key is `upstream`.
+    pub fn register_cancel(&self, upstream: Option<BackendKeyData>, address: String) -> BackendKeyData {
+        let process_id = i32::from_be_bytes(random_bytes::<4>()) & i32::MAX;
+        let secret = random_bytes::<4>().to_vec();
+        if let Some(upstream) = upstream
+            && let Ok(mut map) = self.cancels.lock()
+        {
+            map.insert((process_id, secret.clone()), (address, upstream));
+        }
+        BackendKeyData {
+            process_id,
+            secret_key: secret.into(),
+        }
+    }
+
+    /// Forgets a cancel key when its session ends.
+    pub fn forget_cancel(&self, key: &BackendKeyData) {
+        if let Ok(mut map) = self.cancels.lock() {
+            map.remove(&(key.process_id, key.secret_key.to_vec()));
+        }
+    }
+
+    /// Forwards a client's CancelRequest to the server its key maps to;
+    /// unknown keys are ignored, as PostgreSQL ignores them.
+    pub async fn cancel(&self, request: &CancelRequest) {
+        let target = self.cancels.lock().ok().and_then(|map| {
+            map.get(&(request.process_id, request.secret_key.to_vec()))
+                .cloned()
+        });
+        if let Some((address, key)) = target
+            && let Err(e) = crate::session::send_cancel(&address, &key).await
+        {
+            tracing::warn!(error = %e, "could not forward a cancel request");
+        }
+    }
+}
+
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    rand::fill(&mut out[..]);
+    out
+}
+
+/// A random identifier for a session (hex).
+pub fn nonce() -> String {
+    hex::encode(random_bytes::<8>())
+}
+
+/// Serves clients on `listener` until `shutdown` resolves, then drains:
+/// stops accepting and gives open sessions `grace` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()>,
+    grace: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(shared.runtime().config.limits.max_connections));
+    let mut sessions = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                let shared = shared.clone();
+                match slots.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        sessions.spawn(async move {
+                            if let Err(e) = crate::session::serve(stream, shared).await {
+                                tracing::info!(%peer, error = %e, "session ended with an error");
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        sessions.spawn(crate::session::refuse(stream, "53300", "too many connections to this Gatehouse proxy; try again later"));
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(open = sessions.len(), "draining");
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = sessions.len(),
+            "sessions still open after the drain period; closing them"
+        );
+        sessions.abort_all();
+    }
+}
+
+/// Watches the configuration file and puts each valid new version in force;
+/// an invalid one leaves the last good configuration and says why.
+pub async fn watch_config(path: PathBuf, shared: Arc<Shared>, every: Duration) {
+    let mut last = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(every).await;
+        let current = std::fs::read(&path).ok();
+        if current == last {
+            continue;
+        }
+        last = current;
+        match ProxyConfig::from_file(&path).and_then(Runtime::new) {
+            Ok(runtime) => {
+                shared.replace(runtime);
+                tracing::info!(path = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "new configuration refused; keeping the last good one");
+            }
+        }
+    }
+}
