@@ -210,7 +210,15 @@ pub async fn watch_config(path: PathBuf, shared: Arc<Shared>, every: Duration) {
             continue;
         }
         last = current;
-        match ProxyConfig::from_file(&path).and_then(Runtime::new) {
+        // Parse the bytes just compared rather than reading the file again.
+        let parsed = match &last {
+            Some(bytes) => std::str::from_utf8(bytes)
+                .map_err(|e| crate::config::ConfigError::Invalid(format!("the file is not UTF-8: {e}")))
+                .and_then(ProxyConfig::from_yaml),
+            // Unreadable: from_file reports why.
+            None => ProxyConfig::from_file(&path),
+        };
+        match parsed.and_then(Runtime::new) {
             Ok(runtime) => {
                 shared.replace(runtime);
                 tracing::info!(path = %path.display(), "configuration reloaded");
