@@ -25,7 +25,19 @@ pub use env::TestEnv;
 pub use error::{Error, Result};
 pub use kube::{ControlPlane, User};
 
-/// The repository root (the e2e crate's parent folder).
+/// The repository root: the nearest folder at or above the working
+/// directory that holds `e2e/tools/build.sh` (cargo runs tests in `e2e/`,
+/// make runs the demo at the root), else the folder this crate was built
+/// from. Found at run time because cargo may reuse a build of the same
+/// sources made in another checkout, where a path baked in at compile time
+/// would point.
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            cwd.ancestors()
+                .find(|dir| dir.join("e2e/tools/build.sh").is_file())
+                .map(std::path::Path::to_path_buf)
+        })
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }

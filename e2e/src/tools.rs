@@ -75,7 +75,7 @@ impl Tools {
 }
 
 fn build_go_tools() -> Result<PathBuf> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/build.sh");
+    let script = crate::repo_root().join("e2e/tools/build.sh");
     let output = Command::new("bash")
         .arg(&script)
         .output()

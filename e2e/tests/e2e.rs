@@ -11,6 +11,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 mod harness;
 mod proxy;
+mod session;
 
 type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
@@ -40,6 +41,8 @@ fn main() -> ExitCode {
         proxy::extended_protocol_decides_on_parse,
         proxy::missing_and_altered_tokens_are_refused,
         proxy::a_policy_change_applies_to_open_sessions,
+        session::newer_protocol_versions_are_negotiated_down_to_3_0,
+        session::sessions_that_the_policy_could_misread_are_refused,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

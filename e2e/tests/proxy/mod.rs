@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::{NoTls, error::SqlState};
 
 /// The token of the test agent (group `agents`).
-const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
+pub const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
 
 /// A proxy for the suite's PostgreSQL, started once.
 pub struct Proxy {
@@ -30,7 +30,7 @@ pub struct Proxy {
 
 static PROXY: OnceCell<Proxy> = OnceCell::const_new();
 
-fn config_yaml(env: &TestEnv, port: u16, creds: &std::path::Path) -> String {
+pub fn config_yaml(env: &TestEnv, port: u16, creds: &std::path::Path) -> String {
     let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
     format!(
         r#"connection: {{namespace: e2e, name: orders-db}}
@@ -71,35 +71,46 @@ policies:
 /// Starts the proxy in-process on first use.
 pub async fn proxy(env: &TestEnv) -> anyhow::Result<&'static Proxy> {
     PROXY
-        .get_or_try_init(|| async {
-            let dir = env.path().join("proxy");
-            let creds = dir.join("credentials");
-            std::fs::create_dir_all(&creds)?;
-            write_private(&creds.join("username"), APP_USER)?;
-            write_private(&creds.join("password"), &env.postgres.app_password)?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
-            let config_file = dir.join("config.yaml");
-            std::fs::write(&config_file, config_yaml(env, port, &creds))?;
-            let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
-            let shared = Shared::new(runtime);
-            tokio::spawn(server::watch_config(
-                config_file.clone(),
-                shared.clone(),
-                Duration::from_millis(200),
-            ));
-            tokio::spawn(server::serve(
-                listener,
-                shared,
-                std::future::pending(),
-                Duration::from_secs(1),
-            ));
-            anyhow::Ok(Proxy { port, config_file })
-        })
+        .get_or_try_init(|| start_proxy(env, "proxy", |port, creds| config_yaml(env, port, creds)))
         .await
 }
 
-async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+/// Starts an in-process proxy with its own folder `name` in the run folder,
+/// the app user's credential in files, and the configuration `config`
+/// writes for a listen port and the credential folder. The proxy watches
+/// its configuration file.
+pub async fn start_proxy(
+    env: &TestEnv,
+    name: &str,
+    config: impl FnOnce(u16, &std::path::Path) -> String,
+) -> anyhow::Result<Proxy> {
+    let dir = env.path().join(name);
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds)?;
+    write_private(&creds.join("username"), APP_USER)?;
+    write_private(&creds.join("password"), &env.postgres.app_password)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let config_file = dir.join("config.yaml");
+    std::fs::write(&config_file, config(port, &creds))?;
+    let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
+    let shared = Shared::new(runtime);
+    tokio::spawn(server::watch_config(
+        config_file.clone(),
+        shared.clone(),
+        Duration::from_millis(200),
+    ));
+    tokio::spawn(server::serve(
+        listener,
+        shared,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    Ok(Proxy { port, config_file })
+}
+
+/// A tokio-postgres client of the agent through the proxy on `port`.
+pub async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)

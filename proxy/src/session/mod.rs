@@ -2,6 +2,7 @@
 //! the injected credential, then the relay.
 
 mod guard;
+pub mod params;
 pub mod relay;
 pub mod upstream;
 
@@ -88,7 +89,16 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str)
 /// cancel request or ended before a session began.
 async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option<Started>, SessionError> {
     let startup = loop {
-        match read_startup_packet(&mut stream).await? {
+        let packet = match read_startup_packet(&mut stream).await {
+            Ok(packet) => packet,
+            Err(e) => {
+                // Tell the client why (an unknown protocol version, a bad
+                // packet) before closing; the stream cannot be read further.
+                let _ = fatal(&mut stream, e.sqlstate(), &format!("Gatehouse: {e}")).await;
+                return Err(e.into());
+            }
+        };
+        match packet {
             None => return Ok(None),
             // TLS for clients is configured in listen.tls; without it the
             // client may go on in plaintext only where the config allows.
@@ -102,6 +112,10 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
             Some(StartupPacket::Startup(message)) => break message,
         }
     };
+    if let Err(why) = params::check_startup(&startup) {
+        fatal(&mut stream, "22023", &format!("Gatehouse: {why}")).await?;
+        return Ok(None);
+    }
     let runtime = shared.runtime();
     if !runtime.config.listen.allow_plaintext {
         fatal(
@@ -115,6 +129,9 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
 
     let max = u32::try_from(runtime.config.limits.max_message_bytes).unwrap_or(u32::MAX);
     let mut client = Framed::new(stream, FrameCodec::new(FrameLimits::frontend(max)));
+    if let Some(negotiation) = params::negotiation(&startup) {
+        client.feed(negotiation.to_frame()?).await?;
+    }
     client.send(Authentication::CleartextPassword.to_frame()?).await?;
     let token = match client.next().await {
         None => return Ok(None),
@@ -162,6 +179,11 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
             return Ok(None);
         }
     };
+    if let Some(why) = session.greeting.iter().find_map(relay::unsafe_parameter) {
+        tracing::warn!(reason = %why, "refusing a session the policy could not read safely");
+        fatal(client.get_mut(), "0A000", &format!("Gatehouse: {why}")).await?;
+        return Ok(None);
+    }
     tracing::info!(user = %identity.username, "session started");
 
     client.feed(Authentication::Ok.to_frame()?).await?;

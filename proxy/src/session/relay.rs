@@ -20,7 +20,7 @@ use tokio_util::codec::Framed;
 
 use crate::pg::{
     Frame, FrameCodec, ProtocolError,
-    messages::{ErrorResponse, Message, Parse, Query, Severity},
+    messages::{ErrorResponse, Message, ParameterStatus, Parse, Query, Severity, Terminate},
     tag,
 };
 pub use crate::policy::Refusal;
@@ -46,6 +46,21 @@ pub enum Ended {
     ClientClosed,
     /// The server hung up.
     ServerClosed,
+    /// The server reported a parameter value under which statements could
+    /// be read differently by the policy and the server (see [`super::params`]);
+    /// the client was told why.
+    UnsafeParameter,
+}
+
+/// Why a ParameterStatus frame ends the session, if it does.
+pub fn unsafe_parameter(frame: &Frame) -> Option<String> {
+    if frame.tag() != tag::backend::PARAMETER_STATUS {
+        return None;
+    }
+    match ParameterStatus::decode(frame) {
+        Ok(status) => super::params::check(&status.name, &status.value).err(),
+        Err(e) => Some(format!("the database sent a malformed ParameterStatus: {e}")),
+    }
 }
 
 /// Refusals waiting for the server's error on their marker, by nonce.
@@ -95,7 +110,15 @@ where
             }
             frame = server.next() => {
                 let Some(frame) = frame else { return Ok(Ended::ServerClosed) };
-                let frame = on_server(frame?, &mut pending)?;
+                let frame = frame?;
+                if let Some(why) = unsafe_parameter(&frame) {
+                    tracing::warn!(reason = %why, "closing a session the policy can no longer read safely");
+                    let fatal = ErrorResponse::new(Severity::Fatal, "0A000", format!("Gatehouse: {why}"));
+                    client.send(fatal.to_frame()?).await?;
+                    server.send(Terminate.to_frame()?).await?;
+                    return Ok(Ended::UnsafeParameter);
+                }
+                let frame = on_server(frame, &mut pending)?;
                 client.feed(frame).await?;
                 if server.read_buffer().is_empty() {
                     SinkExt::<Frame>::flush(client).await?;
