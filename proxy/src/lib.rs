@@ -2,12 +2,14 @@
 //! target. It authenticates the caller, injects the credential only it holds,
 //! checks every statement against policy, masks results and records sessions.
 //!
-//! The data plane arrives with the PostgreSQL gateway issue; this crate holds
-//! its place in the workspace.
+//! PostgreSQL is the first protocol: `pg` is the wire codec, `policy` the
+//! classifier and rules, `session` the relay, `server` the listener and
+//! shared state, `mask` the secret detectors.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod identity;
+pub mod mask;
 pub mod pg;
 pub mod policy;
 pub mod server;

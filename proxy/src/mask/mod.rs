@@ -1,0 +1,212 @@
+//! Masking of secret values: the detectors and the scanner that runs them.
+//!
+//! A clean value costs one pass of an Aho-Corasick automaton over the
+//! detectors' keywords (SIMD-accelerated for short keyword sets); a
+//! detector's regular expression only runs on a value that contains one of
+//! its keywords. Matching works on bytes, so a value that is not valid UTF-8
+//! is scanned like any other.
+
+pub mod detectors;
+
+use std::ops::Range;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::bytes::{Regex, RegexBuilder};
+
+pub use detectors::{DETECTORS, Detector};
+
+/// A Policy names a detector group that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown masking detector {name:?}; known: all, {known}")]
+pub struct UnknownDetector {
+    /// The name as written.
+    pub name: String,
+    /// The names that exist.
+    pub known: String,
+}
+
+/// A secret found in a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Where, in bytes.
+    pub range: Range<usize>,
+    /// Which detector found it.
+    pub detector: &'static str,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    detector: &'static Detector,
+    regex: Regex,
+    /// Whether only capture group 1 is the secret.
+    grouped: bool,
+}
+
+/// The enabled detectors, ready to scan.
+#[derive(Debug)]
+pub struct Scanner {
+    detectors: Vec<Compiled>,
+    prefilter: Option<AhoCorasick>,
+    /// Keyword pattern index → detector index.
+    owner: Vec<usize>,
+    /// Detectors without keywords, as a bit set over `detectors`.
+    always: u64,
+}
+
+impl Scanner {
+    /// A scanner for the detector groups a Policy names (`all` is every
+    /// secret detector; personal-data detectors only run when named).
+    pub fn new(names: &[impl AsRef<str>]) -> Result<Scanner, UnknownDetector> {
+        let all = names.iter().any(|n| n.as_ref() == "all");
+        for name in names {
+            let name = name.as_ref();
+            if name != "all" && !DETECTORS.iter().any(|d| d.group == name) {
+                let mut known: Vec<&str> = DETECTORS.iter().map(|d| d.group).collect();
+                known.dedup();
+                return Err(UnknownDetector {
+                    name: name.to_owned(),
+                    known: known.join(", "),
+                });
+            }
+        }
+        let enabled = DETECTORS
+            .iter()
+            .filter(|d| (all && !d.opt_in) || names.iter().any(|n| n.as_ref() == d.group));
+        Ok(Self::with(enabled))
+    }
+
+    /// A scanner running exactly `detectors`.
+    pub fn with<'a>(detectors: impl IntoIterator<Item = &'a Detector>) -> Scanner
+    where
+        'a: 'static,
+    {
+        let detectors: Vec<Compiled> = detectors
+            .into_iter()
+            .map(|detector| {
+                // The built-in patterns are constants covered by tests, so a
+                // failure here is a bug in this file, caught by `cargo test`.
+                #[allow(clippy::expect_used)]
+                let regex = RegexBuilder::new(detector.pattern)
+                    .unicode(false)
+                    .build()
+                    .expect("built-in detector patterns compile");
+                let grouped = regex.captures_len() > 1;
+                Compiled {
+                    detector,
+                    regex,
+                    grouped,
+                }
+            })
+            .collect();
+        assert!(detectors.len() <= 64, "the candidate set is a u64");
+        let mut keywords = Vec::new();
+        let mut owner = Vec::new();
+        let mut always = 0u64;
+        for (i, compiled) in detectors.iter().enumerate() {
+            if compiled.detector.keywords.is_empty() {
+                always |= 1 << i;
+            }
+            for keyword in compiled.detector.keywords {
+                keywords.push(*keyword);
+                owner.push(i);
+            }
+        }
+        // Built from constant keywords; cannot fail for these sizes.
+        #[allow(clippy::expect_used)]
+        let prefilter = (!keywords.is_empty()).then(|| {
+            AhoCorasickBuilder::new()
+                .ascii_case_insensitive(true)
+                .match_kind(MatchKind::Standard)
+                .build(&keywords)
+                .expect("keyword automaton builds")
+        });
+        Scanner {
+            detectors,
+            prefilter,
+            owner,
+            always,
+        }
+    }
+
+    /// Whether any detector is enabled.
+    pub fn is_empty(&self) -> bool {
+        self.detectors.is_empty()
+    }
+
+    /// The secrets in `value`, sorted by position, overlaps merged.
+    pub fn find(&self, value: &[u8], out: &mut Vec<Found>) {
+        out.clear();
+        let mut candidates = self.always;
+        if let Some(prefilter) = &self.prefilter {
+            for hit in prefilter.find_overlapping_iter(value) {
+                candidates |= 1 << self.owner[hit.pattern().as_usize()];
+            }
+        }
+        while candidates != 0 {
+            let i = candidates.trailing_zeros() as usize;
+            candidates &= candidates - 1;
+            let compiled = &self.detectors[i];
+            let name = compiled.detector.name;
+            let check = compiled.detector.check;
+            if compiled.grouped {
+                for captures in compiled.regex.captures_iter(value) {
+                    if let Some(group) = captures.get(1)
+                        && detectors::passes(check, group.as_bytes())
+                    {
+                        out.push(Found {
+                            range: group.range(),
+                            detector: name,
+                        });
+                    }
+                }
+            } else {
+                for m in compiled.regex.find_iter(value) {
+                    if detectors::passes(check, m.as_bytes()) {
+                        out.push(Found {
+                            range: m.range(),
+                            detector: name,
+                        });
+                    }
+                }
+            }
+        }
+        out.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
+        out.dedup_by(|later, earlier| {
+            if later.range.start < earlier.range.end {
+                earlier.range.end = earlier.range.end.max(later.range.end);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// `value` with every secret replaced by `[masked:<detector>]`, or
+    /// `None` when it holds none (the caller then forwards it untouched).
+    pub fn mask(&self, value: &[u8]) -> Option<Vec<u8>> {
+        let mut found = Vec::new();
+        self.find(value, &mut found);
+        (!found.is_empty()).then(|| replace(value, &found))
+    }
+}
+
+/// The text that replaces a secret: ASCII without quotes, backslashes or
+/// separators, so it stays valid inside JSON strings, COPY text and CSV.
+pub fn replacement(detector: &str) -> String {
+    format!("[masked:{detector}]")
+}
+
+fn replace(value: &[u8], found: &[Found]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    let mut at = 0;
+    for f in found {
+        out.extend_from_slice(&value[at..f.range.start]);
+        out.extend_from_slice(replacement(f.detector).as_bytes());
+        at = f.range.end;
+    }
+    out.extend_from_slice(&value[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+use super::*;
+
+fn alone(detector: &'static Detector) -> Scanner {
+    Scanner::with([detector])
+}
+
+/// The part of a positive example that is the secret: what the detector
+/// alone finds in it.
+fn secrets_in(scanner: &Scanner, value: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    scanner.find(value.as_bytes(), &mut found);
+    found
+        .iter()
+        .map(|f| String::from_utf8_lossy(&value.as_bytes()[f.range.clone()]).into_owned())
+        .collect()
+}
+
+#[test]
+fn every_detector_finds_its_positives_and_leaves_its_negatives() {
+    for detector in DETECTORS {
+        assert!(
+            !detector.positives.is_empty() && !detector.negatives.is_empty(),
+            "{} needs examples both ways",
+            detector.name
+        );
+        let scanner = alone(detector);
+        for positive in detector.positives {
+            let secrets = secrets_in(&scanner, positive);
+            assert!(!secrets.is_empty(), "{} missed {positive:?}", detector.name);
+            let masked = String::from_utf8(scanner.mask(positive.as_bytes()).unwrap()).unwrap();
+            for secret in &secrets {
+                assert!(
+                    secret.len() >= 6,
+                    "{}: {secret:?} is too short to be the secret",
+                    detector.name
+                );
+                assert!(!masked.contains(secret.as_str()), "{}: {masked:?}", detector.name);
+            }
+            assert!(masked.contains(&replacement(detector.name)), "{masked}");
+        }
+        for negative in detector.negatives {
+            assert_eq!(
+                secrets_in(&scanner, negative),
+                Vec::<String>::new(),
+                "{} fired on {negative:?}",
+                detector.name
+            );
+        }
+    }
+}
+
+#[test]
+fn keywords_are_lower_case_and_found_in_every_positive() {
+    for detector in DETECTORS {
+        for keyword in detector.keywords {
+            assert_eq!(*keyword, keyword.to_ascii_lowercase(), "{}", detector.name);
+        }
+        if detector.keywords.is_empty() {
+            continue;
+        }
+        for positive in detector.positives {
+            let lower = positive.to_ascii_lowercase();
+            assert!(
+                detector.keywords.iter().any(|k| lower.contains(k)),
+                "{}: the prefilter would skip {positive:?}",
+                detector.name
+            );
+        }
+    }
+}
+
+#[test]
+fn all_secret_detectors_together_mask_every_positive() {
+    let scanner = Scanner::new(&["all"]).unwrap();
+    for detector in DETECTORS.iter().filter(|d| !d.opt_in) {
+        for positive in detector.positives {
+            let secrets = secrets_in(&alone(detector), positive);
+            let masked = String::from_utf8(scanner.mask(positive.as_bytes()).unwrap()).unwrap();
+            for secret in secrets {
+                assert!(!masked.contains(&secret), "{masked:?} still holds {secret:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn look_alikes_pass_unchanged_with_every_detector_on() {
+    let names: Vec<&str> = DETECTORS.iter().map(|d| d.group).collect();
+    let scanner = Scanner::new(&names).unwrap();
+    for value in [
+        "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "2026-11-28T14:39:21.123456+00:00",
+        "2026-11-28 14:39:21",
+        "The quick brown fox jumps over the lazy dog.",
+        "order #1234 shipped to warehouse 7",
+        "{\"status\": \"shipped\", \"items\": 3}",
+        "SELECT * FROM orders WHERE id = 42",
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "",
+    ] {
+        assert_eq!(scanner.mask(value.as_bytes()), None, "{value:?} was changed");
+    }
+}
+
+#[test]
+fn personal_data_is_only_masked_when_named() {
+    let all = Scanner::new(&["all"]).unwrap();
+    assert_eq!(all.mask(b"ada@example.com 4111 1111 1111 1111"), None);
+    let pii = Scanner::new(&["email", "card"]).unwrap();
+    let masked = pii.mask(b"ada@example.com 4111 1111 1111 1111").unwrap();
+    assert_eq!(masked, b"[masked:email] [masked:payment-card]");
+}
+
+#[test]
+fn unknown_detector_names_are_refused_with_the_list() {
+    let err = Scanner::new(&["aws", "githubb"]).unwrap_err();
+    assert_eq!(err.name, "githubb");
+    assert!(err.to_string().contains("github"), "{err}");
+}
+
+#[test]
+fn overlapping_finds_merge_and_invalid_utf8_is_scanned() {
+    let scanner = Scanner::new(&["all"]).unwrap();
+    // A connection string whose password is itself a token: one mask.
+    let value = b"postgres://app:ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R@db/x";
+    let masked = scanner.mask(value).unwrap();
+    assert!(
+        !masked.windows(10).any(|w| w == b"1a2B3c4D5e"),
+        "{}",
+        String::from_utf8_lossy(&masked)
+    );
+    let mut bytes = b"\xff\xfe AKIAIOSFODNN7EXAMPLE \xc3".to_vec();
+    let masked = scanner.mask(&bytes).unwrap();
+    assert_eq!(masked, b"\xff\xfe [masked:aws-access-key-id] \xc3");
+    bytes.clear();
+    assert_eq!(scanner.mask(&bytes), None);
+}
+
+#[test]
+fn checksums_decide_cards_and_ibans() {
+    assert!(detectors::passes(detectors::Check::Luhn, b"4111111111111111"));
+    assert!(!detectors::passes(detectors::Check::Luhn, b"4111111111111112"));
+    assert!(!detectors::passes(detectors::Check::Luhn, b"0000"));
+    assert!(detectors::passes(
+        detectors::Check::Iban,
+        b"GB82WEST12345698765432"
+    ));
+    assert!(!detectors::passes(
+        detectors::Check::Iban,
+        b"GB82WEST12345698765433"
+    ));
+    assert!(!detectors::passes(detectors::Check::Iban, b"GB82"));
+}
