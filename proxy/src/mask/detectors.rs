@@ -329,7 +329,7 @@ fn luhn(candidate: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 fn iban(candidate: &[u8]) -> bool {
