@@ -7,6 +7,7 @@
 //! is scanned like any other.
 
 pub mod detectors;
+pub mod rows;
 
 use std::ops::Range;
 

@@ -1,0 +1,540 @@
+//! Masking result rows: a plan per result (from its RowDescription and the
+//! formats the client asked for), then each DataRow's cells rewritten where a
+//! column rule or a detector says so. A row with nothing to mask is handed
+//! back untouched, so the relay forwards its original bytes.
+//!
+//! A masked value stays valid for its column's type as the client decodes
+//! it: text-like columns get text, `json`/`jsonb` get a JSON string, `bytea`
+//! gets bytes in the format the client reads; a column rule on any other
+//! type (a number, a timestamp, a uuid) has no valid masked value and gives
+//! NULL.
+
+use bytes::{Bytes, BytesMut};
+use hmac::{Hmac, Mac};
+use regex::Regex;
+use sha2::Sha256;
+
+use super::{Found, Scanner};
+use crate::api::policy::{FailureMode, MaskStrategy};
+use crate::pg::{
+    Frame, ProtocolError,
+    messages::{DataRow, FieldDescription, Format, Message},
+};
+
+/// Type OIDs the proxy knows (pg_type.dat).
+mod oid {
+    pub const BYTEA: u32 = 17;
+    pub const JSON: u32 = 114;
+    pub const JSONB: u32 = 3802;
+    /// Types whose values cannot hold a secret: numbers, booleans, times,
+    /// network addresses, uuids. Neither detectors nor text rules apply.
+    pub const NOT_TEXT: &[u32] = &[
+        16, 20, 21, 23, 26, 28, 29, 700, 701, 790, 1700, 1082, 1083, 1114, 1184, 1186, 1266, 2950, 650, 829,
+        774, 869, 3220,
+    ];
+    /// Text-like types whose binary format is their text.
+    pub const TEXT_BINARY: &[u32] = &[25, 1043, 1042, 19, 18, 705, 142, 114];
+}
+
+/// How a column's values are read and rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Text as the client reads it (any type in text format, text-like
+    /// types in binary).
+    Text,
+    /// `json` in text or binary, `jsonb` in text: JSON text.
+    Json,
+    /// `jsonb` in binary: a version byte, then JSON text.
+    JsonbBinary,
+    /// `bytea` in text format: `\x` and hex (or the escape format).
+    ByteaText,
+    /// `bytea` in binary format: the bytes.
+    ByteaBinary,
+    /// A value that is not text (a number in binary, a timestamp, ...).
+    Opaque,
+}
+
+impl Kind {
+    fn of(field: &FieldDescription, format: Format) -> Kind {
+        match (field.type_oid, format) {
+            (oid::BYTEA, Format::Text) => Kind::ByteaText,
+            (oid::BYTEA, Format::Binary) => Kind::ByteaBinary,
+            (oid::JSON, _) | (oid::JSONB, Format::Text) => Kind::Json,
+            (oid::JSONB, Format::Binary) => Kind::JsonbBinary,
+            (t, _) if oid::NOT_TEXT.contains(&t) => Kind::Opaque,
+            (_, Format::Text) => Kind::Text,
+            (t, Format::Binary) if oid::TEXT_BINARY.contains(&t) => Kind::Text,
+            // A user type or an array in binary: its layout is unknown.
+            (_, Format::Binary) => Kind::Opaque,
+        }
+    }
+}
+
+/// A column rule, compiled.
+#[derive(Debug, Clone)]
+pub struct ColumnRule {
+    /// Matched against the column name.
+    pub name: Regex,
+    /// What happens to its values.
+    pub strategy: MaskStrategy,
+    /// With `partial`: characters kept at the end.
+    pub keep_last: usize,
+}
+
+/// What to do with one column of a result.
+#[derive(Debug, Clone, Copy)]
+struct Column {
+    kind: Kind,
+    /// Index into the masker's rules.
+    rule: Option<usize>,
+}
+
+/// The masking plan of one result.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    columns: Vec<Column>,
+    /// Whether any column can change at all.
+    active: bool,
+}
+
+impl Plan {
+    /// Whether rows of this result are forwarded without looking at them.
+    pub fn is_passthrough(&self) -> bool {
+        !self.active
+    }
+}
+
+/// Why a row could not be masked; with `strict` the row is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum MaskError {
+    /// The row does not match its RowDescription.
+    #[error("a result row has {got} columns where its description has {expected}")]
+    Shape {
+        /// Columns described.
+        expected: usize,
+        /// Columns in the row.
+        got: usize,
+    },
+    /// A cell is larger than the scan limit.
+    #[error(
+        "a value of {len} bytes in column {column} is larger than the masking scan limit of {limit} bytes"
+    )]
+    TooLarge {
+        /// The column's position (1-based).
+        column: usize,
+        /// The value's size.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A cell could not be read as its type says.
+    #[error("a value in column {column} could not be read for masking: {why}")]
+    Unreadable {
+        /// The column's position (1-based).
+        column: usize,
+        /// Why.
+        why: &'static str,
+    },
+    /// The row itself is malformed.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// Everything masking needs: the detectors, the column rules, the HMAC key
+/// for `hash`, the scan limit and the failure mode.
+#[derive(Debug)]
+pub struct Masker {
+    scanner: Scanner,
+    rules: Vec<ColumnRule>,
+    hash_key: Vec<u8>,
+    /// Largest value scanned, in bytes.
+    pub scan_limit: usize,
+    /// What happens to a row that cannot be masked.
+    pub failure_mode: FailureMode,
+}
+
+/// The result of masking one row.
+#[derive(Debug)]
+pub enum Masked {
+    /// Nothing to change: forward the original frame.
+    Unchanged,
+    /// The rewritten row, and what was masked in it.
+    Rewritten {
+        /// The new DataRow frame.
+        frame: Frame,
+        /// Values masked by a detector.
+        by_detector: usize,
+        /// Values masked by a column rule.
+        by_rule: usize,
+    },
+}
+
+impl Masker {
+    /// A masker; `hash_key` keys the `hash` strategy's HMAC.
+    pub fn new(
+        scanner: Scanner,
+        rules: Vec<ColumnRule>,
+        hash_key: Vec<u8>,
+        scan_limit: usize,
+        failure_mode: FailureMode,
+    ) -> Masker {
+        Masker {
+            scanner,
+            rules,
+            hash_key,
+            scan_limit,
+            failure_mode,
+        }
+    }
+
+    /// The detectors.
+    pub fn scanner(&self) -> &Scanner {
+        &self.scanner
+    }
+
+    /// The plan for a result with these fields, read in `formats` (the
+    /// Bind's result formats; RowDescription's own codes for a simple query).
+    pub fn plan(&self, fields: &[FieldDescription], formats: &[Format]) -> Plan {
+        let columns: Vec<Column> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, field)| Column {
+                kind: Kind::of(field, Format::for_index(formats, i)),
+                rule: self.rules.iter().position(|r| r.name.is_match(&field.name)),
+            })
+            .collect();
+        let active = columns
+            .iter()
+            .any(|c| c.rule.is_some() || (c.kind != Kind::Opaque && !self.scanner.is_empty()));
+        Plan { columns, active }
+    }
+
+    /// Masks one DataRow frame of a result planned as `plan`.
+    pub fn mask_row(&self, plan: &Plan, frame: &Frame) -> Result<Masked, MaskError> {
+        if !plan.active {
+            return Ok(Masked::Unchanged);
+        }
+        let row = DataRow::decode(frame)?;
+        if row.len() != plan.columns.len() {
+            return Err(MaskError::Shape {
+                expected: plan.columns.len(),
+                got: row.len(),
+            });
+        }
+        let mut found = Vec::new();
+        let mut rewritten: Vec<Option<Option<Bytes>>> = Vec::new();
+        let (mut by_detector, mut by_rule) = (0, 0);
+        for (i, (cell, column)) in row.cells().zip(&plan.columns).enumerate() {
+            let new = match (&cell, column.rule) {
+                (None, _) => None,
+                (Some(value), Some(rule)) => {
+                    by_rule += 1;
+                    Some(self.apply_rule(&self.rules[rule], column.kind, value))
+                }
+                (Some(value), None) if column.kind != Kind::Opaque => {
+                    if value.len() > self.scan_limit {
+                        return Err(MaskError::TooLarge {
+                            column: i + 1,
+                            len: value.len(),
+                            limit: self.scan_limit,
+                        });
+                    }
+                    let masked = self
+                        .detect(column.kind, value, &mut found)
+                        .map_err(|why| MaskError::Unreadable { column: i + 1, why })?;
+                    if masked.is_some() {
+                        by_detector += 1;
+                    }
+                    masked.map(|m| Some(Bytes::from(m)))
+                }
+                (Some(_), None) => None,
+            };
+            if let Some(new) = new {
+                if rewritten.is_empty() {
+                    rewritten = row.cells().map(|_| None).collect();
+                }
+                rewritten[i] = Some(new);
+            }
+        }
+        if rewritten.is_empty() {
+            return Ok(Masked::Unchanged);
+        }
+        let mut out = BytesMut::with_capacity(frame.raw().len());
+        let cells = row.cells().zip(rewritten).map(|(old, new)| new.unwrap_or(old));
+        DataRow::encode_cells(&mut out, cells)?;
+        Ok(Masked::Rewritten {
+            frame: Frame::from_raw(out.freeze())?,
+            by_detector,
+            by_rule,
+        })
+    }
+
+    /// Runs the detectors on a value; the masked value, or `None` when clean.
+    fn detect(
+        &self,
+        kind: Kind,
+        value: &[u8],
+        found: &mut Vec<Found>,
+    ) -> Result<Option<Vec<u8>>, &'static str> {
+        match kind {
+            Kind::ByteaText if value.starts_with(b"\\x") => {
+                let bytes = hex::decode(&value[2..]).map_err(|_| "bytea hex output is not valid hex")?;
+                self.scanner.find(&bytes, found);
+                Ok((!found.is_empty()).then(|| {
+                    let masked = super::replace(&bytes, found);
+                    let mut out = b"\\x".to_vec();
+                    out.extend_from_slice(hex::encode(masked).as_bytes());
+                    out
+                }))
+            }
+            Kind::JsonbBinary => {
+                let Some((&version, json)) = value.split_first() else {
+                    return Err("empty jsonb value");
+                };
+                self.scanner.find(json, found);
+                Ok((!found.is_empty()).then(|| {
+                    let mut out = vec![version];
+                    out.extend_from_slice(&super::replace(json, found));
+                    out
+                }))
+            }
+            // Text, JSON (the replacement is JSON-string safe), bytea in
+            // binary and in the escape format (the replacement has no backslash).
+            _ => {
+                self.scanner.find(value, found);
+                Ok((!found.is_empty()).then(|| super::replace(value, found)))
+            }
+        }
+    }
+
+    /// A column rule's value for a non-NULL cell: `None` is SQL NULL.
+    fn apply_rule(&self, rule: &ColumnRule, kind: Kind, value: &[u8]) -> Option<Bytes> {
+        let text = match rule.strategy {
+            MaskStrategy::Null => return None,
+            MaskStrategy::Redact => "[masked]".to_owned(),
+            MaskStrategy::Partial => {
+                let readable = String::from_utf8_lossy(value);
+                let chars: Vec<char> = readable.chars().collect();
+                let keep = rule.keep_last.min(chars.len() / 2);
+                let tail: String = chars[chars.len() - keep..].iter().collect();
+                format!("****{tail}")
+            }
+            MaskStrategy::Hash => {
+                // Equal values give equal hashes, so masked columns still join.
+                #[allow(clippy::expect_used)]
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(&self.hash_key).expect("HMAC takes a key of any length");
+                mac.update(value);
+                hex::encode(&mac.finalize().into_bytes()[..16])
+            }
+        };
+        match kind {
+            Kind::Text | Kind::ByteaBinary => Some(Bytes::from(text)),
+            Kind::ByteaText => Some(Bytes::from(format!("\\x{}", hex::encode(text)))),
+            Kind::Json => Some(Bytes::from(json_string(&text))),
+            Kind::JsonbBinary => {
+                let mut out = vec![1u8];
+                out.extend_from_slice(json_string(&text).as_bytes());
+                Some(Bytes::from(out))
+            }
+            Kind::Opaque => None,
+        }
+    }
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    // The masked texts are ASCII without quotes or backslashes, except a
+    // `partial` tail, which may hold anything.
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c < ' ' => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(name: &str, type_oid: u32) -> FieldDescription {
+        FieldDescription {
+            name: name.into(),
+            table_oid: 0,
+            column_id: 0,
+            type_oid,
+            type_size: -1,
+            type_modifier: -1,
+            format: Format::Text,
+        }
+    }
+
+    fn masker(rules: Vec<ColumnRule>) -> Masker {
+        Masker::new(
+            Scanner::new(&["all"]).unwrap(),
+            rules,
+            b"key".to_vec(),
+            1 << 20,
+            FailureMode::Strict,
+        )
+    }
+
+    fn rule(pattern: &str, strategy: MaskStrategy, keep_last: usize) -> ColumnRule {
+        ColumnRule {
+            name: Regex::new(pattern).unwrap(),
+            strategy,
+            keep_last,
+        }
+    }
+
+    fn row(cells: &[Option<&[u8]>]) -> Frame {
+        let mut out = BytesMut::new();
+        DataRow::encode_cells(&mut out, cells.iter().copied()).unwrap();
+        Frame::from_raw(out.freeze()).unwrap()
+    }
+
+    fn cells(frame: &Frame) -> Vec<Option<Vec<u8>>> {
+        DataRow::decode(frame)
+            .unwrap()
+            .cells()
+            .map(|c| c.map(|b| b.to_vec()))
+            .collect()
+    }
+
+    fn masked(m: &Masker, plan: &Plan, frame: &Frame) -> Vec<Option<Vec<u8>>> {
+        match m.mask_row(plan, frame).unwrap() {
+            Masked::Unchanged => cells(frame),
+            Masked::Rewritten { frame, .. } => cells(&frame),
+        }
+    }
+
+    #[test]
+    fn clean_rows_are_unchanged_and_secrets_are_masked_in_place() {
+        let m = masker(vec![]);
+        let plan = m.plan(&[field("id", 23), field("note", 25)], &[]);
+        let clean = row(&[Some(b"1"), Some(b"shipped on time")]);
+        assert!(matches!(m.mask_row(&plan, &clean).unwrap(), Masked::Unchanged));
+        let dirty = row(&[Some(b"2"), Some(b"key AKIAIOSFODNN7EXAMPLE here")]);
+        assert_eq!(
+            masked(&m, &plan, &dirty),
+            [
+                Some(b"2".to_vec()),
+                Some(b"key [masked:aws-access-key-id] here".to_vec())
+            ]
+        );
+    }
+
+    #[test]
+    fn column_rules_keep_values_valid_for_their_type() {
+        let m = masker(vec![
+            rule("^card$", MaskStrategy::Partial, 4),
+            rule("^email$", MaskStrategy::Hash, 0),
+            rule("^born$", MaskStrategy::Redact, 0),
+            rule("^doc$", MaskStrategy::Redact, 0),
+            rule("^gone$", MaskStrategy::Null, 0),
+        ]);
+        let fields = [
+            field("card", 25),
+            field("email", 1043),
+            field("born", 1082),
+            field("doc", 3802),
+            field("gone", 25),
+        ];
+        let plan = m.plan(&fields, &[]);
+        let r = row(&[
+            Some(b"4111111111111111"),
+            Some(b"ada@example.com"),
+            Some(b"1815-12-10"),
+            Some(br#"{"a": 1}"#),
+            Some(b"x"),
+        ]);
+        let out = masked(&m, &plan, &r);
+        assert_eq!(out[0].as_deref(), Some(&b"****1111"[..]));
+        assert_eq!(out[1].as_ref().map(Vec::len), Some(32));
+        assert_eq!(out[2], None, "a date has no valid masked value");
+        assert_eq!(out[3].as_deref(), Some(&b"\"[masked]\""[..]));
+        assert_eq!(out[4], None);
+        // Equal values hash alike, so masked columns still join.
+        let again = masked(&m, &plan, &r);
+        assert_eq!(out[1], again[1]);
+    }
+
+    #[test]
+    fn bytea_and_binary_jsonb_are_masked_in_their_own_encoding() {
+        let m = masker(vec![]);
+        let plan = m.plan(
+            &[field("blob", 17), field("doc", 3802)],
+            &[Format::Text, Format::Binary],
+        );
+        let hex = format!(
+            "\\x{}",
+            hex::encode("token=ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R")
+        );
+        let mut jsonb = vec![1u8];
+        jsonb.extend_from_slice(br#"{"k": "AKIAIOSFODNN7EXAMPLE"}"#);
+        let out = masked(&m, &plan, &row(&[Some(hex.as_bytes()), Some(&jsonb)]));
+        let blob = out[0].clone().unwrap();
+        assert!(blob.starts_with(b"\\x"));
+        let decoded = hex::decode(&blob[2..]).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&decoded).contains("ghp_1a2B"),
+            "{decoded:?}"
+        );
+        assert_eq!(
+            out[1].as_deref(),
+            Some(&b"\x01{\"k\": \"[masked:aws-access-key-id]\"}"[..])
+        );
+    }
+
+    #[test]
+    fn bad_rows_are_errors_not_panics() {
+        let m = masker(vec![]);
+        let plan = m.plan(&[field("note", 25)], &[]);
+        let two = row(&[Some(b"a"), Some(b"b")]);
+        assert!(matches!(
+            m.mask_row(&plan, &two),
+            Err(MaskError::Shape { expected: 1, got: 2 })
+        ));
+        let mut small = masker(vec![]);
+        small.scan_limit = 4;
+        let plan = small.plan(&[field("note", 25)], &[]);
+        assert!(matches!(
+            small.mask_row(&plan, &row(&[Some(b"too long")])),
+            Err(MaskError::TooLarge {
+                column: 1,
+                len: 8,
+                limit: 4
+            })
+        ));
+        let plan = m.plan(&[field("blob", 17)], &[]);
+        assert!(matches!(
+            m.mask_row(&plan, &row(&[Some(b"\\xZZ")])),
+            Err(MaskError::Unreadable { column: 1, .. })
+        ));
+        let truncated = Frame::new(b'D', &[0, 1, 0, 0, 0, 9, b'a']).unwrap();
+        assert!(
+            m.mask_row(&m.plan(&[field("note", 25)], &[]), &truncated)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn results_without_text_columns_are_passed_through() {
+        let m = masker(vec![]);
+        assert!(
+            m.plan(&[field("id", 23), field("at", 1184)], &[])
+                .is_passthrough()
+        );
+        assert!(
+            !m.plan(&[field("id", 23), field("note", 25)], &[])
+                .is_passthrough()
+        );
+    }
+}
