@@ -11,7 +11,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, error::SqlState};
 
 use crate::{
     error::{Error, Result, StepExt},
@@ -194,6 +194,8 @@ async fn wait_accepting(process: &mut Process, step: &str, port: u16, timeout: D
         // Bounded: something else listening on the port may never answer.
         let answer = match tokio::time::timeout(Duration::from_secs(2), probe.connect(NoTls)).await {
             Ok(Ok(_)) => return Ok(()),
+            // ... except "the database system is starting up", which refuses every login.
+            Ok(Err(e)) if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW) => e.to_string(),
             Ok(Err(e)) if e.as_db_error().is_some() => return Ok(()),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer within 2s".to_owned(),
