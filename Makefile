@@ -24,7 +24,7 @@ test: deps tools fmt lint unit e2e ## Every check: format, clippy, unit tests, e
 demo: deps tools ## Bring up the control plane, PostgreSQL and S3 with the CRDs and samples; Ctrl-C stops
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q -p gatehouse-e2e --bin demo
 
-bench: deps ## pgbench -S direct, through Gatehouse and through pgbouncer; ~4 min (BENCH_SECONDS=10 per run)
+bench: deps ## pgbench -S direct, through Gatehouse and through pgbouncer; ~3 min once built
 	$(CARGO) build --locked -q --release -p gatehouse-proxy
 	$(CARGO) run --locked -q -p gatehouse-e2e --bin bench
 
