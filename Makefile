@@ -1,5 +1,6 @@
-# Gatehouse: `make demo` tells the story, `make test` runs every test.
-# Both install or build what they need and cache it outside the repo
+# Gatehouse: `make demo` tells the story, `make test` runs every test,
+# `make bench` measures the proxy against PostgreSQL and pgbouncer.
+# They install or build what they need and cache it outside the repo
 # (GATEHOUSE_CACHE, default ~/.cache/gatehouse).
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 TOOLS_BIN = $(shell e2e/tools/build.sh)
 
-.PHONY: help test demo deps tools crds fmt lint unit e2e
+.PHONY: help test demo bench deps tools crds fmt lint unit e2e
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -22,6 +23,10 @@ test: deps tools fmt lint unit e2e ## Every check: format, clippy, unit tests, e
 
 demo: deps tools ## Bring up the control plane, PostgreSQL and S3 with the CRDs and samples; Ctrl-C stops
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q -p gatehouse-e2e --bin demo
+
+bench: deps ## pgbench -S direct, through Gatehouse and through pgbouncer; ~3 min once built
+	$(CARGO) build --locked -q --release -p gatehouse-proxy
+	$(CARGO) run --locked -q -p gatehouse-e2e --bin bench
 
 deps: ## Install missing system packages (PostgreSQL, setpriv) and rustup components
 	@e2e/tools/deps.sh

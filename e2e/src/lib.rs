@@ -7,14 +7,18 @@
 //!   static-token users, a service-account signing key and RBAC.
 //! - [`postgres::Postgres`]: Debian's PostgreSQL server, SCRAM auth, seed schema.
 //! - [`s3::S3`]: versitygw, an Apache-2.0 S3-compatible server.
+//! - [`pgbouncer::Pgbouncer`] and [`bench`]: the baseline and the pgbench
+//!   driver of `make bench`.
 //!
 //! Every failure names its step, the command and its log ([`error::Error`]).
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod env;
 pub mod error;
 pub mod kube;
 pub mod net;
+pub mod pgbouncer;
 pub mod pki;
 pub mod postgres;
 pub mod process;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, error::SqlState};
 
 use crate::{
     error::{Error, Result, StepExt},
@@ -19,7 +19,7 @@ use crate::{
     net::free_port,
     pki::random_hex,
     process::{Process, Spawn},
-    tools::Tools,
+    tools::pg_program,
 };
 
 /// The database the seed schema lives in.
@@ -48,7 +48,6 @@ impl Postgres {
 
     /// Like [`Postgres::start`], on a given port.
     pub async fn start_on(dir: &Path, port: u16) -> Result<Postgres> {
-        let tools = Tools::get()?;
         let run_as = server_user()?;
         let data = dir.join("data");
         let sockets = dir.join("sockets");
@@ -62,7 +61,7 @@ impl Postgres {
             chown(&[dir, &sockets, &pwfile], user)?;
         }
 
-        Spawn::new("initdb", tools.pg("initdb"), dir.join("initdb.log"))
+        Spawn::new("initdb", pg_program("initdb")?, dir.join("initdb.log"))
             .run_as(run_as.as_deref())
             .args(["-D"])
             .args([&data])
@@ -78,7 +77,7 @@ impl Postgres {
         std::fs::remove_file(&pwfile).step("remove the PostgreSQL password file")?;
 
         let step = "start PostgreSQL";
-        let mut process = Spawn::new("postgres", tools.pg("postgres"), dir.join("postgres.log"))
+        let mut process = Spawn::new("postgres", pg_program("postgres")?, dir.join("postgres.log"))
             .run_as(run_as.as_deref())
             .stop_signal(Signal::SIGINT) // fast shutdown
             .args(["-D"])
@@ -195,6 +194,8 @@ async fn wait_accepting(process: &mut Process, step: &str, port: u16, timeout: D
         // Bounded: something else listening on the port may never answer.
         let answer = match tokio::time::timeout(Duration::from_secs(2), probe.connect(NoTls)).await {
             Ok(Ok(_)) => return Ok(()),
+            // ... except "the database system is starting up", which refuses every login.
+            Ok(Err(e)) if e.code() == Some(&SqlState::CANNOT_CONNECT_NOW) => e.to_string(),
             Ok(Err(e)) if e.as_db_error().is_some() => return Ok(()),
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer within 2s".to_owned(),
@@ -209,9 +210,9 @@ async fn wait_accepting(process: &mut Process, step: &str, port: u16, timeout: D
     }
 }
 
-/// PostgreSQL refuses to run as root: as root, run it as `postgres` (created by
-/// Debian's package) or `nobody`.
-fn server_user() -> Result<Option<String>> {
+/// PostgreSQL (and pgbouncer) refuse to run as root: as root, run them as
+/// `postgres` (created by Debian's package) or `nobody`.
+pub(crate) fn server_user() -> Result<Option<String>> {
     if !nix::unistd::geteuid().is_root() {
         return Ok(None);
     }
@@ -226,7 +227,7 @@ fn server_user() -> Result<Option<String>> {
     ))
 }
 
-fn chown(paths: &[&Path], user: &str) -> Result<()> {
+pub(crate) fn chown(paths: &[&Path], user: &str) -> Result<()> {
     let step = "hand the PostgreSQL folder to its user";
     let account = nix::unistd::User::from_name(user)
         .step(step)?

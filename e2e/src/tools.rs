@@ -74,6 +74,25 @@ impl Tools {
     }
 }
 
+/// Path of a PostgreSQL program (`initdb`, `postgres`, `pgbench`), found
+/// without the Go tools: `make bench` runs PostgreSQL but no control plane.
+pub fn pg_program(name: &str) -> Result<PathBuf> {
+    static PG_BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    let dir = PG_BIN
+        .get_or_init(|| postgres_bin().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::step("find PostgreSQL's programs", e))?;
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::step(
+            format!("find {name}"),
+            format!("{} does not exist; run `make deps`", path.display()),
+        ))
+    }
+}
+
 fn build_go_tools() -> Result<PathBuf> {
     let script = crate::repo_root().join("e2e/tools/build.sh");
     let output = Command::new("bash")

@@ -1,0 +1,282 @@
+//! `make bench`: pgbench `-S` TPS and latency against PostgreSQL directly,
+//! through Gatehouse (the release proxy, policy on) and through Debian's
+//! pgbouncer, all in one run on the same server; prints the table and the
+//! budget verdicts and writes them to `$GATEHOUSE_CACHE/bench/last.json`.
+//!
+//! Environment: `BENCH_SECONDS` (each measured run, default 10),
+//! `BENCH_WARMUP_SECONDS` (default 2), `BENCH_SCALE` (pgbench scale, default
+//! 10), `GATEHOUSE_PROXY_BIN` (default `$CARGO_TARGET_DIR/release/gatehouse-proxy`),
+//! `GATEHOUSE_PGBOUNCER` (default `/usr/sbin/pgbouncer`).
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use gatehouse_e2e::{
+    bench::{DIRECT, Endpoint, Pgbench, Report, Row, default_scenarios},
+    kube::write_private,
+    net::{free_port, wait_for_port},
+    pgbouncer::{Pgbouncer, PoolSpec},
+    pki::random_hex,
+    postgres::{APP_USER, Postgres},
+    process::{Process, Spawn},
+    tools::pg_program,
+};
+use sha2::{Digest, Sha256};
+
+/// The database pgbench fills; owned by the app role.
+const DATABASE: &str = "bench";
+/// The caller name Gatehouse's static token stands for.
+const AGENT: &str = "bench-agent";
+/// The proxy Gatehouse is judged against.
+const RIVAL: &str = "pgbouncer";
+/// The Gatehouse target the budget applies to.
+const JUDGED: &str = "gatehouse";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    match bench().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn env_number(name: &str, default: u32) -> anyhow::Result<u32> {
+    match std::env::var(name) {
+        Ok(value) => value
+            .parse()
+            .with_context(|| format!("{name}={value} is not a whole number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// A server pgbench is pointed at; what keeps it running lives beside it.
+struct Target {
+    name: &'static str,
+    endpoint: Endpoint,
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let seconds = env_number("BENCH_SECONDS", 10)?;
+    let warm_up = env_number("BENCH_WARMUP_SECONDS", 2)?;
+    let scale = env_number("BENCH_SCALE", 10)?;
+
+    let dir = tempfile::Builder::new().prefix("gatehouse-bench-").tempdir()?;
+    // PostgreSQL and pgbouncer run as another user when this is root.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let result = run(dir.path(), seconds, warm_up, scale).await;
+    if result.is_err() {
+        // The error names logs in the run folder: keep them.
+        let _ = dir.keep();
+    }
+    result
+}
+
+async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32) -> anyhow::Result<()> {
+    let proxy_binary = proxy_binary()?;
+    let scenarios = default_scenarios();
+    let clients = scenarios.iter().map(|s| s.clients).max().unwrap_or(1);
+    let started = Instant::now();
+    println!("Starting PostgreSQL (logs in {})", dir.display());
+    let postgres = Postgres::start(&dir.join("postgres")).await?;
+    let admin = postgres.superuser("postgres").await?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {DATABASE} OWNER {APP_USER}"))
+        .await
+        .context("create the bench database")?;
+    let server_version: String = admin.query_one("SHOW server_version", &[]).await?.get(0);
+    drop(admin);
+    let direct = Endpoint {
+        port: postgres.port,
+        user: APP_USER.to_owned(),
+        password: postgres.app_password.clone(),
+        database: DATABASE.to_owned(),
+    };
+    let pgbench = Pgbench::new(pg_program("pgbench")?, dir.join("pgbench"));
+    std::fs::create_dir_all(dir.join("pgbench"))?;
+    println!("Filling the pgbench tables (scale {scale})");
+    blocking({
+        let (pgbench, direct) = (pgbench.clone(), direct.clone());
+        move || pgbench.initialise(&direct, scale)
+    })
+    .await?;
+
+    println!(
+        "Starting gatehouse-proxy ({}) and pgbouncer",
+        proxy_binary.display()
+    );
+    let (gatehouse, _gatehouse_process) =
+        start_gatehouse(&proxy_binary, &dir.join("gatehouse"), &postgres).await?;
+    let pgbouncer = Pgbouncer::start(
+        &dir.join("pgbouncer"),
+        &PoolSpec {
+            upstream_port: postgres.port,
+            database: DATABASE,
+            user: APP_USER,
+            password: &postgres.app_password,
+            pool_size: clients as usize,
+        },
+    )
+    .await?;
+    let targets = [
+        Target {
+            name: DIRECT,
+            endpoint: direct.clone(),
+        },
+        Target {
+            name: JUDGED,
+            endpoint: gatehouse,
+        },
+        Target {
+            name: RIVAL,
+            endpoint: Endpoint {
+                port: pgbouncer.port,
+                ..direct.clone()
+            },
+        },
+    ];
+
+    // Targets take turns within each scenario, so drift on the shared machine hits all of them.
+    let mut rows = Vec::new();
+    for scenario in scenarios {
+        for target in &targets {
+            let label = format!(
+                "{}-c{}-{}",
+                target.name,
+                scenario.clients,
+                scenario.protocol.as_str()
+            );
+            println!("  {:<22} {}", scenario.name(), target.name);
+            let measurement = blocking({
+                let (pgbench, endpoint) = (pgbench.clone(), target.endpoint.clone());
+                move || {
+                    pgbench.warm_up(&endpoint, scenario, warm_up, &label)?;
+                    pgbench.measure(&endpoint, scenario, seconds, &label)
+                }
+            })
+            .await?;
+            rows.push(Row {
+                scenario,
+                target: target.name.to_owned(),
+                measurement,
+                ratio_to_direct: None,
+            });
+        }
+    }
+
+    let report = Report::new(rows, JUDGED, RIVAL, seconds, scale, server_version);
+    println!("\n{}", report.render());
+    let json = write_json(&report)?;
+    println!(
+        "Written to {}; the whole bench took {:.0} s.",
+        json.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs blocking harness work (pgbench) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> gatehouse_e2e::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(work).await??)
+}
+
+fn proxy_binary() -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("GATEHOUSE_PROXY_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| gatehouse_e2e::repo_root().join("target"), PathBuf::from)
+            .join("release/gatehouse-proxy"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "{} does not exist: build it with `cargo build --release -p gatehouse-proxy` \
+         (make bench does) or set GATEHOUSE_PROXY_BIN",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Starts the release proxy with a standalone configuration: a static token for
+/// group `agents`, a policy that allows reads, the app role's credential in files.
+async fn start_gatehouse(
+    binary: &Path,
+    dir: &Path,
+    postgres: &Postgres,
+) -> anyhow::Result<(Endpoint, Process)> {
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds)?;
+    write_private(&creds.join("username"), APP_USER)?;
+    write_private(&creds.join("password"), &postgres.app_password)?;
+    let token = random_hex(24);
+    let port = free_port()?;
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        gatehouse_config(port, postgres.port, &creds, &hex::encode(Sha256::digest(&token))),
+    )?;
+    let step = "start gatehouse-proxy";
+    let mut process = Spawn::new("gatehouse-proxy", binary, dir.join("proxy.log"))
+        .args(["--config"])
+        .args([&config])
+        .start(step)?;
+    wait_for_port(&mut process, step, port, Duration::from_secs(30)).await?;
+    let endpoint = Endpoint {
+        port,
+        user: AGENT.to_owned(),
+        password: token,
+        database: DATABASE.to_owned(),
+    };
+    Ok((endpoint, process))
+}
+
+fn gatehouse_config(port: u16, upstream_port: u16, creds: &Path, token_sha256: &str) -> String {
+    format!(
+        r#"connection: {{namespace: bench, name: bench-db}}
+listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
+admin: {{address: "127.0.0.1:0"}}
+upstream:
+  host: 127.0.0.1
+  port: {upstream_port}
+  database: {DATABASE}
+  tls: {{mode: disable}}
+  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
+auth:
+  staticTokens:
+    - {{sha256: {token_sha256}, username: {AGENT}, groups: [agents]}}
+policies:
+  - name: agents-read
+    spec:
+      connectionSelector: {{}}
+      subjects: [{{kind: Group, name: agents}}]
+      rules:
+        - {{name: reads, match: {{operations: [select]}}, action: allow}}
+        - {{name: no-ddl, match: {{operations: [ddl, truncate, copyProgram, privilege, role]}}, action: deny}}
+"#,
+        creds = creds.display(),
+    )
+}
+
+fn write_json(report: &Report) -> anyhow::Result<PathBuf> {
+    let cache = std::env::var_os("GATEHOUSE_CACHE").map_or_else(
+        || {
+            std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+                .join(".cache/gatehouse")
+        },
+        PathBuf::from,
+    );
+    let folder = cache.join("bench");
+    std::fs::create_dir_all(&folder)?;
+    let path = folder.join("last.json");
+    std::fs::write(&path, serde_json::to_string_pretty(report)? + "\n")?;
+    Ok(path)
+}
