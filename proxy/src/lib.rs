@@ -6,8 +6,10 @@
 //! its place in the workspace.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod identity;
+pub mod metrics;
 pub mod pg;
 pub mod policy;
 pub mod server;
