@@ -66,7 +66,8 @@ macro_rules! label {
 
 label!(
     /// How a client connection's startup ended; each accepted connection is
-    /// counted once.
+    /// counted once (and once more as `protocol_error` in the rare case that
+    /// the refusal itself cannot be written).
     SessionOutcome, "outcome" {
         /// Authenticated and relayed to an upstream session.
         Started => "started",

@@ -208,11 +208,11 @@ where
             }
             () = &mut idle, if !idle_timeout.is_zero() => {
                 let now = Instant::now();
-                if last_batch + idle_timeout > now {
-                    idle.as_mut().reset(last_batch + idle_timeout);
+                if deadline(last_batch, idle_timeout) > now {
+                    idle.as_mut().reset(deadline(last_batch, idle_timeout));
                 } else if pending.server_owes_answer() {
                     // A long-running statement: look again a period later.
-                    idle.as_mut().reset(now + idle_timeout);
+                    idle.as_mut().reset(deadline(now, idle_timeout));
                 } else {
                     close_idle(client, server, idle_timeout).await?;
                     return Ok(Ended::IdleTimeout);
@@ -220,6 +220,13 @@ where
             }
         }
     }
+}
+
+/// `from + after`, or a far-off moment when a huge configured timeout
+/// would overflow the clock.
+fn deadline(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 24 * 3600))
 }
 
 /// Tells the client why its session ends, as PostgreSQL's own
