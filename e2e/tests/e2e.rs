@@ -10,6 +10,7 @@ use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod harness;
+mod ops;
 mod proxy;
 mod session;
 
@@ -43,6 +44,11 @@ fn main() -> ExitCode {
         proxy::a_policy_change_applies_to_open_sessions,
         session::newer_protocol_versions_are_negotiated_down_to_3_0,
         session::sessions_that_the_policy_could_misread_are_refused,
+        ops::admin_endpoint_reports_health_readiness_and_counters,
+        ops::config_reloads_are_counted_and_an_invalid_one_changes_nothing,
+        ops::an_idle_session_gets_57p05_and_its_backend_ends,
+        ops::a_third_connection_gets_53300_with_max_connections_2,
+        ops::a_drain_fails_readiness_first_and_open_sessions_go_on,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

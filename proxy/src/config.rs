@@ -259,7 +259,8 @@ pub struct Limits {
     /// Time a client has to finish TLS, startup and authentication.
     #[serde(with = "humantime_serde")]
     pub startup_timeout: Duration,
-    /// A session idle this long is closed.
+    /// A session with no traffic this long, while the server owes it no
+    /// answer, is closed with SQLSTATE 57P05; zero disables the limit.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Largest message a client may send.

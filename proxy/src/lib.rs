@@ -7,9 +7,11 @@
 //! shared state, `mask` the secret detectors.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod identity;
 pub mod mask;
+pub mod metrics;
 pub mod pg;
 pub mod policy;
 pub mod server;

@@ -1,11 +1,14 @@
 //! `gatehouse-proxy --config FILE`: serves one Connection from a configuration
 //! file (standalone mode; under the operator the file is its ConfigMap).
-//! Reloads the file when it changes; drains on SIGTERM or Ctrl-C.
+//! Reloads the file when it changes; serves `/healthz`, `/readyz` and
+//! `/metrics` on `admin.address`; drains on SIGTERM or Ctrl-C (readiness
+//! fails first).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use gatehouse_proxy::{
+    admin,
     config::ProxyConfig,
     server::{self, Runtime, Shared},
 };
@@ -46,8 +49,18 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(%address, "listening");
+    let admin_address = runtime.config.admin.address;
+    let admin = match tokio::net::TcpListener::bind(admin_address).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("gatehouse-proxy: cannot serve the admin endpoint on {admin_address}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(%address, admin = %admin_address, "listening");
     let shared = Shared::new(runtime);
+    // The admin endpoint outlives the drain: /readyz says 503 meanwhile.
+    tokio::spawn(admin::serve_admin(admin, shared.clone(), std::future::pending()));
     tokio::spawn(server::watch_config(
         args.config.clone(),
         shared.clone(),

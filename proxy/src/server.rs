@@ -3,7 +3,10 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -12,8 +15,9 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use crate::{
     config::ProxyConfig,
     identity::{AuthError, Identity, StaticTokens},
+    metrics::{Metrics, ReloadResult, SessionOutcome},
     pg::{CancelRequest, messages::BackendKeyData},
-    policy::{Classification, ClassificationCache, ClassifyError, CompiledPolicy},
+    policy::{CacheCounters, CacheStats, Classification, ClassificationCache, ClassifyError, CompiledPolicy},
 };
 
 /// Memory the classification cache may use.
@@ -65,16 +69,59 @@ pub struct Shared {
     cache: ClassificationCache,
     /// The proxy's cancel keys handed to clients → the server's key and address.
     cancels: Mutex<HashMap<CancelKey, UpstreamCancel>>,
+    /// The process's metrics.
+    metrics: Metrics,
+    /// Set once the listener serves; readiness needs it.
+    listening: AtomicBool,
+    /// Set when a drain begins; readiness fails from then on.
+    draining: AtomicBool,
 }
 
 impl Shared {
     /// State for a first configuration.
     pub fn new(runtime: Runtime) -> Arc<Shared> {
+        let metrics = Metrics::new();
+        metrics.config_loaded();
+        let counters = CacheCounters {
+            hits: metrics.parse_cache_hits.clone(),
+            misses: metrics.parse_cache_misses.clone(),
+        };
         Arc::new(Shared {
             runtime: RwLock::new(Arc::new(runtime)),
-            cache: ClassificationCache::new(CACHE_BYTES),
+            cache: ClassificationCache::with_counters(CACHE_BYTES, counters),
             cancels: Mutex::new(HashMap::new()),
+            metrics,
+            listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         })
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The classification cache's counts.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Whether the proxy should get new clients: its configuration is loaded
+    /// (it is, once `Shared` exists), its listener serves, and it is not
+    /// draining.
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Records that the listener serves.
+    pub(crate) fn mark_listening(&self) {
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
+    /// Fails readiness from now on: the first step of a drain, so load
+    /// balancers stop sending clients before the listener closes.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Classifies `sql` through the shared cache.
@@ -159,9 +206,13 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(shared.runtime().config.limits.max_connections));
     let mut sessions = JoinSet::new();
     tokio::pin!(shutdown);
+    shared.mark_listening();
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                shared.start_draining();
+                break;
+            }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -182,6 +233,7 @@ pub async fn serve(
                         });
                     }
                     Err(_) => {
+                        shared.metrics.sessions.inc(SessionOutcome::TooMany);
                         sessions.spawn(crate::session::refuse(stream, "53300", "too many connections to this Gatehouse proxy; try again later"));
                     }
                 }
@@ -221,9 +273,11 @@ pub async fn watch_config(path: PathBuf, shared: Arc<Shared>, every: Duration) {
         match parsed.and_then(Runtime::new) {
             Ok(runtime) => {
                 shared.replace(runtime);
+                shared.metrics.config_reloaded(ReloadResult::Ok);
                 tracing::info!(path = %path.display(), "configuration reloaded");
             }
             Err(e) => {
+                shared.metrics.config_reloaded(ReloadResult::Error);
                 tracing::error!(path = %path.display(), error = %e, "new configuration refused; keeping the last good one");
             }
         }

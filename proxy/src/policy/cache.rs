@@ -29,9 +29,9 @@
 //! classified, and refused, every time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use pg_query::protobuf::Token;
+use prometheus_client::metrics::counter::Counter;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
@@ -108,8 +108,17 @@ impl Weighter<String, Arc<Classification>> for EntryWeighter {
 pub struct ClassificationCache {
     cache: Cache<String, Arc<Classification>, EntryWeighter>,
     max_key_len: usize,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    counters: CacheCounters,
+}
+
+/// The hit and miss counters a [`ClassificationCache`] adds to: shared
+/// handles, so the proxy's metrics registry exposes the same counts.
+#[derive(Debug, Clone, Default)]
+pub struct CacheCounters {
+    /// Lookups answered from the cache.
+    pub hits: Counter,
+    /// Lookups that ran the parser.
+    pub misses: Counter,
 }
 
 impl Default for ClassificationCache {
@@ -126,13 +135,17 @@ impl ClassificationCache {
     /// Texts whose key is longer than a sixty-fourth of that are classified
     /// every time rather than evicting everything else.
     pub fn new(capacity_bytes: u64) -> Self {
+        Self::with_counters(capacity_bytes, CacheCounters::default())
+    }
+
+    /// As [`new`](Self::new), counting hits and misses into `counters`.
+    pub fn with_counters(capacity_bytes: u64, counters: CacheCounters) -> Self {
         let capacity_bytes = capacity_bytes.max(4096);
         let estimated_items = usize::try_from(capacity_bytes / 512).unwrap_or(usize::MAX).max(8);
         Self {
             cache: Cache::with_weighter(estimated_items, capacity_bytes, EntryWeighter),
             max_key_len: usize::try_from(capacity_bytes / 64).unwrap_or(usize::MAX),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            counters,
         }
     }
 
@@ -147,10 +160,10 @@ impl ClassificationCache {
         if let Some(key) = &key
             && let Some(hit) = self.cache.get(key.as_str())
         {
-            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.hits.inc();
             return Ok(hit);
         }
-        self.misses.fetch_add(1, Ordering::Relaxed);
+        self.counters.misses.inc();
         let classification = Arc::new(classify(sql)?);
         if let Some(key) = key
             && !classification.constant_sensitive()
@@ -163,8 +176,8 @@ impl ClassificationCache {
     /// The counts so far.
     pub fn stats(&self) -> CacheStats {
         CacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
+            hits: self.counters.hits.get(),
+            misses: self.counters.misses.get(),
             entries: self.cache.len() as u64,
             bytes: self.cache.weight(),
         }

@@ -45,7 +45,7 @@ use std::fmt;
 
 pub use gatehouse_crds::policy::Operation;
 
-pub use cache::{CacheStats, ClassificationCache, cache_key};
+pub use cache::{CacheCounters, CacheStats, ClassificationCache, cache_key};
 pub use classify::classify;
 pub use functions::{SIDE_EFFECT_GROUPS, SideEffectGroup, side_effect_group};
 pub use prepared::{MAX_PREPARED_STATEMENTS, PreparedStatements};

@@ -9,7 +9,8 @@ use gatehouse_crds::policy::Operation;
 use super::relay::Judge;
 use crate::{
     identity::Identity,
-    policy::{self, Classification, PreparedStatements, Refusal},
+    metrics::StatementDecision,
+    policy::{self, Classification, ClassifyError, Decision, PreparedStatements, Refusal},
     server::Shared,
 };
 
@@ -36,8 +37,13 @@ impl Guard {
         let resolved = self
             .prepared
             .resolve(classification)
-            .map_err(|e| policy::refusal_for_error(&e))?;
+            .map_err(|e| self.refuse(&e))?;
         let decision = policy::decide(&runtime.policies, &self.identity, &resolved);
+        self.shared.metrics().statements.inc(match decision {
+            Decision::Allow { .. } => StatementDecision::Allow,
+            Decision::Deny { .. } => StatementDecision::Deny,
+            Decision::RequireApproval { .. } => StatementDecision::RequireApproval,
+        });
         match policy::refusal(&decision) {
             Some(refusal) => Err(refusal),
             None => {
@@ -52,14 +58,22 @@ impl Guard {
             }
         }
     }
+
+    /// The refusal of a statement that could not be classified or resolved,
+    /// counted as unparseable when PostgreSQL's parser rejects it and as
+    /// denied otherwise.
+    fn refuse(&self, error: &ClassifyError) -> Refusal {
+        self.shared.metrics().statements.inc(match error {
+            ClassifyError::Parse(_) => StatementDecision::Unparseable,
+            _ => StatementDecision::Deny,
+        });
+        policy::refusal_for_error(error)
+    }
 }
 
 impl Judge for Guard {
     fn judge_sql(&mut self, sql: &str) -> Result<(), Refusal> {
-        let classification = self
-            .shared
-            .classify(sql)
-            .map_err(|e| policy::refusal_for_error(&e))?;
+        let classification = self.shared.classify(sql).map_err(|e| self.refuse(&e))?;
         self.decide(&classification)
     }
 

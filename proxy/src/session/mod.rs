@@ -17,6 +17,7 @@ use tokio_util::codec::Framed;
 
 use crate::{
     identity::Identity,
+    metrics::{AuthFailure, SessionEnd, SessionOutcome},
     pg::{
         CancelRequest, FrameCodec, FrameLimits, ProtocolError, StartupPacket,
         messages::{Authentication, BackendKeyData, ErrorResponse, Message, PasswordMessage, Severity},
@@ -41,9 +42,18 @@ pub enum SessionError {
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), SessionError> {
     let _ = stream.set_nodelay(true);
     let limits = shared.runtime().config.limits.clone();
-    let startup = tokio::time::timeout(limits.startup_timeout, handshake(stream, &shared))
-        .await
-        .map_err(|_| SessionError::StartupTimeout(limits.startup_timeout))??;
+    let metrics = shared.metrics();
+    let startup = match tokio::time::timeout(limits.startup_timeout, handshake(stream, &shared)).await {
+        Ok(Ok(startup)) => startup,
+        Ok(Err(e)) => {
+            metrics.sessions.inc(SessionOutcome::ProtocolError);
+            return Err(e);
+        }
+        Err(_) => {
+            metrics.sessions.inc(SessionOutcome::StartupTimeout);
+            return Err(SessionError::StartupTimeout(limits.startup_timeout));
+        }
+    };
     let Some(Started {
         mut client,
         mut server,
@@ -54,8 +64,21 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
     else {
         return Ok(());
     };
+    metrics.sessions.inc(SessionOutcome::Started);
+    let open = metrics.session_open();
     let mut guard = guard::Guard::new(shared.clone(), identity);
-    let ended = relay::relay(&mut client, &mut server, &mut guard, &nonce).await;
+    let settings = relay::Settings {
+        idle_timeout: limits.idle_timeout,
+        metrics,
+    };
+    let ended = relay::relay(&mut client, &mut server, &mut guard, &nonce, settings).await;
+    drop(open);
+    metrics.sessions_ended.inc(match &ended {
+        Ok(relay::Ended::ClientClosed) => SessionEnd::ClientClosed,
+        Ok(relay::Ended::ServerClosed) => SessionEnd::ServerClosed,
+        Ok(relay::Ended::IdleTimeout) => SessionEnd::IdleTimeout,
+        Ok(relay::Ended::UnsafeParameter) | Err(_) => SessionEnd::Error,
+    });
     shared.forget_cancel(&key);
     tracing::debug!(?ended, "session ended");
     ended?;
@@ -88,6 +111,7 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str)
 /// Startup up to the first ReadyForQuery; `None` when the connection was a
 /// cancel request or ended before a session began.
 async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option<Started>, SessionError> {
+    let metrics = shared.metrics();
     let startup = loop {
         let packet = match read_startup_packet(&mut stream).await {
             Ok(packet) => packet,
@@ -99,7 +123,10 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
             }
         };
         match packet {
-            None => return Ok(None),
+            None => {
+                metrics.sessions.inc(SessionOutcome::ClientGone);
+                return Ok(None);
+            }
             // TLS for clients is configured in listen.tls; without it the
             // client may go on in plaintext only where the config allows.
             Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
@@ -107,6 +134,7 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
             }
             Some(StartupPacket::Cancel(request)) => {
                 shared.cancel(&request).await;
+                metrics.sessions.inc(SessionOutcome::CancelRequest);
                 return Ok(None);
             }
             Some(StartupPacket::Startup(message)) => break message,
@@ -118,6 +146,7 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
     }
     let runtime = shared.runtime();
     if !runtime.config.listen.allow_plaintext {
+        metrics.sessions.inc(SessionOutcome::TlsRequired);
         fatal(
             &mut stream,
             "28000",
@@ -134,10 +163,15 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
     }
     client.send(Authentication::CleartextPassword.to_frame()?).await?;
     let token = match client.next().await {
-        None => return Ok(None),
+        None => {
+            metrics.sessions.inc(SessionOutcome::ClientGone);
+            return Ok(None);
+        }
         Some(frame) => {
             let frame = frame?;
             if frame.tag() != tag::frontend::PASSWORD {
+                metrics.sessions.inc(SessionOutcome::AuthRefused);
+                metrics.auth_failures.inc(AuthFailure::NotAPassword);
                 fatal(
                     client.get_mut(),
                     "08P01",
@@ -156,6 +190,8 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(reason = %e, "authentication refused");
+            metrics.sessions.inc(SessionOutcome::AuthRefused);
+            metrics.auth_failures.inc(AuthFailure::of(&e));
             fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
             return Ok(None);
         }
@@ -175,6 +211,7 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
             } else {
                 tracing::warn!(error = %e, "upstream session failed");
             }
+            metrics.sessions.inc(SessionOutcome::UpstreamFailed);
             fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
             return Ok(None);
         }

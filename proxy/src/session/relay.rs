@@ -12,18 +12,27 @@
 //! without the proxy having to simulate PostgreSQL's state machine; nothing
 //! the policy refused ever reaches the server.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    time::Duration,
+};
 
 use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
 use tokio_util::codec::Framed;
 
-use crate::pg::{
-    Frame, FrameCodec, ProtocolError,
-    messages::{ErrorResponse, Message, ParameterStatus, Parse, Query, Severity, Terminate},
-    tag,
-};
 pub use crate::policy::Refusal;
+use crate::{
+    metrics::{ByteDirection, Metrics},
+    pg::{
+        Frame, FrameCodec, ProtocolError,
+        messages::{ErrorResponse, Message, ParameterStatus, Parse, Query, Severity, Terminate},
+        sqlstate, tag,
+    },
+};
 
 /// What the relay asks the policy about a statement.
 pub trait Judge {
@@ -46,6 +55,8 @@ pub enum Ended {
     ClientClosed,
     /// The server hung up.
     ServerClosed,
+    /// The proxy closed an idle session (`limits.idleTimeout`).
+    IdleTimeout,
     /// The server reported a parameter value under which statements could
     /// be read differently by the policy and the server (see [`super::params`]);
     /// the client was told why.
@@ -63,23 +74,102 @@ pub fn unsafe_parameter(frame: &Frame) -> Option<String> {
     }
 }
 
-/// Refusals waiting for the server's error on their marker, by nonce.
+/// What the relay enforces and measures besides the policy.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    /// A session with no traffic for this long while the server owes no
+    /// answer is closed with SQLSTATE 57P05; zero disables it.
+    pub idle_timeout: Duration,
+    /// Where bytes and statement durations are counted.
+    pub metrics: &'a Metrics,
+}
+
+/// A response segment sent to the server and not yet answered with its
+/// ReadyForQuery.
+#[derive(Debug)]
+struct Segment {
+    /// Refusal markers sent in it.
+    markers: Vec<String>,
+    /// When its first message arrived from the client.
+    started: Instant,
+}
+
+/// Refusals waiting for the server's error on their marker, by nonce, and
+/// the segments the server still owes an answer for.
 #[derive(Debug, Default)]
 struct Pending {
     markers: HashMap<String, Refusal>,
-    /// Markers sent in each response segment (a simple Query, or the
-    /// extended-protocol messages up to a Sync): a segment ends with the
-    /// server's ReadyForQuery, after which its unfired markers are moot.
-    segments: VecDeque<Vec<String>>,
+    /// Segments sent (a simple Query, a FunctionCall, or the extended-protocol
+    /// messages up to a Sync): each ends with the server's ReadyForQuery,
+    /// after which its unfired markers are moot.
+    segments: VecDeque<Segment>,
+    /// Markers of the segment the client is still sending.
     open: Vec<String>,
+    /// When the segment the client is still sending began.
+    open_since: Option<Instant>,
 }
 
-/// Relays between `client` and `server` until one side ends.
+impl Pending {
+    /// Whether the server may still be working for the client: a segment
+    /// was sent without its ReadyForQuery back, or an extended-protocol
+    /// pipeline was started without its Sync (an Execute and Flush run a
+    /// statement without one). Such a session is never idle.
+    fn server_owes_answer(&self) -> bool {
+        !self.segments.is_empty() || self.open_since.is_some()
+    }
+
+    fn close_segment(&mut self) {
+        let started = self.open_since.take().unwrap_or_else(Instant::now);
+        self.segments.push_back(Segment {
+            markers: std::mem::take(&mut self.open),
+            started,
+        });
+    }
+}
+
+/// Bytes relayed since the last flush, added to the shared counters once a
+/// batch rather than per frame.
+struct ByteCounts<'a> {
+    metrics: &'a Metrics,
+    to_server: u64,
+    to_client: u64,
+}
+
+impl ByteCounts<'_> {
+    fn flush(&mut self) {
+        if self.to_server > 0 {
+            self.metrics
+                .bytes
+                .get(ByteDirection::ClientToServer)
+                .inc_by(std::mem::take(&mut self.to_server));
+        }
+        if self.to_client > 0 {
+            self.metrics
+                .bytes
+                .get(ByteDirection::ServerToClient)
+                .inc_by(std::mem::take(&mut self.to_client));
+        }
+    }
+}
+
+impl Drop for ByteCounts<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Relays between `client` and `server` until one side ends or the session
+/// is idle for `settings.idle_timeout`.
+///
+/// Idleness costs no timer per frame: a batch only records when it was
+/// handled, and the one timer, when it fires, moves itself to the last
+/// batch's deadline if traffic came since.
 pub async fn relay<C, S>(
     client: &mut Framed<C, FrameCodec>,
     server: &mut Framed<S, FrameCodec>,
     judge: &mut impl Judge,
     session_nonce: &str,
+    settings: Settings<'_>,
 ) -> Result<Ended, ProtocolError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -87,6 +177,15 @@ where
 {
     let mut pending = Pending::default();
     let mut counter = 0u64;
+    let mut bytes = ByteCounts {
+        metrics: settings.metrics,
+        to_server: 0,
+        to_client: 0,
+    };
+    let idle_timeout = settings.idle_timeout;
+    let mut last_batch = Instant::now();
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     loop {
         tokio::select! {
             frame = client.next() => {
@@ -97,6 +196,7 @@ where
                     counter += 1;
                     format!("gatehouse_refused_{session_nonce}_{counter}")
                 })?;
+                bytes.to_server += outgoing.wire_len() as u64;
                 // Feed without flushing while the client has more queued, so a
                 // pipeline goes upstream in as few writes as it arrived in.
                 server.feed(outgoing).await?;
@@ -106,6 +206,8 @@ where
                 }
                 if client.read_buffer().is_empty() {
                     SinkExt::<Frame>::flush(server).await?;
+                    bytes.flush();
+                    last_batch = Instant::now();
                 }
             }
             frame = server.next() => {
@@ -118,14 +220,60 @@ where
                     server.send(Terminate.to_frame()?).await?;
                     return Ok(Ended::UnsafeParameter);
                 }
-                let frame = on_server(frame, &mut pending)?;
+                let frame = on_server(frame, &mut pending, settings.metrics)?;
+                bytes.to_client += frame.wire_len() as u64;
                 client.feed(frame).await?;
                 if server.read_buffer().is_empty() {
                     SinkExt::<Frame>::flush(client).await?;
+                    bytes.flush();
+                    last_batch = Instant::now();
+                }
+            }
+            () = &mut idle, if !idle_timeout.is_zero() => {
+                let now = Instant::now();
+                if deadline(last_batch, idle_timeout) > now {
+                    idle.as_mut().reset(deadline(last_batch, idle_timeout));
+                } else if pending.server_owes_answer() {
+                    // A long-running statement: look again a period later.
+                    idle.as_mut().reset(deadline(now, idle_timeout));
+                } else {
+                    close_idle(client, server, idle_timeout).await?;
+                    return Ok(Ended::IdleTimeout);
                 }
             }
         }
     }
+}
+
+/// `from + after`, or a far-off moment when a huge configured timeout
+/// would overflow the clock.
+fn deadline(from: Instant, after: Duration) -> Instant {
+    from.checked_add(after)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 24 * 3600))
+}
+
+/// Tells the client why its session ends, as PostgreSQL's own
+/// idle_session_timeout does, and ends the server's backend cleanly.
+async fn close_idle<C, S>(
+    client: &mut Framed<C, FrameCodec>,
+    server: &mut Framed<S, FrameCodec>,
+    idle_timeout: Duration,
+) -> Result<(), ProtocolError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let message = format!(
+        "terminating connection due to idle timeout of Gatehouse (limits.idleTimeout = {})",
+        humantime::format_duration(idle_timeout)
+    );
+    let fatal = ErrorResponse::new(Severity::Fatal, sqlstate::IDLE_SESSION_TIMEOUT, message).to_frame()?;
+    // The server goes first: the client may hang up as soon as it reads the error.
+    let upstream = server.send(Terminate.to_frame()?).await;
+    let downstream = client.send(fatal).await;
+    upstream?;
+    downstream?;
+    Ok(())
 }
 
 fn marker_sql(marker: &str) -> String {
@@ -138,6 +286,9 @@ fn on_client(
     pending: &mut Pending,
     mut next_marker: impl FnMut() -> String,
 ) -> Result<Frame, ProtocolError> {
+    if pending.open_since.is_none() && starts_segment(frame.tag()) {
+        pending.open_since = Some(Instant::now());
+    }
     let mut refuse = |refusal: Refusal, pending: &mut Pending| {
         let marker = next_marker();
         pending.markers.insert(marker.clone(), refusal);
@@ -152,7 +303,7 @@ fn on_client(
                 Err(refusal) => Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
             };
             // A simple Query is a segment of its own.
-            pending.segments.push_back(std::mem::take(&mut pending.open));
+            pending.close_segment();
             Ok(out)
         }
         tag::frontend::PARSE => {
@@ -177,18 +328,31 @@ fn on_client(
                 // failing Query answers with an error and ReadyForQuery.
                 Err(refusal) => Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
             };
-            pending.segments.push_back(std::mem::take(&mut pending.open));
+            pending.close_segment();
             Ok(out)
         }
         tag::frontend::SYNC => {
-            pending.segments.push_back(std::mem::take(&mut pending.open));
+            pending.close_segment();
             Ok(frame)
         }
         _ => Ok(frame),
     }
 }
 
-fn on_server(frame: Frame, pending: &mut Pending) -> Result<Frame, ProtocolError> {
+/// Whether a client message begins a response segment when none is open.
+/// COPY FROM STDIN data belongs to the Query that started the COPY, and
+/// Terminate ends the session.
+fn starts_segment(tag: u8) -> bool {
+    !matches!(
+        tag,
+        tag::frontend::COPY_DATA
+            | tag::frontend::COPY_DONE
+            | tag::frontend::COPY_FAIL
+            | tag::frontend::TERMINATE
+    )
+}
+
+fn on_server(frame: Frame, pending: &mut Pending, metrics: &Metrics) -> Result<Frame, ProtocolError> {
     match frame.tag() {
         tag::backend::ERROR_RESPONSE if !pending.markers.is_empty() => {
             let error = ErrorResponse::decode(&frame)?;
@@ -205,12 +369,214 @@ fn on_server(frame: Frame, pending: &mut Pending) -> Result<Frame, ProtocolError
         }
         tag::backend::READY_FOR_QUERY => {
             if let Some(segment) = pending.segments.pop_front() {
-                for marker in segment {
+                for marker in segment.markers {
                     pending.markers.remove(&marker);
                 }
+                metrics
+                    .statement_duration
+                    .observe(segment.started.elapsed().as_secs_f64());
             }
             Ok(frame)
         }
         _ => Ok(frame),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{DuplexStream, duplex};
+
+    use super::*;
+    use crate::pg::messages::{CommandComplete, ReadyForQuery, TransactionStatus};
+
+    struct AllowAll;
+
+    impl Judge for AllowAll {
+        fn judge_sql(&mut self, _: &str) -> Result<(), Refusal> {
+            Ok(())
+        }
+        fn judge_function_call(&mut self) -> Result<(), Refusal> {
+            Ok(())
+        }
+    }
+
+    type End = Framed<DuplexStream, FrameCodec>;
+
+    /// The relay's client side and the client; the relay's server side and the server.
+    fn link() -> (End, End, End, End) {
+        let (a, b) = duplex(1 << 16);
+        let (c, d) = duplex(1 << 16);
+        (
+            Framed::new(a, FrameCodec::frontend()),
+            Framed::new(b, FrameCodec::backend()),
+            Framed::new(c, FrameCodec::backend()),
+            Framed::new(d, FrameCodec::frontend()),
+        )
+    }
+
+    fn settings(metrics: &Metrics, idle: Duration) -> Settings<'_> {
+        Settings {
+            idle_timeout: idle,
+            metrics,
+        }
+    }
+
+    /// The FATAL the client got and the Terminate the server got.
+    async fn assert_closed_for_idleness(client: &mut End, server: &mut End, idle: &str) {
+        let fatal = client.next().await.unwrap().unwrap();
+        let error = ErrorResponse::decode(&fatal).unwrap();
+        assert_eq!(
+            error.fields.code().as_deref(),
+            Some(sqlstate::IDLE_SESSION_TIMEOUT)
+        );
+        let message = error.fields.message().unwrap_or_default().into_owned();
+        assert!(
+            message.contains(&format!(
+                "idle timeout of Gatehouse (limits.idleTimeout = {idle})"
+            )),
+            "{message}"
+        );
+        assert_eq!(error.fields.severity().as_deref(), Some("FATAL"));
+        let terminate = server.next().await.unwrap().unwrap();
+        assert_eq!(terminate.tag(), tag::frontend::TERMINATE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_without_traffic_is_closed_after_the_idle_timeout() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let start = Instant::now();
+        let ended = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut AllowAll,
+            "t",
+            settings(&metrics, Duration::from_secs(1)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ended, Ended::IdleTimeout);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(1) && waited < Duration::from_millis(1100),
+            "{waited:?}"
+        );
+        assert_closed_for_idleness(&mut client, &mut server, "1s").await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_statement_is_not_idle_and_idleness_counts_from_its_answer() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let idle = Duration::from_secs(1);
+        let mut judge = AllowAll;
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings(&metrics, idle),
+        );
+        let query = Query::new("SELECT pg_sleep(5)".to_owned()).to_frame().unwrap();
+        let query_len = query.wire_len() as u64;
+        let answer = [
+            CommandComplete::new("SELECT 1").to_frame().unwrap(),
+            ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap(),
+        ];
+        let answer_len: u64 = answer.iter().map(|f| f.wire_len() as u64).sum();
+        let script = async {
+            // Traffic just before the deadline moves it.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            client.send(query).await.unwrap();
+            assert_eq!(server.next().await.unwrap().unwrap().tag(), tag::frontend::QUERY);
+            // The server works five idle periods long.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            for frame in answer {
+                server.feed(frame).await.unwrap();
+            }
+            SinkExt::<Frame>::flush(&mut server).await.unwrap();
+            let _complete = client.next().await.unwrap().unwrap();
+            let ready = client.next().await.unwrap().unwrap();
+            assert_eq!(ready.tag(), tag::backend::READY_FOR_QUERY);
+            Instant::now()
+        };
+        let (ended, answered) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::IdleTimeout);
+        let after_answer = answered.elapsed();
+        assert!(
+            after_answer >= idle && after_answer < idle + Duration::from_millis(100),
+            "closed {after_answer:?} after the answer"
+        );
+        assert_closed_for_idleness(&mut client, &mut server, "1s").await;
+
+        let text = metrics.render();
+        let sample = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse::<f64>().ok())
+                .unwrap_or(-1.0)
+        };
+        assert_eq!(
+            sample("gatehouse_statement_duration_seconds_count"),
+            1.0,
+            "{text}"
+        );
+        let seconds = sample("gatehouse_statement_duration_seconds_sum");
+        assert!((5.0..5.1).contains(&seconds), "{seconds}");
+        assert_eq!(
+            sample(r#"gatehouse_bytes_total{direction="client_to_server"}"#),
+            query_len as f64
+        );
+        assert_eq!(
+            sample(r#"gatehouse_bytes_total{direction="server_to_client"}"#),
+            answer_len as f64
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unsynced_pipeline_is_not_idle() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let mut judge = AllowAll;
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings(&metrics, Duration::from_secs(1)),
+        );
+        let parse = Parse {
+            statement: String::new(),
+            sql: "SELECT 1".to_owned(),
+            param_types: Vec::new(),
+        }
+        .to_frame()
+        .unwrap();
+        let script = async {
+            client.send(parse).await.unwrap();
+            assert_eq!(server.next().await.unwrap().unwrap().tag(), tag::frontend::PARSE);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        };
+        tokio::select! {
+            ended = relaying => panic!("the relay ended: {ended:?}"),
+            () = script => {}
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_idle_timeout_never_closes() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, _client, mut proxy_server, _server) = link();
+        let mut judge = AllowAll;
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings(&metrics, Duration::ZERO),
+        );
+        tokio::select! {
+            ended = relaying => panic!("the relay ended: {ended:?}"),
+            () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
+        }
     }
 }
