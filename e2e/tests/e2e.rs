@@ -11,6 +11,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 
 mod harness;
 mod proxy;
+mod tls;
 
 type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
@@ -40,6 +41,15 @@ fn main() -> ExitCode {
         proxy::extended_protocol_decides_on_parse,
         proxy::missing_and_altered_tokens_are_refused,
         proxy::a_policy_change_applies_to_open_sessions,
+        tls::psql_require_and_verify_full_read_through_the_proxy,
+        tls::plaintext_is_refused_unless_allowed,
+        tls::verify_full_fails_on_a_proxy_certificate_for_another_name,
+        tls::a_client_certificate_is_the_identity,
+        tls::upstream_require_and_verify_full_reach_postgres_in_tls,
+        tls::upstream_require_never_falls_back_to_plaintext,
+        tls::bytes_after_ssl_request_are_refused_and_the_proxy_survives,
+        tls::direct_tls_needs_alpn_postgresql,
+        tls::a_bad_certificate_file_refuses_the_configuration,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -94,7 +94,13 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
     // One configuration for the whole handshake: the certificate the client
     // saw and the rules that judge its identity come from the same version.
     let runtime = shared.runtime();
-    let mut stream = ClientStream::Plain(tcp);
+    let mut stream = match &runtime.client_tls {
+        Some(config) if starts_with_tls_record(&tcp).await? => match direct_tls(tcp, config).await? {
+            Some(tls) => tls,
+            None => return Ok(None),
+        },
+        _ => ClientStream::Plain(tcp),
+    };
     let startup = loop {
         match read_startup_packet(&mut stream).await? {
             None => return Ok(None),
@@ -249,6 +255,41 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         nonce: crate::server::nonce(),
         key,
     }))
+}
+
+/// Whether the client opened with a TLS record (PostgreSQL 17's direct TLS,
+/// `sslnegotiation=direct`) rather than a startup packet. Unambiguous: a
+/// startup packet whose length starts with 0x16 would be hundreds of
+/// megabytes long, far over the limit.
+async fn starts_with_tls_record(tcp: &TcpStream) -> Result<bool, SessionError> {
+    /// ContentType handshake.
+    const TLS_HANDSHAKE: u8 = 0x16;
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await.map_err(ProtocolError::from)?;
+    Ok(n == 1 && first[0] == TLS_HANDSHAKE)
+}
+
+/// Direct TLS: the handshake first, no SSLRequest. As PostgreSQL 17 does, the
+/// client must have negotiated ALPN `postgresql`, so a TLS connection meant
+/// for another protocol is not taken for a PostgreSQL one.
+async fn direct_tls(
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+) -> Result<Option<ClientStream>, SessionError> {
+    let mut tls = tokio_rustls::TlsAcceptor::from(config.clone())
+        .accept(tcp)
+        .await
+        .map_err(SessionError::Tls)?;
+    if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+        fatal(
+            &mut tls,
+            "08P01",
+            "direct TLS connection without ALPN protocol \"postgresql\"",
+        )
+        .await?;
+        return Ok(None);
+    }
+    Ok(Some(ClientStream::Tls(Box::new(tls))))
 }
 
 /// Answers an SSLRequest or GSSENCRequest that arrived with more bytes
