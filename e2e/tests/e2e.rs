@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         tls::bytes_after_ssl_request_are_refused_and_the_proxy_survives,
         tls::direct_tls_needs_alpn_postgresql,
         tls::a_bad_certificate_file_refuses_the_configuration,
+        tls::a_reload_reads_new_certificate_files_and_a_bad_one_keeps_the_last,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -124,6 +124,11 @@ policies:
 
 /// Starts an in-process proxy with `settings`; returns its port.
 async fn proxy(env: &TestEnv, name: &str, settings: Settings) -> anyhow::Result<u16> {
+    Ok(proxy_watching(env, name, settings).await?.0)
+}
+
+/// Like [`proxy`], with the configuration file watched; returns the port and the file.
+async fn proxy_watching(env: &TestEnv, name: &str, settings: Settings) -> anyhow::Result<(u16, PathBuf)> {
     let dir = env.path().join(format!("tls-proxy-{name}"));
     let creds = dir.join("credentials");
     std::fs::create_dir_all(&creds)?;
@@ -134,13 +139,19 @@ async fn proxy(env: &TestEnv, name: &str, settings: Settings) -> anyhow::Result<
     let config_file = dir.join("config.yaml");
     std::fs::write(&config_file, config_yaml(env, port, &creds, &settings))?;
     let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
+    let shared = Shared::new(runtime);
+    tokio::spawn(server::watch_config(
+        config_file.clone(),
+        shared.clone(),
+        Duration::from_millis(100),
+    ));
     tokio::spawn(server::serve(
         listener,
-        Shared::new(runtime),
+        shared,
         std::future::pending(),
         Duration::from_secs(1),
     ));
-    Ok(port)
+    Ok((port, config_file))
 }
 
 /// A proxy that serves TLS with the certificate `cert` (`proxy` or
@@ -542,6 +553,69 @@ pub async fn a_bad_certificate_file_refuses_the_configuration(env: Arc<TestEnv>)
     ensure!(
         err.contains("listen.tls.certFile") && err.contains("not-a-certificate.crt"),
         "{err}"
+    );
+    Ok(())
+}
+
+pub async fn a_reload_reads_new_certificate_files_and_a_bad_one_keeps_the_last(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    let files = files(&env).await?;
+    let dir = env.path().join("tls-proxy-reload-certs");
+    std::fs::create_dir_all(&dir)?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::copy(files.dir.join("proxy.crt"), &cert)?;
+    std::fs::copy(files.dir.join("proxy.key"), &key)?;
+    let settings = Settings {
+        listen: format!(
+            "allowPlaintext: false, tls: {{certFile: {}, keyFile: {}}}",
+            cert.display(),
+            key.display()
+        ),
+        upstream_tls: "{mode: disable}".into(),
+        upstream_port: None,
+    };
+    let (port, config_file) = proxy_watching(&env, "reload", settings).await?;
+    let root = files.proxy_ca.display().to_string();
+    let vars = [
+        ("PGPASSWORD", AGENT_TOKEN),
+        ("PGSSLMODE", "verify-full"),
+        ("PGSSLROOTCERT", root.as_str()),
+    ];
+    let verified = || async {
+        let (ok, out, err) = psql("127.0.0.1", port, &vars, "SELECT 1").await?;
+        anyhow::Ok((ok && out.trim() == "1", err))
+    };
+    let (ok, err) = verified().await?;
+    ensure!(ok, "before the reload: {err}");
+
+    // A renewed certificate (for another name), then a change of the file:
+    // the reload serves the new certificate.
+    std::fs::copy(files.dir.join("elsewhere.crt"), &cert)?;
+    std::fs::copy(files.dir.join("elsewhere.key"), &key)?;
+    let original = std::fs::read_to_string(&config_file)?;
+    std::fs::write(&config_file, format!("{original}# renewed\n"))?;
+    let mut renewed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (ok, err) = verified().await?;
+        if !ok {
+            ensure!(err.contains("elsewhere.example"), "{err}");
+            renewed = true;
+            break;
+        }
+    }
+    ensure!(renewed, "the renewed certificate was not served within 5 s");
+
+    // An unusable certificate file refuses the new version; the last good one stays.
+    std::fs::write(&cert, "not a certificate\n")?;
+    std::fs::write(&config_file, format!("{original}# broken\n"))?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let vars = [("PGPASSWORD", AGENT_TOKEN), ("PGSSLMODE", "require")];
+    let (ok, out, err) = psql("127.0.0.1", port, &vars, "SELECT 1").await?;
+    ensure!(
+        ok && out.trim() == "1",
+        "after a bad certificate file: {out} {err}"
     );
     Ok(())
 }
