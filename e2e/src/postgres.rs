@@ -2,11 +2,15 @@
 //! into a temporary folder, SCRAM authentication, a random loopback port, and
 //! the seed schema in `e2e/sql/seed.sql`.
 //!
+//! The server accepts TLS and plaintext on the same port (`ssl=on`, `host`
+//! lines in pg_hba.conf): its certificate names `127.0.0.1` and `localhost`
+//! and is signed by a CA made for the run, at [`Postgres::ca_file`].
+//!
 //! The server runs as a child of the harness (not daemonised by `pg_ctl`) so
 //! that it stops with the harness like every other component.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -17,7 +21,7 @@ use crate::{
     error::{Error, Result, StepExt},
     kube::write_private,
     net::free_port,
-    pki::random_hex,
+    pki::{Pki, random_hex},
     process::{Process, Spawn},
     tools::pg_program,
 };
@@ -38,6 +42,9 @@ pub struct Postgres {
     pub superuser_password: String,
     /// Password of [`APP_USER`].
     pub app_password: String,
+    /// PEM file of the CA that signed the server's certificate, for clients
+    /// that verify it (`sslrootcert`, a proxy's `upstream.tls.caFile`).
+    pub ca_file: PathBuf,
 }
 
 impl Postgres {
@@ -57,8 +64,18 @@ impl Postgres {
         let superuser_password = random_hex(16);
         let pwfile = dir.join("pwfile");
         write_private(&pwfile, &superuser_password).step("write the PostgreSQL password file")?;
+        // TLS: a server certificate for the loopback names, from a CA made
+        // for this run. PostgreSQL wants its key private to its own user.
+        let step = "write the PostgreSQL TLS certificate";
+        let pki = Pki::new("gatehouse-e2e-postgres-ca")?;
+        let serving = pki.serving_cert("postgres", &["127.0.0.1", "localhost"])?;
+        let (ca_file, cert_file, key_file) =
+            (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&ca_file, &pki.ca_cert).step(step)?;
+        std::fs::write(&cert_file, &serving.cert).step(step)?;
+        write_private(&key_file, &serving.key).step(step)?;
         if let Some(user) = &run_as {
-            chown(&[dir, &sockets, &pwfile], user)?;
+            chown(&[dir, &sockets, &pwfile, &cert_file, &key_file], user)?;
         }
 
         Spawn::new("initdb", pg_program("initdb")?, dir.join("initdb.log"))
@@ -99,6 +116,14 @@ impl Postgres {
                 "full_page_writes=off",
                 "-c",
                 "password_encryption=scram-sha-256",
+                "-c",
+                "ssl=on",
+            ])
+            .args([
+                "-c".into(),
+                format!("ssl_cert_file={}", cert_file.display()),
+                "-c".into(),
+                format!("ssl_key_file={}", key_file.display()),
             ])
             .start(step)?;
 
@@ -108,6 +133,7 @@ impl Postgres {
             port,
             superuser_password,
             app_password: random_hex(16),
+            ca_file,
         };
         postgres.seed().await?;
         Ok(postgres)
@@ -183,7 +209,8 @@ async fn wait_accepting(process: &mut Process, step: &str, port: u16, timeout: D
     let deadline = Instant::now() + timeout;
     loop {
         process.ensure_running(step)?;
-        // Any answer from the server (even a refused login) means it accepts connections.
+        // Any answer from the server (even a refused login) means it accepts
+        // connections, except "the database system is starting up".
         let mut probe = Config::new();
         probe
             .host("127.0.0.1")

@@ -13,6 +13,7 @@ mod harness;
 mod ops;
 mod proxy;
 mod session;
+mod tls;
 
 type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
@@ -49,6 +50,16 @@ fn main() -> ExitCode {
         ops::an_idle_session_gets_57p05_and_its_backend_ends,
         ops::a_third_connection_gets_53300_with_max_connections_2,
         ops::a_drain_fails_readiness_first_and_open_sessions_go_on,
+        tls::psql_require_and_verify_full_read_through_the_proxy,
+        tls::plaintext_is_refused_unless_allowed,
+        tls::verify_full_fails_on_a_proxy_certificate_for_another_name,
+        tls::a_client_certificate_is_the_identity,
+        tls::upstream_require_and_verify_full_reach_postgres_in_tls,
+        tls::upstream_require_never_falls_back_to_plaintext,
+        tls::bytes_after_ssl_request_are_refused_and_the_proxy_survives,
+        tls::direct_tls_needs_alpn_postgresql,
+        tls::a_bad_certificate_file_refuses_the_configuration,
+        tls::a_reload_reads_new_certificate_files_and_a_bad_one_keeps_the_last,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

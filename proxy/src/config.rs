@@ -329,20 +329,29 @@ impl ProxyConfig {
                 return invalid(format!("policy {} appears twice", policy.name));
             }
         }
-        // Refused rather than silently ignored until the TLS work lands: a
-        // configuration that asks for TLS must never run in plaintext.
-        if self.listen.tls.is_some() {
-            return invalid(
-                "listen.tls is not supported by this build yet; use allowPlaintext on loopback".into(),
-            );
+        if let Some(tls) = &self.listen.tls {
+            let empty = |p: &PathBuf| p.as_os_str().is_empty();
+            if empty(&tls.cert_file) || empty(&tls.key_file) || tls.client_ca_file.as_ref().is_some_and(empty)
+            {
+                return invalid(
+                    "listen.tls.certFile, keyFile and clientCaFile (when set) must be file paths".into(),
+                );
+            }
         }
-        if self.upstream.tls.mode != TlsMode::Disable {
-            return invalid(
-                "upstream.tls.mode require and verify-full are not supported by this build yet".into(),
-            );
+        if self.upstream.tls.ca_file.is_some() && self.upstream.tls.mode != TlsMode::VerifyFull {
+            return invalid(format!(
+                "upstream.tls.caFile is used only with mode verify-full (mode {} does not verify the server certificate); \
+                 remove caFile or set mode: verify-full",
+                crate::tls::mode_name(self.upstream.tls.mode)
+            ));
         }
-        if self.upstream.tls.mode == TlsMode::Disable && self.upstream.tls.ca_file.is_some() {
-            return invalid("upstream.tls.caFile has no effect with mode disable".into());
+        if self.upstream.tls.mode == TlsMode::VerifyFull
+            && rustls_pki_types::ServerName::try_from(self.upstream.host.as_str()).is_err()
+        {
+            return invalid(format!(
+                "upstream.host {:?} is neither a DNS name nor an IP address, so verify-full cannot check the certificate against it",
+                self.upstream.host
+            ));
         }
         if self.limits.max_connections == 0 || self.limits.max_message_bytes < 1024 {
             return invalid(
@@ -392,9 +401,10 @@ mod tests {
     #[test]
     fn impossible_settings_are_refused_with_a_reason() {
         type Edit = fn(&mut ProxyConfig);
-        let cases: [(&str, Edit); 6] = [
-            ("not supported by this build yet", |c| {
-                c.upstream.tls.mode = TlsMode::Require
+        let cases: [(&str, Edit); 8] = [
+            ("caFile is used only with mode verify-full", |c| {
+                c.upstream.tls.mode = TlsMode::Require;
+                c.upstream.tls.ca_file = Some("/ca.pem".into());
             }),
             ("allowPlaintext", |c| c.listen.allow_plaintext = false),
             ("auth names no validator", |c| c.auth.static_tokens.clear()),
@@ -403,10 +413,38 @@ mod tests {
             }),
             ("appears twice", |c| c.policies.push(c.policies[0].clone())),
             ("maxConnections", |c| c.limits.max_connections = 0),
+            ("must be file paths", |c| {
+                c.listen.tls = Some(ServerTls {
+                    cert_file: "/cert.pem".into(),
+                    key_file: "".into(),
+                    client_ca_file: None,
+                })
+            }),
+            ("neither a DNS name nor an IP address", |c| {
+                c.upstream.tls.mode = TlsMode::VerifyFull;
+                c.upstream.host = "db host".into();
+            }),
         ];
         for (expected, edit) in cases {
             let err = example_with(edit).unwrap_err().to_string();
             assert!(err.contains(expected), "expected {expected:?} in {err}");
         }
+    }
+
+    #[test]
+    fn tls_on_both_sides_is_accepted() {
+        let config = example_with(|c| {
+            c.listen.allow_plaintext = false;
+            c.listen.tls = Some(ServerTls {
+                cert_file: "/tls/tls.crt".into(),
+                key_file: "/tls/tls.key".into(),
+                client_ca_file: Some("/tls/clients-ca.crt".into()),
+            });
+            c.upstream.tls.mode = TlsMode::VerifyFull;
+            c.upstream.tls.ca_file = Some("/tls/db-ca.crt".into());
+        })
+        .unwrap();
+        assert_eq!(config.upstream.tls.mode, TlsMode::VerifyFull);
+        example_with(|c| c.upstream.tls.mode = TlsMode::Require).unwrap();
     }
 }

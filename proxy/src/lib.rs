@@ -16,5 +16,6 @@ pub mod pg;
 pub mod policy;
 pub mod server;
 pub mod session;
+pub mod tls;
 
 pub use gatehouse_crds as api;

@@ -31,6 +31,10 @@ pub struct Runtime {
     tokens: StaticTokens,
     /// The compiled Policies.
     pub policies: Vec<CompiledPolicy>,
+    /// TLS for clients (`listen.tls`), certificates already loaded.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS towards the target (`upstream.tls`); `None` for mode `disable`.
+    pub upstream_tls: Option<crate::tls::UpstreamTls>,
 }
 
 impl Runtime {
@@ -43,10 +47,20 @@ impl Runtime {
             .map(|p| CompiledPolicy::compile(&p.name, &p.spec))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        // Certificates are read here, so a reload picks up new files and a
+        // bad file refuses the new configuration rather than its sessions.
+        let tls_invalid = |e: crate::tls::TlsError| crate::config::ConfigError::Invalid(e.to_string());
+        let client_tls = match &config.listen.tls {
+            Some(tls) => Some(crate::tls::server_config(tls).map_err(tls_invalid)?),
+            None => None,
+        };
+        let upstream_tls = crate::tls::UpstreamTls::new(&config.upstream).map_err(tls_invalid)?;
         Ok(Runtime {
             config,
             tokens,
             policies,
+            client_tls,
+            upstream_tls,
         })
     }
 

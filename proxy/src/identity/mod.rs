@@ -5,8 +5,10 @@
 //! Validators today: static tokens known by their SHA-256 (standalone mode).
 //! Kubernetes TokenReview, OIDC and mTLS arrive with the gateway's auth work.
 
+mod client_cert;
 mod static_tokens;
 
+pub use client_cert::{ClientCertError, identity_from_certificate};
 pub use static_tokens::StaticTokens;
 
 /// An authenticated caller: a username plus groups.

@@ -16,7 +16,7 @@ use tokio::{
 use tokio_util::codec::Framed;
 
 use crate::{
-    identity::Identity,
+    identity::{Identity, identity_from_certificate},
     metrics::{AuthFailure, SessionEnd, SessionOutcome},
     pg::{
         CancelRequest, FrameCodec, FrameLimits, ProtocolError, StartupPacket,
@@ -24,6 +24,7 @@ use crate::{
         read_startup_packet, tag,
     },
     server::Shared,
+    tls::{ClientStream, ServerStream},
 };
 
 /// Why a session ended early. Shown to the client as a FATAL ErrorResponse
@@ -36,6 +37,9 @@ pub enum SessionError {
     /// The client took too long to start.
     #[error("the client did not finish startup within {0:?}")]
     StartupTimeout(Duration),
+    /// The TLS handshake with the client failed.
+    #[error("TLS handshake with the client failed: {0}")]
+    Tls(std::io::Error),
 }
 
 /// Serves one client connection to its end.
@@ -94,8 +98,8 @@ pub async fn refuse(mut stream: TcpStream, code: &'static str, message: &'static
 }
 
 struct Started {
-    client: Framed<TcpStream, FrameCodec>,
-    server: Framed<TcpStream, FrameCodec>,
+    client: Framed<ClientStream, FrameCodec>,
+    server: Framed<ServerStream, FrameCodec>,
     identity: Identity,
     nonce: String,
     key: BackendKeyData,
@@ -110,8 +114,18 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str)
 
 /// Startup up to the first ReadyForQuery; `None` when the connection was a
 /// cancel request or ended before a session began.
-async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option<Started>, SessionError> {
+async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Started>, SessionError> {
+    // One configuration for the whole handshake: the certificate the client
+    // saw and the rules that judge its identity come from the same version.
+    let runtime = shared.runtime();
     let metrics = shared.metrics();
+    let mut stream = match &runtime.client_tls {
+        Some(config) if starts_with_tls_record(&tcp).await? => match direct_tls(tcp, config).await? {
+            Some(tls) => tls,
+            None => return Ok(None),
+        },
+        _ => ClientStream::Plain(tcp),
+    };
     let startup = loop {
         let packet = match read_startup_packet(&mut stream).await {
             Ok(packet) => packet,
@@ -127,10 +141,58 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
                 metrics.sessions.inc(SessionOutcome::ClientGone);
                 return Ok(None);
             }
-            // TLS for clients is configured in listen.tls; without it the
-            // client may go on in plaintext only where the config allows.
-            Some(StartupPacket::SslRequest) | Some(StartupPacket::GssEncRequest) => {
-                stream.write_all(b"N").await.map_err(ProtocolError::from)?;
+            Some(StartupPacket::SslRequest) => {
+                let tcp = match stream {
+                    ClientStream::Plain(tcp) => tcp,
+                    ClientStream::Tls(mut tls) => {
+                        fatal(
+                            &mut tls,
+                            "08P01",
+                            "SSLRequest received on a connection that is already encrypted",
+                        )
+                        .await?;
+                        return Ok(None);
+                    }
+                };
+                let Some(mut tcp) = refuse_injected_bytes(tcp).await? else {
+                    return Ok(None);
+                };
+                stream = match &runtime.client_tls {
+                    Some(config) => {
+                        tcp.write_all(b"S").await.map_err(ProtocolError::from)?;
+                        let tls = tokio_rustls::TlsAcceptor::from(config.clone())
+                            .accept(tcp)
+                            .await
+                            .map_err(SessionError::Tls)?;
+                        ClientStream::Tls(Box::new(tls))
+                    }
+                    // Without listen.tls the client may go on in plaintext
+                    // only where the configuration allows it (checked below).
+                    None => {
+                        tcp.write_all(b"N").await.map_err(ProtocolError::from)?;
+                        ClientStream::Plain(tcp)
+                    }
+                };
+            }
+            // GSSAPI encryption is not offered.
+            Some(StartupPacket::GssEncRequest) => {
+                let tcp = match stream {
+                    ClientStream::Plain(tcp) => tcp,
+                    ClientStream::Tls(mut tls) => {
+                        fatal(
+                            &mut tls,
+                            "08P01",
+                            "GSSENCRequest received on a connection that is already encrypted",
+                        )
+                        .await?;
+                        return Ok(None);
+                    }
+                };
+                let Some(mut tcp) = refuse_injected_bytes(tcp).await? else {
+                    return Ok(None);
+                };
+                tcp.write_all(b"N").await.map_err(ProtocolError::from)?;
+                stream = ClientStream::Plain(tcp);
             }
             Some(StartupPacket::Cancel(request)) => {
                 shared.cancel(&request).await;
@@ -144,61 +206,77 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
         fatal(&mut stream, "22023", &format!("Gatehouse: {why}")).await?;
         return Ok(None);
     }
-    let runtime = shared.runtime();
-    if !runtime.config.listen.allow_plaintext {
+    if !stream.is_tls() && !runtime.config.listen.allow_plaintext {
         metrics.sessions.inc(SessionOutcome::TlsRequired);
         fatal(
             &mut stream,
             "28000",
-            "this Gatehouse proxy accepts TLS connections only; connect with sslmode=require",
+            "this Gatehouse proxy accepts TLS connections only: the token would cross the network in clear text; \
+             connect with sslmode=require or sslmode=verify-full",
         )
         .await?;
         return Ok(None);
     }
+    // A client certificate the client CA verified is the identity (mTLS), as
+    // PostgreSQL's `cert` authentication: no password is asked for.
+    let certified = stream.peer_certificate().map(identity_from_certificate);
 
     let max = u32::try_from(runtime.config.limits.max_message_bytes).unwrap_or(u32::MAX);
     let mut client = Framed::new(stream, FrameCodec::new(FrameLimits::frontend(max)));
     if let Some(negotiation) = params::negotiation(&startup) {
         client.feed(negotiation.to_frame()?).await?;
     }
-    client.send(Authentication::CleartextPassword.to_frame()?).await?;
-    let token = match client.next().await {
-        None => {
-            metrics.sessions.inc(SessionOutcome::ClientGone);
-            return Ok(None);
-        }
-        Some(frame) => {
-            let frame = frame?;
-            if frame.tag() != tag::frontend::PASSWORD {
-                metrics.sessions.inc(SessionOutcome::AuthRefused);
-                metrics.auth_failures.inc(AuthFailure::NotAPassword);
-                fatal(
-                    client.get_mut(),
-                    "08P01",
-                    "expected a password message carrying your Gatehouse token",
-                )
-                .await?;
-                return Ok(None);
-            }
-            PasswordMessage::decode(&frame)?
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        }
-    };
-    let identity = match runtime.authenticate(&token) {
-        Ok(identity) => identity,
-        Err(e) => {
-            tracing::info!(reason = %e, "authentication refused");
+    let identity = match certified {
+        Some(Ok(identity)) => identity,
+        Some(Err(e)) => {
+            tracing::info!(reason = %e, "client certificate refused");
             metrics.sessions.inc(SessionOutcome::AuthRefused);
-            metrics.auth_failures.inc(AuthFailure::of(&e));
-            fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
+            metrics.auth_failures.inc(AuthFailure::Other);
+            fatal(client.get_mut(), "28000", &format!("Gatehouse: {e}")).await?;
             return Ok(None);
+        }
+        None => {
+            client.send(Authentication::CleartextPassword.to_frame()?).await?;
+            let token = match client.next().await {
+                None => {
+                    metrics.sessions.inc(SessionOutcome::ClientGone);
+                    return Ok(None);
+                }
+                Some(frame) => {
+                    let frame = frame?;
+                    if frame.tag() != tag::frontend::PASSWORD {
+                        metrics.sessions.inc(SessionOutcome::AuthRefused);
+                        metrics.auth_failures.inc(AuthFailure::NotAPassword);
+                        fatal(
+                            client.get_mut(),
+                            "08P01",
+                            "expected a password message carrying your Gatehouse token",
+                        )
+                        .await?;
+                        return Ok(None);
+                    }
+                    PasswordMessage::decode(&frame)?
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                }
+            };
+            match runtime.authenticate(&token) {
+                Ok(identity) => identity,
+                Err(e) => {
+                    tracing::info!(reason = %e, "authentication refused");
+                    metrics.sessions.inc(SessionOutcome::AuthRefused);
+                    metrics.auth_failures.inc(AuthFailure::of(&e));
+                    fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
+                    return Ok(None);
+                }
+            }
         }
     };
 
     let session = match upstream::connect(
         &runtime.config.upstream,
+        runtime.upstream_tls.as_ref(),
         &startup,
         runtime.config.limits.max_message_bytes,
     )
@@ -218,6 +296,7 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
     };
     if let Some(why) = session.greeting.iter().find_map(relay::unsafe_parameter) {
         tracing::warn!(reason = %why, "refusing a session the policy could not read safely");
+        metrics.sessions.inc(SessionOutcome::UpstreamFailed);
         fatal(client.get_mut(), "0A000", &format!("Gatehouse: {why}")).await?;
         return Ok(None);
     }
@@ -238,6 +317,55 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
         nonce: crate::server::nonce(),
         key,
     }))
+}
+
+/// Whether the client opened with a TLS record (PostgreSQL 17's direct TLS,
+/// `sslnegotiation=direct`) rather than a startup packet. Unambiguous: a
+/// startup packet whose length starts with 0x16 would be hundreds of
+/// megabytes long, far over the limit.
+async fn starts_with_tls_record(tcp: &TcpStream) -> Result<bool, SessionError> {
+    /// ContentType handshake.
+    const TLS_HANDSHAKE: u8 = 0x16;
+    let mut first = [0u8; 1];
+    let n = tcp.peek(&mut first).await.map_err(ProtocolError::from)?;
+    Ok(n == 1 && first[0] == TLS_HANDSHAKE)
+}
+
+/// Direct TLS: the handshake first, no SSLRequest. As PostgreSQL 17 does, the
+/// client must have negotiated ALPN `postgresql`, so a TLS connection meant
+/// for another protocol is not taken for a PostgreSQL one.
+async fn direct_tls(
+    tcp: TcpStream,
+    config: &Arc<rustls::ServerConfig>,
+) -> Result<Option<ClientStream>, SessionError> {
+    let mut tls = tokio_rustls::TlsAcceptor::from(config.clone())
+        .accept(tcp)
+        .await
+        .map_err(SessionError::Tls)?;
+    if tls.get_ref().1.alpn_protocol() != Some(crate::tls::ALPN_POSTGRESQL) {
+        fatal(
+            &mut tls,
+            "08P01",
+            "direct TLS connection without ALPN protocol \"postgresql\"",
+        )
+        .await?;
+        return Ok(None);
+    }
+    Ok(Some(ClientStream::Tls(Box::new(tls))))
+}
+
+/// Answers an SSLRequest or GSSENCRequest that arrived with more bytes
+/// behind it with a FATAL error, in plaintext, and closes: a client waits for
+/// the one-byte answer before it goes on, so those bytes were not meant to be
+/// read in the clear, or were injected by a man in the middle before the
+/// handshake (CVE-2021-23214). `None` when the connection was refused.
+async fn refuse_injected_bytes(mut tcp: TcpStream) -> Result<Option<TcpStream>, SessionError> {
+    if !crate::tls::has_unread_bytes(&tcp).map_err(ProtocolError::from)? {
+        return Ok(Some(tcp));
+    }
+    tracing::warn!("unencrypted data after an SSLRequest; closing the connection");
+    fatal(&mut tcp, "08P01", "received unencrypted data after SSL request").await?;
+    Ok(None)
 }
 
 fn upstream_address(upstream: &crate::config::Upstream) -> String {

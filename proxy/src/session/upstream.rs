@@ -20,6 +20,7 @@ use crate::{
         },
         tag,
     },
+    tls::{ServerStream, UpstreamTls},
 };
 
 /// Client startup parameters passed on to the target. Everything else
@@ -74,6 +75,39 @@ pub enum UpstreamError {
     /// The server closed the connection.
     #[error("the database closed the connection during startup")]
     Closed,
+    /// The server answered the SSLRequest with 'N' (or an error) while the
+    /// configuration asks for TLS. The proxy never falls back to plaintext.
+    #[error(
+        "the database at {address} does not accept TLS connections, but upstream.tls.mode is {mode}; \
+         enable ssl on the database server, or set upstream.tls.mode to disable if the network is trusted"
+    )]
+    TlsRefused {
+        /// host:port.
+        address: String,
+        /// The configured mode.
+        mode: &'static str,
+    },
+    /// The server answered the SSLRequest with something other than 'S' or 'N'.
+    #[error(
+        "the database answered the proxy's SSLRequest with byte {0:#04x}, neither 'S' nor 'N'; is it a PostgreSQL server?"
+    )]
+    TlsAnswer(u8),
+    /// The TLS handshake with the server failed (e.g. a certificate that
+    /// does not verify in mode verify-full).
+    #[error(
+        "TLS with the database at {address} failed (upstream.tls.mode {mode}): {source}; \
+         check upstream.tls.caFile and that the server certificate names {host}"
+    )]
+    Tls {
+        /// host:port.
+        address: String,
+        /// The host name the certificate must carry.
+        host: String,
+        /// The configured mode.
+        mode: &'static str,
+        /// What rustls said.
+        source: std::io::Error,
+    },
 }
 
 impl UpstreamError {
@@ -81,7 +115,10 @@ impl UpstreamError {
     pub fn sqlstate(&self) -> &str {
         match self {
             UpstreamError::Refused { code, .. } => code,
-            UpstreamError::Connect { .. } | UpstreamError::Closed | UpstreamError::Protocol(_) => "08006",
+            UpstreamError::Closed | UpstreamError::Protocol(_) | UpstreamError::TlsAnswer(_) => "08006",
+            UpstreamError::Connect { .. } | UpstreamError::TlsRefused { .. } | UpstreamError::Tls { .. } => {
+                "08001"
+            }
             UpstreamError::Credential { .. } | UpstreamError::Unsupported(_) | UpstreamError::Scram(_) => {
                 "28000"
             }
@@ -93,7 +130,7 @@ impl UpstreamError {
 #[derive(Debug)]
 pub struct UpstreamSession {
     /// The framed connection.
-    pub conn: Framed<TcpStream, FrameCodec>,
+    pub conn: Framed<ServerStream, FrameCodec>,
     /// ParameterStatus and NoticeResponse frames to pass to the client as they are.
     pub greeting: Vec<Frame>,
     /// The server's cancel key (kept by the proxy, never shown to the client).
@@ -102,9 +139,11 @@ pub struct UpstreamSession {
     pub ready: Frame,
 }
 
-/// Opens and authenticates an upstream session for a client that sent `client`.
+/// Opens and authenticates an upstream session for a client that sent `client`,
+/// in TLS when `tls` is set (from `upstream.tls`).
 pub async fn connect(
     upstream: &config::Upstream,
+    tls: Option<&UpstreamTls>,
     client: &StartupMessage,
     max_message_bytes: usize,
 ) -> Result<UpstreamSession, UpstreamError> {
@@ -119,10 +158,17 @@ pub async fn connect(
     let address = format!("{}:{}", upstream.host, upstream.port);
     let tcp = TcpStream::connect(&address)
         .await
-        .map_err(|source| UpstreamError::Connect { address, source })?;
+        .map_err(|source| UpstreamError::Connect {
+            address: address.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
+    let stream = match tls {
+        None => ServerStream::Plain(tcp),
+        Some(tls) => ServerStream::Tls(Box::new(start_tls(tcp, tls, &address, &upstream.host).await?)),
+    };
     let limit = u32::try_from(max_message_bytes).unwrap_or(u32::MAX);
-    let mut conn = Framed::new(tcp, FrameCodec::new(crate::pg::FrameLimits::backend(limit)));
+    let mut conn = Framed::new(stream, FrameCodec::new(crate::pg::FrameLimits::backend(limit)));
 
     let mut params = vec![
         ("user".to_owned(), user.clone()),
@@ -225,4 +271,128 @@ pub async fn connect(
     }
 }
 
-use tokio::io::AsyncWriteExt as _;
+/// The SSLRequest: length 8, code 1234.5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Asks the server for TLS and runs the handshake. Reads exactly the one
+/// answer byte before the handshake, so nothing the server (or a man in the
+/// middle) sends after it can be taken for a protocol message in plaintext
+/// (CVE-2021-23222). Anything but 'S' is a failure: the startup with the
+/// credential is never sent in plaintext when TLS was asked for.
+async fn start_tls<S>(
+    mut tcp: S,
+    tls: &UpstreamTls,
+    address: &str,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<S>, UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mode = crate::tls::mode_name(tls.mode);
+    tcp.write_all(&SSL_REQUEST).await.map_err(ProtocolError::from)?;
+    let mut answer = [0u8; 1];
+    match tcp.read_exact(&mut answer).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(UpstreamError::Closed),
+        Err(e) => return Err(ProtocolError::from(e).into()),
+    }
+    match answer[0] {
+        b'S' => tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|source| UpstreamError::Tls {
+                address: address.to_owned(),
+                host: host.to_owned(),
+                mode,
+                source,
+            }),
+        // 'N', or 'E' from a server too old to know SSLRequest: no TLS here.
+        b'N' | b'E' => Err(UpstreamError::TlsRefused {
+            address: address.to_owned(),
+            mode,
+        }),
+        other => Err(UpstreamError::TlsAnswer(other)),
+    }
+}
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::config::{CredentialFiles, Upstream, UpstreamTls as UpstreamTlsConfig};
+
+    fn require() -> UpstreamTls {
+        let upstream = Upstream {
+            host: "db.example".into(),
+            port: 5432,
+            database: "orders".into(),
+            tls: UpstreamTlsConfig {
+                mode: gatehouse_crds::connection::TlsMode::Require,
+                ca_file: None,
+            },
+            credentials: CredentialFiles {
+                username_file: "/dev/null".into(),
+                password_file: "/dev/null".into(),
+            },
+        };
+        UpstreamTls::new(&upstream).unwrap().unwrap()
+    }
+
+    /// Runs `start_tls` against a "server" that answers `answer` to the
+    /// SSLRequest; returns the result and every byte the proxy sent.
+    async fn against(answer: &'static [u8]) -> (Result<(), UpstreamError>, Vec<u8>) {
+        let (proxy, mut server) = tokio::io::duplex(1 << 16);
+        let tls = require();
+        let serve = async move {
+            let mut request = [0u8; 8];
+            server.read_exact(&mut request).await.unwrap();
+            assert_eq!(request, SSL_REQUEST);
+            server.write_all(answer).await.unwrap();
+            server.shutdown().await.unwrap();
+            let mut rest = Vec::new();
+            // Until the proxy gives up and drops its end.
+            let _ = server.read_to_end(&mut rest).await;
+            rest
+        };
+        let connect = async move {
+            start_tls(proxy, &tls, "db.example:5432", "db.example")
+                .await
+                .map(drop)
+        };
+        let (result, rest) = tokio::join!(connect, serve);
+        (result, rest)
+    }
+
+    #[tokio::test]
+    async fn n_is_a_clear_failure_and_nothing_follows_in_plaintext() {
+        let (result, sent) = against(b"N").await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, UpstreamError::TlsRefused { mode: "require", .. }),
+            "{err}"
+        );
+        assert_eq!(err.sqlstate(), "08001");
+        assert!(err.to_string().contains("upstream.tls.mode is require"), "{err}");
+        assert!(sent.is_empty(), "the proxy went on in plaintext: {sent:?}");
+    }
+
+    #[tokio::test]
+    async fn bytes_after_s_are_never_read_as_messages() {
+        // A server (or a man in the middle) that answers 'S' and then a
+        // plaintext ErrorResponse: the handshake reads it as TLS and fails.
+        let (result, _) = against(b"SE\0\0\0\x08C0800\0").await;
+        let err = result.unwrap_err();
+        assert!(matches!(err, UpstreamError::Tls { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn another_answer_is_refused() {
+        let (result, _) = against(b"X").await;
+        assert!(matches!(result, Err(UpstreamError::TlsAnswer(b'X'))));
+        let (result, _) = against(b"").await;
+        assert!(matches!(result, Err(UpstreamError::Closed)));
+    }
+}
