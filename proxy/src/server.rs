@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 
 use crate::{
     config::ProxyConfig,
-    identity::{AuthError, Identity, StaticTokens},
+    identity::{AuthError, Authenticator, Identity},
     pg::{CancelRequest, messages::BackendKeyData},
     policy::{Classification, ClassificationCache, ClassifyError, CompiledPolicy},
 };
@@ -24,7 +24,7 @@ const CACHE_BYTES: u64 = 32 << 20;
 pub struct Runtime {
     /// The configuration.
     pub config: ProxyConfig,
-    tokens: StaticTokens,
+    authenticator: Authenticator,
     /// The compiled Policies.
     pub policies: Vec<CompiledPolicy>,
 }
@@ -32,7 +32,8 @@ pub struct Runtime {
 impl Runtime {
     /// Derives the runtime state of a checked configuration.
     pub fn new(config: ProxyConfig) -> Result<Runtime, crate::config::ConfigError> {
-        let tokens = StaticTokens::new(&config.auth.static_tokens);
+        let authenticator = Authenticator::new(&config.auth)
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
         let policies = config
             .policies
             .iter()
@@ -41,14 +42,14 @@ impl Runtime {
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
         Ok(Runtime {
             config,
-            tokens,
+            authenticator,
             policies,
         })
     }
 
     /// The identity a token stands for.
-    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        self.tokens.validate(token)
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.authenticator.authenticate(token).await
     }
 }
 
@@ -91,8 +92,10 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Puts a new configuration in force.
-    pub fn replace(&self, runtime: Runtime) {
+    /// Puts a new configuration in force. What it can take over from the
+    /// one in force (the TokenReview client and cache) it keeps.
+    pub fn replace(&self, mut runtime: Runtime) {
+        runtime.authenticator.inherit(&self.runtime().authenticator);
         let runtime = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut slot) => *slot = runtime,

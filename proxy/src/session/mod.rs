@@ -135,7 +135,7 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
                 .to_owned()
         }
     };
-    let identity = match runtime.authenticate(&token) {
+    let identity = match runtime.authenticate(&token).await {
         Ok(identity) => identity,
         Err(e) => {
             tracing::info!(reason = %e, "authentication refused");
