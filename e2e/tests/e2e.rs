@@ -10,6 +10,7 @@ use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod harness;
+mod identity;
 mod proxy;
 
 type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
@@ -40,6 +41,11 @@ fn main() -> ExitCode {
         proxy::extended_protocol_decides_on_parse,
         proxy::missing_and_altered_tokens_are_refused,
         proxy::a_policy_change_applies_to_open_sessions,
+        identity::service_account_tokens_are_reviewed_and_their_policy_applies,
+        identity::service_account_tokens_for_another_audience_altered_or_deleted_are_refused,
+        identity::oidc_claims_name_the_caller_and_drive_the_policy,
+        identity::oidc_tokens_expired_for_another_audience_issuer_or_altered_are_refused,
+        identity::no_token_is_refused_with_28000,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -199,6 +199,9 @@ pub(crate) struct Unverified {
     exp: Option<u64>,
     #[serde(default, deserialize_with = "string_or_list")]
     aud: Option<Vec<String>>,
+    /// Present in every bound ServiceAccount token.
+    #[serde(default, rename = "kubernetes.io")]
+    kubernetes: Option<serde_json::Value>,
 }
 
 impl Unverified {
@@ -206,6 +209,12 @@ impl Unverified {
     /// object as payload.
     pub(crate) fn peek(token: &str) -> Option<Unverified> {
         jsonwebtoken::dangerous::insecure_decode_claims::<Unverified>(token).ok()
+    }
+
+    /// Whether the token has the shape of a Kubernetes ServiceAccount token
+    /// (bound, or a legacy Secret-based one).
+    pub(crate) fn looks_like_kubernetes(&self) -> bool {
+        self.kubernetes.is_some() || self.iss.as_deref() == Some("kubernetes/serviceaccount")
     }
 }
 
@@ -291,6 +300,31 @@ mod tests {
         assert_eq!((u.iss, u.exp, u.aud.map(|a| a.len())), (None, None, Some(2)));
         assert!(Unverified::peek("not-a-jwt").is_none());
         assert!(Unverified::peek(&payload("[1,2]")).is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_the_reviewer_unless_its_settings_change() {
+        let review = |audience: &str| Auth {
+            token_review: Some(crate::config::TokenReview {
+                audience: audience.into(),
+                kubeconfig_file: None,
+                cache_ttl: std::time::Duration::from_secs(600),
+            }),
+            ..Auth::default()
+        };
+        let reviewer = |a: &Authenticator| a.token_review.clone().unwrap();
+        let old = Authenticator::new(&review("gatehouse")).unwrap();
+        let mut same = Authenticator::new(&review("gatehouse")).unwrap();
+        assert!(!Arc::ptr_eq(&reviewer(&old), &reviewer(&same)));
+        same.inherit(&old);
+        assert!(Arc::ptr_eq(&reviewer(&old), &reviewer(&same)));
+        let mut changed = Authenticator::new(&review("orders")).unwrap();
+        changed.inherit(&old);
+        assert!(!Arc::ptr_eq(&reviewer(&old), &reviewer(&changed)));
+        // Dropping TokenReview from the configuration drops the reviewer.
+        let mut none = Authenticator::new(&Auth::default()).unwrap();
+        none.inherit(&old);
+        assert!(none.token_review.is_none());
     }
 
     #[tokio::test]

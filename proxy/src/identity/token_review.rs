@@ -209,9 +209,13 @@ pub fn cache_ttl(exp: Option<u64>, now_unix: u64, max: Duration) -> Option<Durat
 }
 
 /// The words of a refusal. The API server says only "not authenticated";
-/// the unverified payload tells the caller what to fix. It cannot make a
-/// refusal an acceptance.
+/// the unverified payload of what looks like a ServiceAccount token tells the
+/// caller what to fix. It cannot make a refusal an acceptance. Other JWTs
+/// (say, from an OIDC issuer this Connection does not trust) are just not valid.
 fn refusal(unverified: &Unverified, audience: &str, now_unix: u64) -> AuthError {
+    if !unverified.looks_like_kubernetes() {
+        return AuthError::Rejected;
+    }
     if let Some(auds) = &unverified.aud
         && !auds.iter().any(|a| a == audience)
     {
@@ -292,9 +296,10 @@ mod tests {
     fn refusals_say_what_to_fix_without_trusting_the_payload() {
         let now = 1_000_000;
         let peek = |aud: Option<&[&str]>, exp: Option<u64>| Unverified {
-            iss: None,
+            iss: Some("https://kubernetes.default.svc".into()),
             exp,
             aud: aud.map(|a| a.iter().map(|s| s.to_string()).collect()),
+            kubernetes: Some(serde_json::json!({"namespace": "agents"})),
         };
         assert!(matches!(
             refusal(&peek(Some(&["https://kubernetes.default.svc"]), Some(now + 60)), "gatehouse", now),
@@ -309,6 +314,13 @@ mod tests {
             AuthError::Rejected
         );
         assert_eq!(refusal(&peek(None, None), "gatehouse", now), AuthError::Rejected);
+        // Not a ServiceAccount token: no hint at all.
+        let oidc = Unverified {
+            iss: Some("https://idp.example.com".into()),
+            kubernetes: None,
+            ..peek(Some(&["orders"]), Some(now - 1))
+        };
+        assert_eq!(refusal(&oidc, "gatehouse", now), AuthError::Rejected);
     }
 
     #[test]
