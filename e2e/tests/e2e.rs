@@ -46,6 +46,7 @@ fn main() -> ExitCode {
         identity::oidc_claims_name_the_caller_and_drive_the_policy,
         identity::oidc_tokens_expired_for_another_audience_issuer_or_altered_are_refused,
         identity::no_token_is_refused_with_28000,
+        identity::an_unreachable_api_server_is_a_retry_not_a_refusal,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

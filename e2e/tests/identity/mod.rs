@@ -567,3 +567,50 @@ pub async fn no_token_is_refused_with_28000(env: Arc<TestEnv>) -> anyhow::Result
     )
     .await
 }
+
+pub async fn an_unreachable_api_server_is_a_retry_not_a_refusal(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    let proxy = proxy(&env).await?;
+    let dir = env.path().join("identity");
+    // The same configuration, but the kubeconfig points at a port nobody serves.
+    let dead = format!("https://127.0.0.1:{}", gatehouse_e2e::net::free_port()?);
+    let kubeconfig = std::fs::read_to_string(dir.join("kubeconfig"))?.replace(&env.kube.url, &dead);
+    let unreachable = dir.join("kubeconfig-unreachable");
+    write_private(&unreachable, &kubeconfig)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let text = std::fs::read_to_string(dir.join("config.yaml"))?
+        .replace(
+            &dir.join("kubeconfig").display().to_string(),
+            &unreachable.display().to_string(),
+        )
+        .replace(&format!("127.0.0.1:{}", proxy.port), &format!("127.0.0.1:{port}"));
+    ensure!(text.contains("kubeconfig-unreachable"), "the edit did not apply");
+    let shared = Shared::new(Runtime::new(ProxyConfig::from_yaml(&text)?)?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(server::serve(
+        listener,
+        shared,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(1),
+    ));
+
+    let token = sa_token(&env, "planner", Some(AUDIENCE)).await?;
+    let outcome = refused(
+        port,
+        &token,
+        &SqlState::CANNOT_CONNECT_NOW,
+        "cannot verify the token now: the Kubernetes API server did not answer; retry in a moment",
+    )
+    .await;
+    // OIDC does not depend on the API server and still works.
+    let oidc =
+        async { anyhow::Ok(count(&connect(port, &oidc_token(proxy, |_| {})?).await?, "customers").await?) }
+            .await;
+    let _ = stop.send(());
+    served.await?;
+    outcome?;
+    ensure!(oidc? == 100, "customers");
+    Ok(())
+}
