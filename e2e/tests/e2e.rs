@@ -10,6 +10,7 @@ use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod harness;
+mod identity;
 mod ops;
 mod proxy;
 mod session;
@@ -60,6 +61,12 @@ fn main() -> ExitCode {
         tls::direct_tls_needs_alpn_postgresql,
         tls::a_bad_certificate_file_refuses_the_configuration,
         tls::a_reload_reads_new_certificate_files_and_a_bad_one_keeps_the_last,
+        identity::service_account_tokens_are_reviewed_and_their_policy_applies,
+        identity::service_account_tokens_for_another_audience_altered_or_deleted_are_refused,
+        identity::oidc_claims_name_the_caller_and_drive_the_policy,
+        identity::oidc_tokens_expired_for_another_audience_issuer_or_altered_are_refused,
+        identity::no_token_is_refused_with_28000,
+        identity::an_unreachable_api_server_is_a_retry_not_a_refusal,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -185,33 +185,59 @@ pub struct StaticToken {
     pub groups: Vec<String>,
 }
 
-/// Kubernetes TokenReview settings.
+/// Kubernetes TokenReview settings: ServiceAccount tokens (any JWT whose
+/// issuer is not the OIDC issuer) are checked by the API server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenReview {
-    /// The audience tokens must be issued for.
+    /// The audience tokens must be issued for
+    /// (`kubectl create token SA --audience gatehouse`).
     #[serde(default = "default_audience")]
     pub audience: String,
+    /// A kubeconfig whose identity may create `tokenreviews`
+    /// (ClusterRole `system:auth-delegator`), for a proxy outside the cluster
+    /// and for tests. Unset: the in-cluster ServiceAccount, or `KUBECONFIG`.
+    /// Read when the configuration is loaded, so a missing or broken file
+    /// refuses the configuration.
+    #[serde(default)]
+    pub kubeconfig_file: Option<PathBuf>,
+    /// The longest an accepted token is trusted without asking the API server
+    /// again (never past the token's own expiry). It bounds how long a token
+    /// of a deleted ServiceAccount or Pod keeps working; `0s` asks every time.
+    #[serde(default = "default_review_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
 }
 
 fn default_audience() -> String {
     "gatehouse".to_owned()
 }
 
-/// OIDC settings.
+fn default_review_cache_ttl() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The longest `auth.tokenReview.cacheTtl` allowed.
+pub const MAX_REVIEW_CACHE_TTL: Duration = Duration::from_secs(3600);
+
+/// OIDC settings: JWTs whose `iss` is `issuer`, verified against a JWKS file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Oidc {
-    /// Expected `iss`.
+    /// Expected `iss`; JWTs with this issuer are checked here and nowhere else.
     pub issuer: String,
-    /// Accepted `aud` values.
+    /// Accepted `aud` values: a token must name at least one.
     pub audiences: Vec<String>,
-    /// A JWKS document on disk.
+    /// A JWKS document on disk (the issuer's public keys). Read when the
+    /// configuration is loaded or reloaded; a file that does not parse, or
+    /// holds no usable signing key, refuses the configuration. The algorithm
+    /// of each key comes from the key (its `alg`, else its type and curve);
+    /// HMAC (`HS*`) is accepted only for an `oct` key listed with an `HS*`
+    /// `alg`, and never with a public key.
     pub jwks_file: PathBuf,
-    /// Claim holding the username.
+    /// Claim holding the username (a string).
     #[serde(default = "default_username_claim")]
     pub username_claim: String,
-    /// Claim holding the groups.
+    /// Claim holding the groups (an array of strings; missing means none).
     #[serde(default = "default_groups_claim")]
     pub groups_claim: String,
     /// Clock skew tolerated on `exp` and `nbf`.
@@ -323,6 +349,29 @@ impl ProxyConfig {
                 return invalid(format!("auth.staticTokens[{i}].username is empty"));
             }
         }
+        if let Some(review) = &self.auth.token_review {
+            if review.audience.is_empty() {
+                return invalid("auth.tokenReview.audience is empty".into());
+            }
+            if review.cache_ttl > MAX_REVIEW_CACHE_TTL {
+                return invalid(format!(
+                    "auth.tokenReview.cacheTtl is {}; at most {} (a token of a deleted ServiceAccount works that long)",
+                    humantime::format_duration(review.cache_ttl),
+                    humantime::format_duration(MAX_REVIEW_CACHE_TTL)
+                ));
+            }
+        }
+        if let Some(oidc) = &self.auth.oidc {
+            if oidc.issuer.is_empty() {
+                return invalid("auth.oidc.issuer is empty".into());
+            }
+            if oidc.audiences.is_empty() || oidc.audiences.iter().any(String::is_empty) {
+                return invalid("auth.oidc.audiences must list at least one non-empty audience".into());
+            }
+            if oidc.username_claim.is_empty() {
+                return invalid("auth.oidc.usernameClaim is empty".into());
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for policy in &self.policies {
             if !names.insert(&policy.name) {
@@ -396,6 +445,85 @@ mod tests {
         let text = EXAMPLE.replace("allowPlaintext:", "allowPlainText:");
         let err = ProxyConfig::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("allowPlainText"), "{err}");
+    }
+
+    #[test]
+    fn token_review_and_oidc_settings_are_checked() {
+        let review = |c: &mut ProxyConfig| {
+            c.auth.token_review = Some(TokenReview {
+                audience: "gatehouse".into(),
+                kubeconfig_file: None,
+                cache_ttl: Duration::from_secs(600),
+            })
+        };
+        let oidc = |c: &mut ProxyConfig| {
+            c.auth.oidc = Some(Oidc {
+                issuer: "https://issuer.example.com".into(),
+                audiences: vec!["gatehouse".into()],
+                jwks_file: "/etc/gatehouse/jwks.json".into(),
+                username_claim: default_username_claim(),
+                groups_claim: default_groups_claim(),
+                clock_skew: default_skew(),
+            })
+        };
+        let both = example_with(|c| {
+            review(c);
+            oidc(c);
+        })
+        .unwrap();
+        assert_eq!(
+            both.auth.token_review.map(|r| r.cache_ttl),
+            Some(Duration::from_secs(600))
+        );
+        type Edit = fn(&mut ProxyConfig);
+        let cases: [(&str, Edit); 4] = [
+            ("cacheTtl is 2h", |c| {
+                if let Some(r) = &mut c.auth.token_review {
+                    r.cache_ttl = Duration::from_secs(7200)
+                }
+            }),
+            ("tokenReview.audience is empty", |c| {
+                if let Some(r) = &mut c.auth.token_review {
+                    r.audience.clear()
+                }
+            }),
+            ("at least one non-empty audience", |c| {
+                if let Some(o) = &mut c.auth.oidc {
+                    o.audiences.clear()
+                }
+            }),
+            ("oidc.issuer is empty", |c| {
+                if let Some(o) = &mut c.auth.oidc {
+                    o.issuer.clear()
+                }
+            }),
+        ];
+        for (expected, edit) in cases {
+            let err = example_with(|c| {
+                review(c);
+                oidc(c);
+                edit(c);
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err}");
+        }
+        // Defaults: audience gatehouse, ten minutes, claims sub and groups.
+        let text = EXAMPLE.replace(
+            "  staticTokens:",
+            "  tokenReview: {}\n  oidc: {issuer: https://i.example, audiences: [a], jwksFile: /j}\n  staticTokens:",
+        );
+        let config = ProxyConfig::from_yaml(&text).unwrap();
+        let review = config.auth.token_review.unwrap();
+        assert_eq!(
+            (review.audience.as_str(), review.cache_ttl),
+            ("gatehouse", Duration::from_secs(600))
+        );
+        let oidc = config.auth.oidc.unwrap();
+        assert_eq!(
+            (oidc.username_claim.as_str(), oidc.groups_claim.as_str()),
+            ("sub", "groups")
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 
 use crate::{
     config::ProxyConfig,
-    identity::{AuthError, Identity, StaticTokens},
+    identity::{AuthError, Authenticator, Identity},
     metrics::{Metrics, ReloadResult, SessionOutcome},
     pg::{CancelRequest, messages::BackendKeyData},
     policy::{CacheCounters, CacheStats, Classification, ClassificationCache, ClassifyError, CompiledPolicy},
@@ -28,7 +28,7 @@ const CACHE_BYTES: u64 = 32 << 20;
 pub struct Runtime {
     /// The configuration.
     pub config: ProxyConfig,
-    tokens: StaticTokens,
+    authenticator: Authenticator,
     /// The compiled Policies.
     pub policies: Vec<CompiledPolicy>,
     /// TLS for clients (`listen.tls`), certificates already loaded.
@@ -40,7 +40,8 @@ pub struct Runtime {
 impl Runtime {
     /// Derives the runtime state of a checked configuration.
     pub fn new(config: ProxyConfig) -> Result<Runtime, crate::config::ConfigError> {
-        let tokens = StaticTokens::new(&config.auth.static_tokens);
+        let authenticator = Authenticator::new(&config.auth)
+            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
         let policies = config
             .policies
             .iter()
@@ -57,7 +58,7 @@ impl Runtime {
         let upstream_tls = crate::tls::UpstreamTls::new(&config.upstream).map_err(tls_invalid)?;
         Ok(Runtime {
             config,
-            tokens,
+            authenticator,
             policies,
             client_tls,
             upstream_tls,
@@ -65,8 +66,8 @@ impl Runtime {
     }
 
     /// The identity a token stands for.
-    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
-        self.tokens.validate(token)
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.authenticator.authenticate(token).await
     }
 }
 
@@ -152,8 +153,10 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Puts a new configuration in force.
-    pub fn replace(&self, runtime: Runtime) {
+    /// Puts a new configuration in force. What it can take over from the
+    /// one in force (the TokenReview client and cache) it keeps.
+    pub fn replace(&self, mut runtime: Runtime) {
+        runtime.authenticator.inherit(&self.runtime().authenticator);
         let runtime = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut slot) => *slot = runtime,

@@ -33,6 +33,8 @@ pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 pub const QUERY_CANCELED: &str = "57014";
 /// `57P01` admin_shutdown: the proxy is draining.
 pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `57P03` cannot_connect_now: a passing condition; the client should retry.
+pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `57P05` idle_session_timeout.
 pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
 /// `XX000` internal_error.

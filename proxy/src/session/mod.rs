@@ -261,7 +261,7 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
                         .to_owned()
                 }
             };
-            match runtime.authenticate(&token) {
+            match runtime.authenticate(&token).await {
                 Ok(identity) => identity,
                 Err(e) => {
                     tracing::info!(reason = %e, "authentication refused");
