@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{SinkExt, StreamExt};
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_util::codec::Framed;
@@ -88,7 +88,7 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str)
 /// cancel request or ended before a session began.
 async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option<Started>, SessionError> {
     let startup = loop {
-        match read_startup_packet(&mut stream).await? {
+        match next_startup_packet(&mut stream).await? {
             None => return Ok(None),
             // TLS for clients is configured in listen.tls; without it the
             // client may go on in plaintext only where the config allows.
@@ -181,6 +181,23 @@ async fn handshake(mut stream: TcpStream, shared: &Arc<Shared>) -> Result<Option
     }))
 }
 
+/// Reads the next startup packet. One the proxy cannot take (an unknown
+/// protocol version, a bad length) is answered with a FATAL ErrorResponse
+/// naming the problem, as PostgreSQL answers it, before the session ends.
+async fn next_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Option<StartupPacket>, SessionError> {
+    match read_startup_packet(stream).await {
+        Ok(packet) => Ok(packet),
+        Err(e) => {
+            if !matches!(e, ProtocolError::Io(_) | ProtocolError::UnexpectedEof) {
+                let _ = fatal(stream, e.sqlstate(), &e.to_string()).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
 fn upstream_address(upstream: &crate::config::Upstream) -> String {
     format!("{}:{}", upstream.host, upstream.port)
 }
@@ -197,4 +214,45 @@ pub async fn send_cancel(address: &str, key: &BackendKeyData) -> Result<(), Prot
     stream.write_all(&buf).await?;
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The startup packet of protocol `major.minor` with a user.
+    fn startup(major: u16, minor: u16) -> Vec<u8> {
+        let mut body = [major.to_be_bytes(), minor.to_be_bytes()].concat();
+        body.extend_from_slice(b"user\0u\0\0");
+        let len = u32::try_from(body.len() + 4).unwrap().to_be_bytes();
+        [len.as_slice(), &body].concat()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_protocol_version_is_answered_with_a_fatal_error() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&startup(4, 0)).await.unwrap();
+        let err = next_startup_packet(&mut server).await.unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Protocol(ProtocolError::UnsupportedProtocolVersion { .. })
+        ));
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer.first(), Some(&b'E'));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("SFATAL") && text.contains("C0A000"), "{text}");
+        assert!(text.contains("unsupported frontend protocol 4.0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_good_startup_packet_gets_no_answer() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&startup(3, 0)).await.unwrap();
+        let packet = next_startup_packet(&mut server).await.unwrap();
+        assert!(matches!(packet, Some(StartupPacket::Startup(_))));
+    }
 }
