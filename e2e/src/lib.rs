@@ -25,7 +25,15 @@ pub use env::TestEnv;
 pub use error::{Error, Result};
 pub use kube::{ControlPlane, User};
 
-/// The repository root (the e2e crate's parent folder).
+/// The repository root: the nearest folder above the working directory that
+/// holds `e2e/tools/build.sh`, else the e2e crate's parent folder at build
+/// time. Found at run time because test binaries from several checkouts can
+/// share one target folder.
 pub fn repo_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    let here = std::env::current_dir().ok();
+    here.iter()
+        .flat_map(|dir| dir.ancestors())
+        .find(|dir| dir.join("e2e/tools/build.sh").is_file())
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use tokio_postgres::{NoTls, error::SqlState};
 
 /// The token of the test agent (group `agents`).
-const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
+pub(crate) const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
 
 /// A proxy for the suite's PostgreSQL, started once.
 pub struct Proxy {
@@ -99,7 +99,7 @@ pub async fn proxy(env: &TestEnv) -> anyhow::Result<&'static Proxy> {
         .await
 }
 
-async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub(crate) async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)
@@ -113,7 +113,7 @@ async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_p
 }
 
 /// psql through the proxy; returns (success, stdout, stderr).
-async fn psql(port: u16, token: &str, sql: &str) -> anyhow::Result<(bool, String, String)> {
+pub(crate) async fn psql(port: u16, token: &str, sql: &str) -> anyhow::Result<(bool, String, String)> {
     let out = tokio::process::Command::new("psql")
         .args([
             "-X",
