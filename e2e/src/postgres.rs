@@ -11,7 +11,7 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config, NoTls, error::SqlState};
 
 use crate::{
     error::{Error, Result, StepExt},
@@ -184,7 +184,8 @@ async fn wait_accepting(process: &mut Process, step: &str, port: u16, timeout: D
     let deadline = Instant::now() + timeout;
     loop {
         process.ensure_running(step)?;
-        // Any answer from the server (even a refused login) means it accepts connections.
+        // Any answer from the server (even a refused login) means it accepts
+        // connections, except "the database system is starting up" (57P03).
         let mut probe = Config::new();
         probe
             .host("127.0.0.1")
@@ -195,7 +196,9 @@ async fn wait_accepting(process: &mut Process, step: &str, port: u16, timeout: D
         // Bounded: something else listening on the port may never answer.
         let answer = match tokio::time::timeout(Duration::from_secs(2), probe.connect(NoTls)).await {
             Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) if e.as_db_error().is_some() => return Ok(()),
+            Ok(Err(e)) if e.as_db_error().is_some() && e.code() != Some(&SqlState::CANNOT_CONNECT_NOW) => {
+                return Ok(());
+            }
             Ok(Err(e)) => e.to_string(),
             Err(_) => "no answer within 2s".to_owned(),
         };
