@@ -23,7 +23,7 @@ test: deps tools fmt lint unit e2e ## Every check: format, clippy, unit tests, e
 demo: deps tools ## Bring up the control plane, PostgreSQL and S3 with the CRDs and samples; Ctrl-C stops
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q -p gatehouse-e2e --bin demo
 
-deps: ## Install missing system packages (PostgreSQL, setpriv) and rustup components
+deps: ## Install missing system packages (PostgreSQL, setpriv), rustup components and the e2e client drivers (cached)
 	@e2e/tools/deps.sh
 
 tools: deps ## Build kube-apiserver, etcd, kubectl and versitygw at their pinned versions (cached)
