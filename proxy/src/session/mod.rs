@@ -55,6 +55,9 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
     };
     let mut guard = guard::Guard::new(shared.clone(), identity);
     let ended = relay::relay(&mut client, &mut server, &mut guard, &nonce).await;
+    if let Err(e) = &ended {
+        tell_fatal(&mut client, e).await;
+    }
     shared.forget_cancel(&key);
     tracing::debug!(?ended, "session ended");
     ended?;
@@ -198,6 +201,22 @@ async fn next_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Tells a client whose session ends on a protocol error (a frame over the
+/// size limit, a malformed message) why, as PostgreSQL does, unless the
+/// connection itself failed. Sent through the framed sink, after whatever
+/// it still holds.
+async fn tell_fatal<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Framed<S, FrameCodec>,
+    error: &ProtocolError,
+) {
+    if matches!(error, ProtocolError::Io(_) | ProtocolError::UnexpectedEof) {
+        return;
+    }
+    if let Ok(frame) = ErrorResponse::new(Severity::Fatal, error.sqlstate(), error.to_string()).to_frame() {
+        let _ = client.send(frame).await;
+    }
+}
+
 fn upstream_address(upstream: &crate::config::Upstream) -> String {
     format!("{}:{}", upstream.host, upstream.port)
 }
@@ -246,6 +265,31 @@ mod tests {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.contains("SFATAL") && text.contains("C0A000"), "{text}");
         assert!(text.contains("unsupported frontend protocol 4.0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_session_ending_on_a_protocol_error_tells_the_client() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut framed = Framed::new(server, FrameCodec::new(FrameLimits::frontend(1024)));
+        tell_fatal(
+            &mut framed,
+            &ProtocolError::MessageTooLarge {
+                tag: b'Q',
+                len: 1 << 30,
+                max: 1024,
+            },
+        )
+        .await;
+        tell_fatal(&mut framed, &ProtocolError::UnexpectedEof).await;
+        drop(framed);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(answer.first(), Some(&b'E'), "{text}");
+        assert!(text.contains("SFATAL") && text.contains("C08P01"), "{text}");
+        // One message only: the failed connection gets no word.
+        let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
+        assert_eq!(answer.len(), len + 1, "{text}");
     }
 
     #[tokio::test]
