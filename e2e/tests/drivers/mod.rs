@@ -955,18 +955,16 @@ pub async fn an_oversized_frame_is_refused_and_the_proxy_serves_the_next_client(
     raw.stream.write_all(&(1u32 << 30).to_be_bytes()).await?;
     raw.stream.write_all(b"SELECT 1").await?;
     let said = closed(&mut raw, Duration::from_secs(5)).await?;
-    for (tag, body) in &said {
-        ensure!(
-            *tag == b'E' && error_code(body).as_deref() == Some("08P01"),
-            "unexpected answer to an oversized frame: {} {:?}",
-            char::from(*tag),
-            error_fields(body)
-        );
-    }
+    ensure!(
+        matches!(said.as_slice(), [(b'E', body)] if error_code(body).as_deref() == Some("08P01")),
+        "expected FATAL 08P01 for a frame of 1 GiB: {said:?}"
+    );
     // Just over the configured limit (64 KiB).
     let mut raw = Raw::login(gate.port, &[]).await?;
     let sql = format!("SELECT '{}'", "x".repeat(70 << 10));
     let _ = raw.send(b'Q', &query_body(&sql)).await;
+    // The proxy closes with most of the frame unread, so the kernel may
+    // answer with a reset that overtakes the FATAL: either is fine.
     let said = closed(&mut raw, Duration::from_secs(5)).await?;
     ensure!(
         said.iter()
