@@ -28,7 +28,7 @@ bench: deps ## pgbench -S direct, through Gatehouse and through pgbouncer; ~3 mi
 	$(CARGO) build --locked -q --release -p gatehouse-proxy
 	$(CARGO) run --locked -q -p gatehouse-e2e --bin bench
 
-deps: ## Install missing system packages (PostgreSQL, setpriv) and rustup components
+deps: ## Install missing system packages (PostgreSQL, setpriv), rustup components and the e2e client drivers (cached)
 	@e2e/tools/deps.sh
 
 tools: deps ## Build kube-apiserver, etcd, kubectl and versitygw at their pinned versions (cached)

@@ -9,6 +9,7 @@ use std::{future::Future, path::PathBuf, pin::Pin, process::ExitCode, sync::Arc}
 use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod drivers;
 mod harness;
 mod identity;
 mod ops;
@@ -67,6 +68,21 @@ fn main() -> ExitCode {
         identity::oidc_tokens_expired_for_another_audience_issuer_or_altered_are_refused,
         identity::no_token_is_refused_with_28000,
         identity::an_unreachable_api_server_is_a_retry_not_a_refusal,
+        drivers::psycopg_runs_the_same_scenario_directly_and_through_the_proxy,
+        drivers::node_postgres_runs_the_same_scenario_directly_and_through_the_proxy,
+        drivers::pgx_runs_the_same_scenario_directly_and_through_the_proxy,
+        drivers::pgbench_select_only_runs_through_the_proxy_in_every_protocol,
+        drivers::pgbench_tpcb_writes_are_refused_by_the_proxy,
+        drivers::copy_in_and_out_through_the_proxy,
+        drivers::a_cancelled_query_gets_57014_and_the_session_goes_on,
+        drivers::a_notification_arrives_through_the_proxy,
+        drivers::a_function_call_message_is_refused,
+        drivers::evasions_are_refused_over_the_extended_protocol,
+        drivers::evasions_are_refused_over_the_simple_protocol_and_literals_are_not,
+        drivers::an_oversized_frame_is_refused_and_the_proxy_serves_the_next_client,
+        drivers::a_slow_startup_is_closed_after_the_startup_timeout,
+        drivers::a_client_vanishing_mid_pipeline_releases_its_backend,
+        drivers::an_unknown_protocol_version_gets_a_fatal_error,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -14,6 +14,9 @@ command -v setpriv >/dev/null || missing+=(util-linux)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || missing+=(libclang-dev)
 # `make bench` compares against pgbouncer.
 command -v pgbouncer >/dev/null || missing+=(pgbouncer)
+# The drivers e2e test runs psycopg (in a venv), node-postgres and pgx (drivers.sh).
+command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+command -v npm >/dev/null || missing+=(npm)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps.sh: installing ${missing[*]} with apt-get" >&2
@@ -34,3 +37,6 @@ for component in rustfmt clippy; do
     rustup component add "$component" >/dev/null || die "step 'rustup component add $component' failed"
   fi
 done
+
+# Client drivers for the e2e test `drivers::*`, cached by their pins.
+"$(dirname "$0")/drivers.sh" >/dev/null

@@ -124,7 +124,7 @@ pub async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tok
 }
 
 /// psql through the proxy; returns (success, stdout, stderr).
-async fn psql(port: u16, token: &str, sql: &str) -> anyhow::Result<(bool, String, String)> {
+pub(crate) async fn psql(port: u16, token: &str, sql: &str) -> anyhow::Result<(bool, String, String)> {
     let out = tokio::process::Command::new("psql")
         .args([
             "-X",

@@ -10,7 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use futures::{SinkExt, StreamExt};
 use tokio::{
-    io::{AsyncWrite, AsyncWriteExt},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_util::codec::Framed;
@@ -76,6 +76,9 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
         metrics,
     };
     let ended = relay::relay(&mut client, &mut server, &mut guard, &nonce, settings).await;
+    if let Err(e) = &ended {
+        tell_fatal(&mut client, e).await;
+    }
     drop(open);
     metrics.sessions_ended.inc(match &ended {
         Ok(relay::Ended::ClientClosed) => SessionEnd::ClientClosed,
@@ -127,15 +130,7 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         _ => ClientStream::Plain(tcp),
     };
     let startup = loop {
-        let packet = match read_startup_packet(&mut stream).await {
-            Ok(packet) => packet,
-            Err(e) => {
-                // Tell the client why (an unknown protocol version, a bad
-                // packet) before closing; the stream cannot be read further.
-                let _ = fatal(&mut stream, e.sqlstate(), &format!("Gatehouse: {e}")).await;
-                return Err(e.into());
-            }
-        };
+        let packet = next_startup_packet(&mut stream).await?;
         match packet {
             None => {
                 metrics.sessions.inc(SessionOutcome::ClientGone);
@@ -368,6 +363,39 @@ async fn refuse_injected_bytes(mut tcp: TcpStream) -> Result<Option<TcpStream>, 
     Ok(None)
 }
 
+/// Reads a startup packet; one the proxy cannot accept (an unknown protocol
+/// version, a bad length) is answered with a FATAL error naming why, as
+/// PostgreSQL answers, unless the connection itself failed.
+async fn next_startup_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<Option<StartupPacket>, SessionError> {
+    match read_startup_packet(stream).await {
+        Ok(packet) => Ok(packet),
+        Err(e) => {
+            if !matches!(e, ProtocolError::Io(_) | ProtocolError::UnexpectedEof) {
+                let _ = fatal(stream, e.sqlstate(), &format!("Gatehouse: {e}")).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// Tells a client whose session ends on a protocol error (a frame over the
+/// size limit, a malformed message) why, as PostgreSQL does, unless the
+/// connection itself failed. Sent through the framed sink, after whatever
+/// it still holds.
+async fn tell_fatal<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut Framed<S, FrameCodec>,
+    error: &ProtocolError,
+) {
+    if matches!(error, ProtocolError::Io(_) | ProtocolError::UnexpectedEof) {
+        return;
+    }
+    if let Ok(frame) = ErrorResponse::new(Severity::Fatal, error.sqlstate(), error.to_string()).to_frame() {
+        let _ = client.send(frame).await;
+    }
+}
+
 fn upstream_address(upstream: &crate::config::Upstream) -> String {
     format!("{}:{}", upstream.host, upstream.port)
 }
@@ -384,4 +412,70 @@ pub async fn send_cancel(address: &str, key: &BackendKeyData) -> Result<(), Prot
     stream.write_all(&buf).await?;
     let _ = stream.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// The startup packet of protocol `major.minor` with a user.
+    fn startup(major: u16, minor: u16) -> Vec<u8> {
+        let mut body = [major.to_be_bytes(), minor.to_be_bytes()].concat();
+        body.extend_from_slice(b"user\0u\0\0");
+        let len = u32::try_from(body.len() + 4).unwrap().to_be_bytes();
+        [len.as_slice(), &body].concat()
+    }
+
+    #[tokio::test]
+    async fn an_unknown_protocol_version_is_answered_with_a_fatal_error() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&startup(4, 0)).await.unwrap();
+        let err = next_startup_packet(&mut server).await.unwrap_err();
+        assert!(matches!(
+            err,
+            SessionError::Protocol(ProtocolError::UnsupportedProtocolVersion { .. })
+        ));
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer.first(), Some(&b'E'));
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.contains("SFATAL") && text.contains("C0A000"), "{text}");
+        assert!(text.contains("unsupported frontend protocol 4.0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_session_ending_on_a_protocol_error_tells_the_client() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut framed = Framed::new(server, FrameCodec::new(FrameLimits::frontend(1024)));
+        tell_fatal(
+            &mut framed,
+            &ProtocolError::MessageTooLarge {
+                tag: b'Q',
+                len: 1 << 30,
+                max: 1024,
+            },
+        )
+        .await;
+        tell_fatal(&mut framed, &ProtocolError::UnexpectedEof).await;
+        drop(framed);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        assert_eq!(answer.first(), Some(&b'E'), "{text}");
+        assert!(text.contains("SFATAL") && text.contains("C08P01"), "{text}");
+        // One message only: the failed connection gets no word.
+        let len = u32::from_be_bytes(answer[1..5].try_into().unwrap()) as usize;
+        assert_eq!(answer.len(), len + 1, "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_good_startup_packet_gets_no_answer() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(&startup(3, 0)).await.unwrap();
+        let packet = next_startup_packet(&mut server).await.unwrap();
+        assert!(matches!(packet, Some(StartupPacket::Startup(_))));
+    }
 }
