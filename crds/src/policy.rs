@@ -148,7 +148,7 @@ pub enum Operation {
     Privilege,
     /// CREATE/ALTER/DROP ROLE, SET ROLE and SET SESSION AUTHORIZATION.
     Role,
-    /// SET, RESET and other session settings.
+    /// SET, RESET, DISCARD, DEALLOCATE, LISTEN and other session settings.
     Session,
     /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT.
     Transaction,
@@ -158,7 +158,7 @@ pub enum Operation {
     Do,
     /// CALL of a procedure.
     Call,
-    /// PREPARE, EXECUTE and DEALLOCATE.
+    /// SQL-level PREPARE and EXECUTE (EXECUTE also takes its statement's class).
     Prepare,
     /// EXPLAIN without ANALYZE (EXPLAIN ANALYZE takes its inner statement's class).
     Explain,

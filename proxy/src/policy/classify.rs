@@ -585,7 +585,10 @@ impl Walker {
                 self.children(node);
             }
             (Kind::Deallocate, NodeRef::DeallocateStmt(s)) => {
-                self.b.op(Operation::Prepare);
+                // Forgetting a prepared statement reads and changes nothing;
+                // drivers (psycopg after a rollback) send it unasked, so it is
+                // a session operation rather than `prepare`.
+                self.b.op(Operation::Session);
                 self.b.prepared(if s.isall {
                     PreparedEffect::DeallocateAll
                 } else {
