@@ -137,8 +137,10 @@ fn main() -> ExitCode {
         eprintln!("e2e: logs and kubeconfigs kept in {}", env.path().display());
     }
     let pids = env.pids();
-    drop(env);
+    // The runtime first: the in-process proxies' tasks (config watchers)
+    // end with it instead of complaining that the run folder went away.
     drop(runtime);
+    drop(env);
     let survivors: Vec<u32> = pids
         .into_iter()
         .filter(|pid| gatehouse_e2e::process::is_alive(*pid))

@@ -17,13 +17,9 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use gatehouse_e2e::{
     TestEnv,
-    kube::write_private,
     postgres::{APP_USER, DATABASE},
 };
-use gatehouse_proxy::{
-    config::ProxyConfig,
-    server::{self, Runtime, Shared},
-};
+use gatehouse_proxy::config::ProxyConfig;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::{
@@ -33,7 +29,7 @@ use tokio::{
 };
 use tokio_postgres::{AsyncMessage, NoTls, error::SqlState};
 
-use crate::proxy::{AGENT_TOKEN, agent};
+use crate::proxy::{AGENT_TOKEN, agent, start_proxy};
 
 /// An in-process proxy of this module's own.
 struct Gate {
@@ -81,16 +77,10 @@ async fn start_gate(
     policies: &str,
     tune: impl FnOnce(&mut ProxyConfig),
 ) -> anyhow::Result<Gate> {
-    let dir = env.path().join(format!("proxy-{name}"));
-    let creds = dir.join("credentials");
-    std::fs::create_dir_all(&creds)?;
-    write_private(&creds.join("username"), APP_USER)?;
-    write_private(&creds.join("password"), &env.postgres.app_password)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
-    let yaml = format!(
-        r#"connection: {{namespace: e2e, name: {name}}}
+    let started = start_proxy(env, &format!("proxy-{name}"), |port, creds| {
+        let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
+        let yaml = format!(
+            r#"connection: {{namespace: e2e, name: {name}}}
 listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
 admin: {{address: "127.0.0.1:0"}}
 upstream:
@@ -103,19 +93,15 @@ auth:
   staticTokens:
     - {{sha256: {hash}, username: planner, groups: [agents]}}
 policies:{policies}"#,
-        pg = env.postgres.port,
-        creds = creds.display(),
-    );
-    std::fs::write(dir.join("config.yaml"), &yaml)?;
-    let mut config = ProxyConfig::from_yaml(&yaml)?;
-    tune(&mut config);
-    let shared = Shared::new(Runtime::new(config)?);
-    tokio::spawn(server::serve(
-        listener,
-        shared,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
+            pg = env.postgres.port,
+            creds = creds.display(),
+        );
+        let mut config = ProxyConfig::from_yaml(&yaml)?;
+        tune(&mut config);
+        Ok(serde_norway::to_string(&config)?)
+    })
+    .await?;
+    let port = started.port;
     Ok(Gate { port })
 }
 

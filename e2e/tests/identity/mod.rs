@@ -28,6 +28,8 @@ use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 use tokio_postgres::{NoTls, error::SqlState};
 
+use crate::proxy::start_proxy;
+
 /// The namespace of this module's ServiceAccounts.
 const NS: &str = "identity-e2e";
 /// The OIDC issuer the proxy trusts.
@@ -170,10 +172,7 @@ async fn proxy(env: &TestEnv) -> anyhow::Result<&'static IdentityProxy> {
     PROXY
         .get_or_try_init(|| async {
             let dir = env.path().join("identity");
-            let creds = dir.join("credentials");
-            std::fs::create_dir_all(&creds)?;
-            write_private(&creds.join("username"), APP_USER)?;
-            write_private(&creds.join("password"), &env.postgres.app_password)?;
+            std::fs::create_dir_all(&dir)?;
             let kubeconfig = proxy_kubeconfig(env, &dir).await?;
 
             let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
@@ -183,23 +182,11 @@ async fn proxy(env: &TestEnv) -> anyhow::Result<&'static IdentityProxy> {
             let jwks = dir.join("jwks.json");
             std::fs::write(&jwks, json!({"keys": [public]}).to_string())?;
 
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let port = listener.local_addr()?.port();
-            let config_file = dir.join("config.yaml");
-            std::fs::write(&config_file, config_yaml(env, port, &creds, &kubeconfig, &jwks))?;
-            let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
-            let shared = Shared::new(runtime);
-            tokio::spawn(server::watch_config(
-                config_file.clone(),
-                shared.clone(),
-                Duration::from_millis(200),
-            ));
-            tokio::spawn(server::serve(
-                listener,
-                shared,
-                std::future::pending(),
-                Duration::from_secs(1),
-            ));
+            let started = start_proxy(env, "identity", |port, creds| {
+                Ok(config_yaml(env, port, creds, &kubeconfig, &jwks))
+            })
+            .await?;
+            let port = started.port;
             anyhow::Ok(IdentityProxy { port, signing_key })
         })
         .await

@@ -71,7 +71,7 @@ policies:
 /// Starts the proxy in-process on first use.
 pub async fn proxy(env: &TestEnv) -> anyhow::Result<&'static Proxy> {
     PROXY
-        .get_or_try_init(|| start_proxy(env, "proxy", |port, creds| config_yaml(env, port, creds)))
+        .get_or_try_init(|| start_proxy(env, "proxy", |port, creds| Ok(config_yaml(env, port, creds))))
         .await
 }
 
@@ -82,7 +82,7 @@ pub async fn proxy(env: &TestEnv) -> anyhow::Result<&'static Proxy> {
 pub async fn start_proxy(
     env: &TestEnv,
     name: &str,
-    config: impl FnOnce(u16, &std::path::Path) -> String,
+    config: impl FnOnce(u16, &std::path::Path) -> anyhow::Result<String>,
 ) -> anyhow::Result<Proxy> {
     let dir = env.path().join(name);
     let creds = dir.join("credentials");
@@ -92,7 +92,7 @@ pub async fn start_proxy(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let config_file = dir.join("config.yaml");
-    std::fs::write(&config_file, config(port, &creds))?;
+    std::fs::write(&config_file, config(port, &creds)?)?;
     let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
     let shared = Shared::new(runtime);
     tokio::spawn(server::watch_config(

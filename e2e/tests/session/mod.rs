@@ -172,7 +172,7 @@ pub async fn sessions_that_the_policy_could_misread_are_refused(env: Arc<TestEnv
         .batch_execute("ALTER DATABASE scs_off SET standard_conforming_strings = off")
         .await?;
     let other = start_proxy(&env, "proxy-scs-off", |port, creds| {
-        config_yaml(&env, port, creds).replace(&format!("database: {DATABASE}"), "database: scs_off")
+        Ok(config_yaml(&env, port, creds).replace(&format!("database: {DATABASE}"), "database: scs_off"))
     })
     .await?;
     let err = crate::proxy::agent(other.port, AGENT_TOKEN)
