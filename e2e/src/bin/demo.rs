@@ -2,7 +2,14 @@
 //! the Gatehouse CRDs, RBAC and samples, prints what to type, and keeps
 //! everything running until Ctrl-C.
 
-use std::process::ExitCode;
+use std::{path::Path, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use gatehouse_proxy::{
+    config::{NamedPolicy, ProxyConfig},
+    server::{self, Runtime, Shared},
+};
+use sha2::{Digest, Sha256};
 
 use gatehouse_e2e::{
     TestEnv, User,
@@ -86,6 +93,53 @@ async fn demo() -> anyhow::Result<()> {
         ),
     )?;
 
+    say("Starting a Gatehouse proxy for the database, with the sample Policies");
+    let proxy = start_proxy(&env, &root).await?;
+    let agent_pgpass = env.path().join("agent-pgpass");
+    write_private(&agent_pgpass, &format!("127.0.0.1:{proxy}:*:*:{AGENT_TOKEN}\n"))?;
+    println!(
+        "    The agent is ServiceAccount agents/planner with a token (static here, TokenReview in a cluster); the database credential stays with the proxy."
+    );
+    for (why, sql) in [
+        (
+            "a read: allowed by agents-readonly/reads",
+            "SELECT count(*) AS orders FROM orders",
+        ),
+        (
+            "a schema change: denied by agents-readonly/no-ddl",
+            "DROP TABLE orders",
+        ),
+        (
+            "a write to public.orders: requireApproval in writes-need-approval (holding it for approval arrives with the operator)",
+            "DELETE FROM orders WHERE id = 1",
+        ),
+    ] {
+        say(&format!("Agent session, {why}: {sql}"));
+        let out = tokio::process::Command::new("psql")
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &proxy.to_string(),
+                "-U",
+                "planner",
+                DATABASE,
+                "-c",
+                sql,
+            ])
+            .env("PGPASSFILE", &agent_pgpass)
+            .env("PGSSLMODE", "disable")
+            .output()
+            .await
+            .context("run psql")?;
+        print!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     say("Try it (in another terminal)");
     println!(
         "    export PATH={}:$PATH KUBECONFIG={}",
@@ -105,10 +159,72 @@ async fn demo() -> anyhow::Result<()> {
         pgpass.display(),
         env.postgres.port
     );
+    println!(
+        "    PGPASSFILE={} psql -h 127.0.0.1 -p {proxy} -U planner {DATABASE}     # the agent, through Gatehouse",
+        agent_pgpass.display()
+    );
     println!("\n    Logs and kubeconfigs: {}", env.path().display());
     println!("\nRunning. Press Ctrl-C to stop everything.");
     tokio::signal::ctrl_c().await?;
     say("Stopping");
     drop(env);
     Ok(())
+}
+
+/// The demo agent's token; only its SHA-256 is in the proxy's configuration.
+const AGENT_TOKEN: &str = "demo-agent-token-change-me";
+
+/// Starts an in-process proxy in front of the demo database, with the
+/// Policies of `config/samples` as the operator would select them, and
+/// returns its port.
+async fn start_proxy(env: &TestEnv, root: &Path) -> anyhow::Result<u16> {
+    let dir = env.path().join("proxy");
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds)?;
+    write_private(&creds.join("username"), APP_USER)?;
+    write_private(&creds.join("password"), &env.postgres.app_password)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
+    let mut config = ProxyConfig::from_yaml(&format!(
+        r#"connection: {{namespace: {NAMESPACE}, name: orders-db}}
+listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
+admin: {{address: "127.0.0.1:0"}}
+upstream:
+  host: 127.0.0.1
+  port: {pg}
+  database: {DATABASE}
+  tls: {{mode: disable}}
+  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
+auth:
+  staticTokens:
+    - {{sha256: {hash}, username: "system:serviceaccount:agents:planner", groups: [system:serviceaccounts, "system:serviceaccounts:agents"]}}
+"#,
+        pg = env.postgres.port,
+        creds = creds.display(),
+    ))?;
+    for file in ["policy-readonly-agents.yaml", "policy-writes-need-approval.yaml"] {
+        let path = root.join("config/samples").join(file);
+        let policy: gatehouse_crds::Policy = serde_norway::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("read {}", path.display()))?;
+        config.policies.push(NamedPolicy {
+            name: policy.metadata.name.unwrap_or_default(),
+            spec: policy.spec,
+        });
+    }
+    let config_file = dir.join("config.yaml");
+    std::fs::write(&config_file, serde_norway::to_string(&config)?)?;
+    let shared = Shared::new(Runtime::new(config)?);
+    tokio::spawn(server::watch_config(
+        config_file,
+        shared.clone(),
+        Duration::from_secs(1),
+    ));
+    tokio::spawn(server::serve(
+        listener,
+        shared,
+        std::future::pending(),
+        Duration::from_secs(1),
+    ));
+    Ok(port)
 }
