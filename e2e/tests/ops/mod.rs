@@ -243,15 +243,28 @@ async fn eventually(
 
 pub async fn admin_endpoint_reports_health_readiness_and_counters(env: Arc<TestEnv>) -> anyhow::Result<()> {
     let proxy = start(&env, "metrics", &DEFAULT_LIMITS).await?;
-    for path in ["/healthz", "/readyz"] {
-        let answer = get(proxy.admin, path).await?;
-        ensure!(
-            answer.status == 200,
-            "{path} answered {}: {}",
-            answer.status,
-            answer.body
-        );
+    let answer = get(proxy.admin, "/healthz").await?;
+    ensure!(
+        answer.status == 200,
+        "/healthz answered {}: {}",
+        answer.status,
+        answer.body
+    );
+    // Ready once the listener task runs, which may be a moment after start.
+    let mut ready = get(proxy.admin, "/readyz").await?;
+    for _ in 0..50 {
+        if ready.status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ready = get(proxy.admin, "/readyz").await?;
     }
+    ensure!(
+        ready.status == 200,
+        "/readyz answered {}: {}",
+        ready.status,
+        ready.body
+    );
     ensure!(
         get(proxy.admin, "/nope").await?.status == 404,
         "an unknown path was served"
