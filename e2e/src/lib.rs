@@ -16,6 +16,7 @@
 pub mod bench;
 pub mod env;
 pub mod error;
+pub mod gateway;
 pub mod kube;
 pub mod net;
 pub mod pgbouncer;

@@ -2,17 +2,14 @@
 //! the Gatehouse CRDs, RBAC and samples, prints what to type, and keeps
 //! everything running until Ctrl-C.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode};
 
 use anyhow::Context as _;
-use gatehouse_proxy::{
-    config::{NamedPolicy, ProxyConfig},
-    server::{self, Runtime, Shared},
-};
+use gatehouse_proxy::config::{NamedPolicy, ProxyConfig};
 use sha2::{Digest, Sha256};
 
 use gatehouse_e2e::{
-    TestEnv, User,
+    TestEnv, User, gateway,
     kube::{run, write_private},
     postgres::{APP_USER, DATABASE},
     repo_root,
@@ -178,16 +175,20 @@ const AGENT_TOKEN: &str = "demo-agent-token-change-me";
 /// Policies of `config/samples` as the operator would select them, and
 /// returns its port.
 async fn start_proxy(env: &TestEnv, root: &Path) -> anyhow::Result<u16> {
-    let dir = env.path().join("proxy");
-    let creds = dir.join("credentials");
-    std::fs::create_dir_all(&creds)?;
-    write_private(&creds.join("username"), APP_USER)?;
-    write_private(&creds.join("password"), &env.postgres.app_password)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
+    let mut policies = Vec::new();
+    for file in ["policy-readonly-agents.yaml", "policy-writes-need-approval.yaml"] {
+        let path = root.join("config/samples").join(file);
+        let policy: gatehouse_crds::Policy = serde_norway::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("read {}", path.display()))?;
+        policies.push(NamedPolicy {
+            name: policy.metadata.name.unwrap_or_default(),
+            spec: policy.spec,
+        });
+    }
     let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
-    let mut config = ProxyConfig::from_yaml(&format!(
-        r#"connection: {{namespace: {NAMESPACE}, name: orders-db}}
+    let proxy = gateway::start_proxy(env, "proxy", |port, creds| {
+        let mut config = ProxyConfig::from_yaml(&format!(
+            r#"connection: {{namespace: {NAMESPACE}, name: orders-db}}
 listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
 admin: {{address: "127.0.0.1:0"}}
 upstream:
@@ -200,31 +201,12 @@ auth:
   staticTokens:
     - {{sha256: {hash}, username: "system:serviceaccount:agents:planner", groups: [system:serviceaccounts, "system:serviceaccounts:agents"]}}
 "#,
-        pg = env.postgres.port,
-        creds = creds.display(),
-    ))?;
-    for file in ["policy-readonly-agents.yaml", "policy-writes-need-approval.yaml"] {
-        let path = root.join("config/samples").join(file);
-        let policy: gatehouse_crds::Policy = serde_norway::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("read {}", path.display()))?;
-        config.policies.push(NamedPolicy {
-            name: policy.metadata.name.unwrap_or_default(),
-            spec: policy.spec,
-        });
-    }
-    let config_file = dir.join("config.yaml");
-    std::fs::write(&config_file, serde_norway::to_string(&config)?)?;
-    let shared = Shared::new(Runtime::new(config)?);
-    tokio::spawn(server::watch_config(
-        config_file,
-        shared.clone(),
-        Duration::from_secs(1),
-    ));
-    tokio::spawn(server::serve(
-        listener,
-        shared,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    Ok(port)
+            pg = env.postgres.port,
+            creds = creds.display(),
+        ))?;
+        config.policies = policies;
+        Ok(serde_norway::to_string(&config)?)
+    })
+    .await?;
+    Ok(proxy.port)
 }

@@ -1,17 +1,13 @@
 //! The PostgreSQL gateway against the real database: psql and tokio-postgres
 //! through an in-process proxy that holds the only credential.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};
+pub use gatehouse_e2e::gateway::{Proxy, start_proxy};
 use gatehouse_e2e::{
     TestEnv,
-    kube::write_private,
     postgres::{APP_USER, DATABASE},
-};
-use gatehouse_proxy::{
-    config::ProxyConfig,
-    server::{self, Runtime, Shared},
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
@@ -19,14 +15,6 @@ use tokio_postgres::{NoTls, error::SqlState};
 
 /// The token of the test agent (group `agents`).
 pub const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
-
-/// A proxy for the suite's PostgreSQL, started once.
-pub struct Proxy {
-    /// Loopback port agents connect to.
-    pub port: u16,
-    /// The configuration file the proxy watches.
-    pub config_file: PathBuf,
-}
 
 static PROXY: OnceCell<Proxy> = OnceCell::const_new();
 
@@ -73,40 +61,6 @@ pub async fn proxy(env: &TestEnv) -> anyhow::Result<&'static Proxy> {
     PROXY
         .get_or_try_init(|| start_proxy(env, "proxy", |port, creds| Ok(config_yaml(env, port, creds))))
         .await
-}
-
-/// Starts an in-process proxy with its own folder `name` in the run folder,
-/// the app user's credential in files, and the configuration `config`
-/// writes for a listen port and the credential folder. The proxy watches
-/// its configuration file.
-pub async fn start_proxy(
-    env: &TestEnv,
-    name: &str,
-    config: impl FnOnce(u16, &std::path::Path) -> anyhow::Result<String>,
-) -> anyhow::Result<Proxy> {
-    let dir = env.path().join(name);
-    let creds = dir.join("credentials");
-    std::fs::create_dir_all(&creds)?;
-    write_private(&creds.join("username"), APP_USER)?;
-    write_private(&creds.join("password"), &env.postgres.app_password)?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let config_file = dir.join("config.yaml");
-    std::fs::write(&config_file, config(port, &creds)?)?;
-    let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
-    let shared = Shared::new(runtime);
-    tokio::spawn(server::watch_config(
-        config_file.clone(),
-        shared.clone(),
-        Duration::from_millis(200),
-    ));
-    tokio::spawn(server::serve(
-        listener,
-        shared,
-        std::future::pending(),
-        Duration::from_secs(1),
-    ));
-    Ok(Proxy { port, config_file })
 }
 
 /// A tokio-postgres client of the agent through the proxy on `port`.
