@@ -51,6 +51,9 @@ pub struct ProxyConfig {
     /// The Policies that apply to this Connection, already selected.
     #[serde(default)]
     pub policies: Vec<NamedPolicy>,
+    /// Settings for the Policies' `masking`.
+    #[serde(default)]
+    pub masking: MaskingSettings,
     /// Session recording.
     #[serde(default)]
     pub recording: Recording,
@@ -265,6 +268,37 @@ pub struct NamedPolicy {
     pub name: String,
     /// Its spec (`connectionSelector` was already applied by the operator).
     pub spec: PolicySpec,
+}
+
+/// Settings of masking that are the proxy's, not a Policy's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MaskingSettings {
+    /// The key of the `hash` strategy's HMAC-SHA-256 (a mounted Secret; at
+    /// least 16 bytes). Required when a Policy uses `hash`: equal values
+    /// must hash alike across proxies, and nobody without the key can test
+    /// a guess.
+    #[serde(default)]
+    pub hash_key_file: Option<PathBuf>,
+    /// The largest value the detectors scan, in bytes. A larger value
+    /// follows the Policy's `failureMode`.
+    #[serde(default = "default_scan_limit")]
+    pub scan_limit_bytes: usize,
+}
+
+/// 16 MiB: far above any credential or document a detector looks for, and
+/// small enough that scanning one value stays in the milliseconds.
+fn default_scan_limit() -> usize {
+    16 << 20
+}
+
+impl Default for MaskingSettings {
+    fn default() -> Self {
+        MaskingSettings {
+            hash_key_file: None,
+            scan_limit_bytes: default_scan_limit(),
+        }
+    }
 }
 
 /// Recording settings.

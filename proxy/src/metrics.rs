@@ -13,6 +13,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use crate::mask::rows::MaskStats;
 use prometheus_client::{
     encoding::text::encode,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -200,6 +201,99 @@ impl<L: LabelValue> Counters<L> {
     }
 }
 
+/// What masking did, across sessions.
+#[derive(Debug)]
+pub struct MaskingMetrics {
+    cells_scanned: Counter,
+    bytes_scanned: Counter,
+    /// Per detector, indexed like [`DETECTORS`](crate::mask::DETECTORS).
+    by_detector: Vec<Counter>,
+    /// Per strategy, indexed like [`MaskStats::by_rule`].
+    by_rule: Vec<Counter>,
+    unscannable_replaced: Counter,
+    results_refused: Counter,
+}
+
+/// The strategies in the order of [`MaskStats::by_rule`].
+const STRATEGIES: [&str; 4] = ["partial", "hash", "redact", "null"];
+
+impl MaskingMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let counter = Counter::default();
+            registry.register(name, help, counter.clone());
+            counter
+        };
+        let cells_scanned = counter(
+            registry,
+            "gatehouse_mask_values_scanned",
+            "Values (result cells, COPY fields, error fields, notification payloads) the secret detectors scanned",
+        );
+        let bytes_scanned = counter(
+            registry,
+            "gatehouse_mask_bytes_scanned",
+            "Bytes the secret detectors scanned",
+        );
+        let detectors = Family::<LabelPair, Counter>::default();
+        let by_detector = crate::mask::DETECTORS
+            .iter()
+            .map(|d| detectors.get_or_create_owned(&[("detector", d.name)]))
+            .collect();
+        registry.register(
+            "gatehouse_mask_detector_values",
+            "Values in which a detector masked a secret, by detector",
+            detectors,
+        );
+        let rules = Family::<LabelPair, Counter>::default();
+        let by_rule = STRATEGIES
+            .iter()
+            .map(|s| rules.get_or_create_owned(&[("strategy", s)]))
+            .collect();
+        registry.register(
+            "gatehouse_mask_rule_values",
+            "Values masked by a column rule, by strategy",
+            rules,
+        );
+        let unscannable_replaced = counter(
+            registry,
+            "gatehouse_mask_unscannable_replaced",
+            "Values that could not be scanned (too large, unreadable) and were replaced under failureMode bestEffort",
+        );
+        let results_refused = counter(
+            registry,
+            "gatehouse_mask_results_refused",
+            "Results refused because a value could not be masked (failureMode strict, or a malformed row)",
+        );
+        MaskingMetrics {
+            cells_scanned,
+            bytes_scanned,
+            by_detector,
+            by_rule,
+            unscannable_replaced,
+            results_refused,
+        }
+    }
+
+    /// Adds a session's counts.
+    pub fn add(&self, stats: &MaskStats) {
+        let add = |counter: &Counter, n: u64| {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        };
+        add(&self.cells_scanned, stats.cells_scanned);
+        add(&self.bytes_scanned, stats.bytes_scanned);
+        for (counter, n) in self.by_detector.iter().zip(stats.by_detector) {
+            add(counter, n);
+        }
+        for (counter, n) in self.by_rule.iter().zip(stats.by_rule) {
+            add(counter, n);
+        }
+        add(&self.unscannable_replaced, stats.unscannable_replaced);
+        add(&self.results_refused, stats.refused);
+    }
+}
+
 /// An open session in [`Metrics::sessions_open`]; dropping it closes it.
 #[derive(Debug)]
 #[must_use = "the session counts as open only while this guard lives"]
@@ -240,6 +334,8 @@ pub struct Metrics {
     config_last_success: Gauge<f64, AtomicU64>,
     /// Authentication failures by reason.
     pub auth_failures: Counters<AuthFailure>,
+    /// What masking did.
+    pub masking: MaskingMetrics,
 }
 
 impl Default for Metrics {
@@ -320,7 +416,9 @@ impl Metrics {
             "gatehouse_auth_failures",
             "Refused authentications by reason",
         );
+        let masking = MaskingMetrics::register(&mut registry);
         Metrics {
+            masking,
             registry,
             sessions_open,
             sessions,
@@ -401,6 +499,13 @@ mod tests {
             ("gatehouse_statement_duration_seconds_count", 0.0),
             (r#"gatehouse_config_reloads_total{result="error"}"#, 0.0),
             (r#"gatehouse_auth_failures_total{reason="invalid_token"}"#, 0.0),
+            ("gatehouse_mask_values_scanned_total", 0.0),
+            (
+                r#"gatehouse_mask_detector_values_total{detector="aws-access-key-id"}"#,
+                0.0,
+            ),
+            (r#"gatehouse_mask_rule_values_total{strategy="redact"}"#, 0.0),
+            ("gatehouse_mask_results_refused_total", 0.0),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }

@@ -15,6 +15,7 @@ use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 use crate::{
     config::ProxyConfig,
     identity::{AuthError, Authenticator, Identity},
+    mask::{policy::Maskers, rows::Masker},
     metrics::{Metrics, ReloadResult, SessionOutcome},
     pg::{CancelRequest, messages::BackendKeyData},
     policy::{CacheCounters, CacheStats, Classification, ClassificationCache, ClassifyError, CompiledPolicy},
@@ -31,6 +32,8 @@ pub struct Runtime {
     authenticator: Authenticator,
     /// The compiled Policies.
     pub policies: Vec<CompiledPolicy>,
+    /// The Policies' masking, and the maskers built from it.
+    pub maskers: Maskers,
     /// TLS for clients (`listen.tls`), certificates already loaded.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
     /// TLS towards the target (`upstream.tls`); `None` for mode `disable`.
@@ -48,6 +51,8 @@ impl Runtime {
             .map(|p| CompiledPolicy::compile(&p.name, &p.spec))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
+        let maskers =
+            Maskers::new(&config.policies, &config.masking).map_err(crate::config::ConfigError::Invalid)?;
         // Certificates are read here, so a reload picks up new files and a
         // bad file refuses the new configuration rather than its sessions.
         let tls_invalid = |e: crate::tls::TlsError| crate::config::ConfigError::Invalid(e.to_string());
@@ -60,9 +65,15 @@ impl Runtime {
             config,
             authenticator,
             policies,
+            maskers,
             client_tls,
             upstream_tls,
         })
+    }
+
+    /// The masker for `identity`'s sessions, if any Policy naming it masks.
+    pub fn masker_for(&self, identity: &Identity) -> Option<Arc<Masker>> {
+        self.maskers.for_identity(&self.policies, identity)
     }
 
     /// The identity a token stands for.

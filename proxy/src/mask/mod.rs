@@ -7,9 +7,11 @@
 //! is scanned like any other.
 
 pub mod detectors;
+pub mod policy;
 pub mod rows;
+pub mod stream;
 
-use std::ops::Range;
+use std::{borrow::Cow, ops::Range, sync::LazyLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
@@ -26,6 +28,22 @@ pub struct UnknownDetector {
     pub known: String,
 }
 
+/// Checks that every name is `all` or a detector group.
+pub fn check_names(names: &[impl AsRef<str>]) -> Result<(), UnknownDetector> {
+    for name in names {
+        let name = name.as_ref();
+        if name != "all" && !DETECTORS.iter().any(|d| d.group == name) {
+            let mut known: Vec<&str> = DETECTORS.iter().map(|d| d.group).collect();
+            known.dedup();
+            return Err(UnknownDetector {
+                name: name.to_owned(),
+                known: known.join(", "),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A secret found in a value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -33,11 +51,15 @@ pub struct Found {
     pub range: Range<usize>,
     /// Which detector found it.
     pub detector: &'static str,
+    /// Its position in [`DETECTORS`], for metrics.
+    pub id: usize,
 }
 
 #[derive(Debug)]
 struct Compiled {
     detector: &'static Detector,
+    /// Position in [`DETECTORS`].
+    id: usize,
     regex: Regex,
     /// Whether only capture group 1 is the secret.
     grouped: bool,
@@ -58,18 +80,8 @@ impl Scanner {
     /// A scanner for the detector groups a Policy names (`all` is every
     /// secret detector; personal-data detectors only run when named).
     pub fn new(names: &[impl AsRef<str>]) -> Result<Scanner, UnknownDetector> {
+        check_names(names)?;
         let all = names.iter().any(|n| n.as_ref() == "all");
-        for name in names {
-            let name = name.as_ref();
-            if name != "all" && !DETECTORS.iter().any(|d| d.group == name) {
-                let mut known: Vec<&str> = DETECTORS.iter().map(|d| d.group).collect();
-                known.dedup();
-                return Err(UnknownDetector {
-                    name: name.to_owned(),
-                    known: known.join(", "),
-                });
-            }
-        }
         let enabled = DETECTORS
             .iter()
             .filter(|d| (all && !d.opt_in) || names.iter().any(|n| n.as_ref() == d.group));
@@ -92,8 +104,13 @@ impl Scanner {
                     .build()
                     .expect("built-in detector patterns compile");
                 let grouped = regex.captures_len() > 1;
+                let id = DETECTORS
+                    .iter()
+                    .position(|d| d.name == detector.name)
+                    .unwrap_or(usize::MAX);
                 Compiled {
                     detector,
+                    id,
                     regex,
                     grouped,
                 }
@@ -147,7 +164,7 @@ impl Scanner {
             let i = candidates.trailing_zeros() as usize;
             candidates &= candidates - 1;
             let compiled = &self.detectors[i];
-            let name = compiled.detector.name;
+            let (name, id) = (compiled.detector.name, compiled.id);
             let check = compiled.detector.check;
             if compiled.grouped {
                 for captures in compiled.regex.captures_iter(value) {
@@ -157,6 +174,7 @@ impl Scanner {
                         out.push(Found {
                             range: group.range(),
                             detector: name,
+                            id,
                         });
                     }
                 }
@@ -166,6 +184,7 @@ impl Scanner {
                         out.push(Found {
                             range: m.range(),
                             detector: name,
+                            id,
                         });
                     }
                 }
@@ -188,6 +207,21 @@ impl Scanner {
         let mut found = Vec::new();
         self.find(value, &mut found);
         (!found.is_empty()).then(|| replace(value, &found))
+    }
+}
+
+/// Every built-in secret detector, for text the proxy itself shows.
+static ALL_SECRETS: LazyLock<Scanner> =
+    LazyLock::new(|| Scanner::with(DETECTORS.iter().filter(|d| !d.opt_in)));
+
+/// A statement's text as logs show it (and, through the same function,
+/// recordings and ApprovalRequests): every secret the built-in detectors
+/// find is masked, whatever the Policies' masking says, since a literal in
+/// an `UPDATE ... SET api_key = '...'` is as secret as the column.
+pub fn statement_text(sql: &str) -> Cow<'_, str> {
+    match ALL_SECRETS.mask(sql.as_bytes()) {
+        Some(masked) => Cow::Owned(String::from_utf8_lossy(&masked).into_owned()),
+        None => Cow::Borrowed(sql),
     }
 }
 

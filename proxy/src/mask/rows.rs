@@ -102,6 +102,16 @@ impl Plan {
     pub fn is_passthrough(&self) -> bool {
         !self.active
     }
+
+    /// The number of columns.
+    pub fn len(&self) -> usize {
+        self.columns.len()
+    }
+
+    /// Whether the result has no columns.
+    pub fn is_empty(&self) -> bool {
+        self.columns.is_empty()
+    }
 }
 
 /// Why a row could not be masked; with `strict` the row is refused.
@@ -140,6 +150,51 @@ pub enum MaskError {
     Protocol(#[from] ProtocolError),
 }
 
+/// What masking did, counted per session and added to the metrics once per
+/// round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MaskStats {
+    /// Values the detectors scanned.
+    pub cells_scanned: u64,
+    /// Bytes the detectors scanned.
+    pub bytes_scanned: u64,
+    /// Values masked, by detector (indexed like [`DETECTORS`](super::DETECTORS)).
+    pub by_detector: [u64; super::DETECTORS.len()],
+    /// Values masked by a column rule, by strategy (redact, partial, hash, null).
+    pub by_rule: [u64; 4],
+    /// Values that could not be scanned and were replaced (`bestEffort`).
+    pub unscannable_replaced: u64,
+    /// Results refused because a value could not be masked (`strict`, or
+    /// a malformed row in either mode).
+    pub refused: u64,
+}
+
+impl MaskStats {
+    pub(crate) fn found(&mut self, found: &[Found]) {
+        for f in found {
+            if let Some(count) = self.by_detector.get_mut(f.id) {
+                *count += 1;
+            }
+        }
+    }
+
+    /// Whether nothing was counted.
+    pub fn is_empty(&self) -> bool {
+        *self == MaskStats::default()
+    }
+}
+
+/// The position of a strategy in [`MaskStats::by_rule`], and its rank: a
+/// column several rules match gets the one that shows least.
+pub fn strategy_index(strategy: MaskStrategy) -> usize {
+    match strategy {
+        MaskStrategy::Partial => 0,
+        MaskStrategy::Hash => 1,
+        MaskStrategy::Redact => 2,
+        MaskStrategy::Null => 3,
+    }
+}
+
 /// Everything masking needs: the detectors, the column rules, the HMAC key
 /// for `hash`, the scan limit and the failure mode.
 #[derive(Debug)]
@@ -149,7 +204,7 @@ pub struct Masker {
     hash_key: Vec<u8>,
     /// Largest value scanned, in bytes.
     pub scan_limit: usize,
-    /// What happens to a row that cannot be masked.
+    /// What happens to a value that cannot be scanned.
     pub failure_mode: FailureMode,
 }
 
@@ -158,16 +213,12 @@ pub struct Masker {
 pub enum Masked {
     /// Nothing to change: forward the original frame.
     Unchanged,
-    /// The rewritten row, and what was masked in it.
-    Rewritten {
-        /// The new DataRow frame.
-        frame: Frame,
-        /// Values masked by a detector.
-        by_detector: usize,
-        /// Values masked by a column rule.
-        by_rule: usize,
-    },
+    /// The rewritten DataRow frame.
+    Rewritten(Frame),
 }
+
+/// What replaces a value the detectors could not scan under `bestEffort`.
+pub const UNSCANNED: &str = "[masked:unscanned]";
 
 impl Masker {
     /// A masker; `hash_key` keys the `hash` strategy's HMAC.
@@ -192,6 +243,16 @@ impl Masker {
         &self.scanner
     }
 
+    /// Whether any column rule is configured.
+    pub fn has_column_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// Whether a column name matches a column rule.
+    pub fn column_is_masked(&self, name: &str) -> bool {
+        self.rules.iter().any(|r| r.name.is_match(name))
+    }
+
     /// The plan for a result with these fields, read in `formats` (the
     /// Bind's result formats; RowDescription's own codes for a simple query).
     pub fn plan(&self, fields: &[FieldDescription], formats: &[Format]) -> Plan {
@@ -200,7 +261,13 @@ impl Masker {
             .enumerate()
             .map(|(i, field)| Column {
                 kind: Kind::of(field, Format::for_index(formats, i)),
-                rule: self.rules.iter().position(|r| r.name.is_match(&field.name)),
+                rule: self
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.name.is_match(&field.name))
+                    .max_by_key(|(_, r)| strategy_index(r.strategy))
+                    .map(|(i, _)| i),
             })
             .collect();
         let active = columns
@@ -210,7 +277,7 @@ impl Masker {
     }
 
     /// Masks one DataRow frame of a result planned as `plan`.
-    pub fn mask_row(&self, plan: &Plan, frame: &Frame) -> Result<Masked, MaskError> {
+    pub fn mask_row(&self, plan: &Plan, frame: &Frame, stats: &mut MaskStats) -> Result<Masked, MaskError> {
         if !plan.active {
             return Ok(Masked::Unchanged);
         }
@@ -223,29 +290,24 @@ impl Masker {
         }
         let mut found = Vec::new();
         let mut rewritten: Vec<Option<Option<Bytes>>> = Vec::new();
-        let (mut by_detector, mut by_rule) = (0, 0);
         for (i, (cell, column)) in row.cells().zip(&plan.columns).enumerate() {
             let new = match (&cell, column.rule) {
                 (None, _) => None,
                 (Some(value), Some(rule)) => {
-                    by_rule += 1;
-                    Some(self.apply_rule(&self.rules[rule], column.kind, value))
+                    let rule = &self.rules[rule];
+                    stats.by_rule[strategy_index(rule.strategy)] += 1;
+                    Some(self.apply_rule(rule, column.kind, value))
                 }
-                (Some(value), None) if column.kind != Kind::Opaque => {
-                    if value.len() > self.scan_limit {
-                        return Err(MaskError::TooLarge {
-                            column: i + 1,
-                            len: value.len(),
-                            limit: self.scan_limit,
-                        });
+                (Some(value), None) if column.kind != Kind::Opaque && !self.scanner.is_empty() => {
+                    match self.scan_cell(i, column.kind, value, &mut found, stats) {
+                        Ok(masked) => masked.map(|m| Some(Bytes::from(m))),
+                        Err(e) if self.failure_mode == FailureMode::BestEffort => {
+                            stats.unscannable_replaced += 1;
+                            tracing::debug!(error = %e, "replaced a value that could not be scanned");
+                            Some(encode_text(column.kind, UNSCANNED))
+                        }
+                        Err(e) => return Err(e),
                     }
-                    let masked = self
-                        .detect(column.kind, value, &mut found)
-                        .map_err(|why| MaskError::Unreadable { column: i + 1, why })?;
-                    if masked.is_some() {
-                        by_detector += 1;
-                    }
-                    masked.map(|m| Some(Bytes::from(m)))
                 }
                 (Some(_), None) => None,
             };
@@ -262,11 +324,47 @@ impl Masker {
         let mut out = BytesMut::with_capacity(frame.raw().len());
         let cells = row.cells().zip(rewritten).map(|(old, new)| new.unwrap_or(old));
         DataRow::encode_cells(&mut out, cells)?;
-        Ok(Masked::Rewritten {
-            frame: Frame::from_raw(out.freeze())?,
-            by_detector,
-            by_rule,
-        })
+        Ok(Masked::Rewritten(Frame::from_raw(out.freeze())?))
+    }
+
+    /// Runs the detectors on column `i`'s value: the masked value, or
+    /// `None` when clean.
+    fn scan_cell(
+        &self,
+        i: usize,
+        kind: Kind,
+        value: &[u8],
+        found: &mut Vec<Found>,
+        stats: &mut MaskStats,
+    ) -> Result<Option<Vec<u8>>, MaskError> {
+        if value.len() > self.scan_limit {
+            return Err(MaskError::TooLarge {
+                column: i + 1,
+                len: value.len(),
+                limit: self.scan_limit,
+            });
+        }
+        stats.cells_scanned += 1;
+        stats.bytes_scanned += value.len() as u64;
+        let masked = self
+            .detect(kind, value, found)
+            .map_err(|why| MaskError::Unreadable { column: i + 1, why })?;
+        stats.found(found);
+        Ok(masked)
+    }
+
+    /// `value` with every secret the detectors find masked, or `None` when
+    /// clean or too large to scan (the caller decides what that means).
+    pub fn mask_text(&self, value: &[u8], stats: &mut MaskStats) -> Option<Vec<u8>> {
+        if self.scanner.is_empty() {
+            return None;
+        }
+        let mut found = Vec::new();
+        stats.cells_scanned += 1;
+        stats.bytes_scanned += value.len() as u64;
+        self.scanner.find(value, &mut found);
+        stats.found(&found);
+        (!found.is_empty()).then(|| super::replace(value, &found))
     }
 
     /// Runs the detectors on a value; the masked value, or `None` when clean.
@@ -328,17 +426,22 @@ impl Masker {
                 hex::encode(&mac.finalize().into_bytes()[..16])
             }
         };
-        match kind {
-            Kind::Text | Kind::ByteaBinary => Some(Bytes::from(text)),
-            Kind::ByteaText => Some(Bytes::from(format!("\\x{}", hex::encode(text)))),
-            Kind::Json => Some(Bytes::from(json_string(&text))),
-            Kind::JsonbBinary => {
-                let mut out = vec![1u8];
-                out.extend_from_slice(json_string(&text).as_bytes());
-                Some(Bytes::from(out))
-            }
-            Kind::Opaque => None,
+        encode_text(kind, &text)
+    }
+}
+
+/// `text` as a value of `kind`, or NULL where the kind has no text form.
+fn encode_text(kind: Kind, text: &str) -> Option<Bytes> {
+    match kind {
+        Kind::Text | Kind::ByteaBinary => Some(Bytes::copy_from_slice(text.as_bytes())),
+        Kind::ByteaText => Some(Bytes::from(format!("\\x{}", hex::encode(text)))),
+        Kind::Json => Some(Bytes::from(json_string(text))),
+        Kind::JsonbBinary => {
+            let mut out = vec![1u8];
+            out.extend_from_slice(json_string(text).as_bytes());
+            Some(Bytes::from(out))
         }
+        Kind::Opaque => None,
     }
 }
 
@@ -409,9 +512,9 @@ mod tests {
     }
 
     fn masked(m: &Masker, plan: &Plan, frame: &Frame) -> Vec<Option<Vec<u8>>> {
-        match m.mask_row(plan, frame).unwrap() {
+        match m.mask_row(plan, frame, &mut MaskStats::default()).unwrap() {
             Masked::Unchanged => cells(frame),
-            Masked::Rewritten { frame, .. } => cells(&frame),
+            Masked::Rewritten(frame) => cells(&frame),
         }
     }
 
@@ -420,7 +523,10 @@ mod tests {
         let m = masker(vec![]);
         let plan = m.plan(&[field("id", 23), field("note", 25)], &[]);
         let clean = row(&[Some(b"1"), Some(b"shipped on time")]);
-        assert!(matches!(m.mask_row(&plan, &clean).unwrap(), Masked::Unchanged));
+        assert!(matches!(
+            m.mask_row(&plan, &clean, &mut MaskStats::default()).unwrap(),
+            Masked::Unchanged
+        ));
         let dirty = row(&[Some(b"2"), Some(b"key AKIAIOSFODNN7EXAMPLE here")]);
         assert_eq!(
             masked(&m, &plan, &dirty),
@@ -499,14 +605,14 @@ mod tests {
         let plan = m.plan(&[field("note", 25)], &[]);
         let two = row(&[Some(b"a"), Some(b"b")]);
         assert!(matches!(
-            m.mask_row(&plan, &two),
+            m.mask_row(&plan, &two, &mut MaskStats::default()),
             Err(MaskError::Shape { expected: 1, got: 2 })
         ));
         let mut small = masker(vec![]);
         small.scan_limit = 4;
         let plan = small.plan(&[field("note", 25)], &[]);
         assert!(matches!(
-            small.mask_row(&plan, &row(&[Some(b"too long")])),
+            small.mask_row(&plan, &row(&[Some(b"too long")]), &mut MaskStats::default()),
             Err(MaskError::TooLarge {
                 column: 1,
                 len: 8,
@@ -515,13 +621,17 @@ mod tests {
         ));
         let plan = m.plan(&[field("blob", 17)], &[]);
         assert!(matches!(
-            m.mask_row(&plan, &row(&[Some(b"\\xZZ")])),
+            m.mask_row(&plan, &row(&[Some(b"\\xZZ")]), &mut MaskStats::default()),
             Err(MaskError::Unreadable { column: 1, .. })
         ));
         let truncated = Frame::new(b'D', &[0, 1, 0, 0, 0, 9, b'a']).unwrap();
         assert!(
-            m.mask_row(&m.plan(&[field("note", 25)], &[]), &truncated)
-                .is_err()
+            m.mask_row(
+                &m.plan(&[field("note", 25)], &[]),
+                &truncated,
+                &mut MaskStats::default()
+            )
+            .is_err()
         );
     }
 

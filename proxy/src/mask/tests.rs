@@ -152,3 +152,13 @@ fn checksums_decide_cards_and_ibans() {
     ));
     assert!(!detectors::passes(detectors::Check::Iban, b"GB82"));
 }
+
+#[test]
+fn statement_text_is_masked_with_every_secret_detector() {
+    assert_eq!(
+        statement_text("UPDATE keys SET v = 'AKIAIOSFODNN7EXAMPLE' WHERE id = 1"),
+        "UPDATE keys SET v = '[masked:aws-access-key-id]' WHERE id = 1"
+    );
+    let clean = "SELECT id FROM orders WHERE id = 42";
+    assert!(matches!(statement_text(clean), Cow::Borrowed(s) if s == clean));
+}

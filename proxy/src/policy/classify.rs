@@ -22,8 +22,8 @@ use pg_query::{NodeEnum, NodeRef};
 
 use super::walk::for_each_child;
 use super::{
-    Classification, ClassifyError, ExecuteRef, FunctionRef, PreparedEffect, Statement, StatementBuilder,
-    TableRef,
+    Classification, ClassifyError, CopyFormat, ExecuteRef, FunctionRef, PreparedEffect, Statement,
+    StatementBuilder, TableRef,
 };
 
 /// Classifies every statement of `sql` with the real PostgreSQL parser.
@@ -721,6 +721,9 @@ impl Walker {
             self.b.constant_sensitive();
         }
         self.b.op(op);
+        if op == Operation::CopyTo {
+            self.b.copy_out(copy_format(&s.options));
+        }
         if let Some(rel) = &s.relation {
             self.b.access(op, Some(table_ref(rel)), s.is_from);
         }
@@ -782,6 +785,59 @@ enum Value<'a> {
 }
 
 /// The single constant of a SET's argument list.
+/// The format a `COPY ... TO` writes in, from its options (the legacy
+/// `CSV`, `BINARY` and `DELIMITER AS` forms parse into the same options).
+fn copy_format(options: &[pb::Node]) -> CopyFormat {
+    let mut format = "text";
+    let (mut delimiter, mut quote, mut escape) = (None, None, None);
+    for option in options {
+        let Some(NodeEnum::DefElem(def)) = &option.node else {
+            return CopyFormat::Unknown;
+        };
+        let value = def.arg.as_deref().and_then(|a| match a.node.as_ref()? {
+            NodeEnum::String(s) => Some(s.sval.as_str()),
+            _ => None,
+        });
+        // One byte, as PostgreSQL requires of these options.
+        let byte = || match value.map(str::as_bytes) {
+            Some([b]) => Some(*b),
+            _ => None,
+        };
+        match def.defname.as_str() {
+            "format" => format = value.unwrap_or(""),
+            "delimiter" => delimiter = Some(byte()),
+            "quote" => quote = Some(byte()),
+            "escape" => escape = Some(byte()),
+            _ => {}
+        }
+    }
+    let pick = |set: Option<Option<u8>>, default: u8| match set {
+        None => Some(default),
+        Some(b) => b,
+    };
+    match format.to_ascii_lowercase().as_str() {
+        "text" => match pick(delimiter, b'\t') {
+            Some(delimiter) => CopyFormat::Text { delimiter },
+            None => CopyFormat::Unknown,
+        },
+        "csv" => {
+            let (Some(delimiter), Some(quote)) = (pick(delimiter, b','), pick(quote, b'"')) else {
+                return CopyFormat::Unknown;
+            };
+            match pick(escape, quote) {
+                Some(escape) => CopyFormat::Csv {
+                    delimiter,
+                    quote,
+                    escape,
+                },
+                None => CopyFormat::Unknown,
+            }
+        }
+        "binary" => CopyFormat::Binary,
+        _ => CopyFormat::Unknown,
+    }
+}
+
 fn single_value(args: &[pb::Node]) -> Option<Value<'_>> {
     let [arg] = args else { return None };
     match arg.node.as_ref()? {

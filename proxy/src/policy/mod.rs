@@ -154,6 +154,31 @@ pub enum PreparedEffect {
     DeallocateAll,
 }
 
+/// How a `COPY ... TO STDOUT` writes its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// The text format: fields split by `delimiter`, special bytes escaped
+    /// with a backslash.
+    Text {
+        /// The field delimiter (a tab unless set).
+        delimiter: u8,
+    },
+    /// CSV: fields split by `delimiter`, quoted with `quote`, a quote
+    /// inside a quoted field preceded by `escape`.
+    Csv {
+        /// The field delimiter (a comma unless set).
+        delimiter: u8,
+        /// The quote byte (`"` unless set).
+        quote: u8,
+        /// The escape byte (the quote unless set).
+        escape: u8,
+    },
+    /// The binary format.
+    Binary,
+    /// Options Gatehouse does not read (a format it does not know, say).
+    Unknown,
+}
+
 /// The classification of one SQL statement.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Statement {
@@ -176,6 +201,9 @@ pub struct Statement {
     pub executes: Vec<ExecuteRef>,
     /// What the statement does to the session's prepared statements.
     pub prepared: Option<PreparedEffect>,
+    /// For `COPY ... TO STDOUT`: how its rows are written, so that masking
+    /// can read their fields.
+    pub copy_out: Option<CopyFormat>,
     /// `true` when the classification looked at the value of a constant
     /// (`SET standard_conforming_strings = ...`, `EXPLAIN (ANALYZE off)`):
     /// such a classification is never shared through the cache, whose key
@@ -290,6 +318,10 @@ impl StatementBuilder {
 
     pub(crate) fn constant_sensitive(&mut self) {
         self.stmt.constant_sensitive = true;
+    }
+
+    pub(crate) fn copy_out(&mut self, format: CopyFormat) {
+        self.stmt.copy_out = Some(format);
     }
 
     /// Merges everything `other` does into this statement, unchanged.

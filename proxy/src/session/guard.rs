@@ -9,9 +9,10 @@ use gatehouse_crds::policy::Operation;
 use super::relay::Judge;
 use crate::{
     identity::Identity,
+    mask::rows::Masker,
     metrics::StatementDecision,
     policy::{self, Classification, ClassifyError, Decision, PreparedStatements, Refusal},
-    server::Shared,
+    server::{Runtime, Shared},
 };
 
 /// One session's judge.
@@ -20,6 +21,8 @@ pub struct Guard {
     shared: Arc<Shared>,
     identity: Identity,
     prepared: PreparedStatements,
+    /// The masker of the configuration seen last, and that configuration.
+    masker: Option<(Arc<Runtime>, Option<Arc<Masker>>)>,
 }
 
 impl Guard {
@@ -29,6 +32,7 @@ impl Guard {
             shared,
             identity,
             prepared: PreparedStatements::new(),
+            masker: None,
         }
     }
 
@@ -72,9 +76,39 @@ impl Guard {
 }
 
 impl Judge for Guard {
-    fn judge_sql(&mut self, sql: &str) -> Result<(), Refusal> {
-        let classification = self.shared.classify(sql).map_err(|e| self.refuse(&e))?;
-        self.decide(&classification)
+    fn judge_sql(&mut self, sql: &str) -> Result<Arc<Classification>, Refusal> {
+        let judged = self
+            .shared
+            .classify(sql)
+            .map_err(|e| self.refuse(&e))
+            .and_then(|classification| self.decide(&classification).map(|()| classification));
+        match &judged {
+            Ok(_) => tracing::debug!(
+                user = %self.identity.username,
+                statement = %crate::mask::statement_text(sql),
+                "statement allowed"
+            ),
+            Err(refusal) => tracing::info!(
+                user = %self.identity.username,
+                sqlstate = refusal.sqlstate,
+                reason = %crate::mask::statement_text(&refusal.message),
+                statement = %crate::mask::statement_text(sql),
+                "statement refused"
+            ),
+        }
+        judged
+    }
+
+    fn masker(&mut self) -> Option<Arc<Masker>> {
+        let runtime = self.shared.runtime();
+        match &self.masker {
+            Some((seen, masker)) if Arc::ptr_eq(seen, &runtime) => masker.clone(),
+            _ => {
+                let masker = runtime.masker_for(&self.identity);
+                self.masker = Some((runtime, masker.clone()));
+                masker
+            }
+        }
     }
 
     fn judge_function_call(&mut self) -> Result<(), Refusal> {

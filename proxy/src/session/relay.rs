@@ -14,6 +14,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::Arc,
     time::Duration,
 };
 
@@ -26,20 +27,27 @@ use tokio_util::codec::Framed;
 
 pub use crate::policy::Refusal;
 use crate::{
+    mask::{rows::Masker, stream::ResultMasking},
     metrics::{ByteDirection, Metrics},
     pg::{
         Frame, FrameCodec, ProtocolError,
         messages::{ErrorResponse, Message, ParameterStatus, Parse, Query, Severity, Terminate},
         sqlstate, tag,
     },
+    policy::Classification,
 };
 
 /// What the relay asks the policy about a statement.
 pub trait Judge {
-    /// `Ok(())` to run `sql`, or the refusal to show instead.
-    fn judge_sql(&mut self, sql: &str) -> Result<(), Refusal>;
+    /// The classification of `sql` when it may run, or the refusal to show
+    /// instead.
+    fn judge_sql(&mut self, sql: &str) -> Result<Arc<Classification>, Refusal>;
     /// Whether a protocol-level FunctionCall may run.
     fn judge_function_call(&mut self) -> Result<(), Refusal>;
+    /// The masker in force for the session now, if any.
+    fn masker(&mut self) -> Option<Arc<Masker>> {
+        None
+    }
 }
 
 fn refusal_frame(refusal: &Refusal) -> Result<Frame, ProtocolError> {
@@ -176,6 +184,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut pending = Pending::default();
+    let mut results = ResultMasking::new();
     let mut counter = 0u64;
     let mut bytes = ByteCounts {
         metrics: settings.metrics,
@@ -192,13 +201,21 @@ where
                 let Some(frame) = frame else { return Ok(Ended::ClientClosed) };
                 let frame = frame?;
                 let terminate = frame.tag() == tag::frontend::TERMINATE;
-                let outgoing = on_client(frame, judge, &mut pending, || {
+                if !pending.server_owes_answer() && starts_segment(frame.tag()) {
+                    // Between round trips: a changed masking takes effect.
+                    results.set_masker(judge.masker());
+                }
+                let (before, outgoing) = on_client(frame, judge, &mut pending, &mut results, || {
                     counter += 1;
                     format!("gatehouse_refused_{session_nonce}_{counter}")
                 })?;
-                bytes.to_server += outgoing.wire_len() as u64;
                 // Feed without flushing while the client has more queued, so a
                 // pipeline goes upstream in as few writes as it arrived in.
+                if let Some(before) = before {
+                    bytes.to_server += before.wire_len() as u64;
+                    server.feed(before).await?;
+                }
+                bytes.to_server += outgoing.wire_len() as u64;
                 server.feed(outgoing).await?;
                 if terminate {
                     SinkExt::<Frame>::flush(server).await?;
@@ -221,8 +238,15 @@ where
                     return Ok(Ended::UnsafeParameter);
                 }
                 let frame = on_server(frame, &mut pending, settings.metrics)?;
-                bytes.to_client += frame.wire_len() as u64;
-                client.feed(frame).await?;
+                let reply = results.on_server(frame, settings.metrics)?;
+                if let Some(frame) = reply.to_server {
+                    bytes.to_server += frame.wire_len() as u64;
+                    server.send(frame).await?;
+                }
+                if let Some(frame) = reply.to_client {
+                    bytes.to_client += frame.wire_len() as u64;
+                    client.feed(frame).await?;
+                }
                 if server.read_buffer().is_empty() {
                     SinkExt::<Frame>::flush(client).await?;
                     bytes.flush();
@@ -280,12 +304,29 @@ fn marker_sql(marker: &str) -> String {
     format!("SELECT {marker}()")
 }
 
+/// The frame to forward for a client frame, and one to send before it
+/// (the masking's Describe before an Execute).
 fn on_client(
     frame: Frame,
     judge: &mut impl Judge,
     pending: &mut Pending,
+    results: &mut ResultMasking,
+    next_marker: impl FnMut() -> String,
+) -> Result<(Option<Frame>, Frame), ProtocolError> {
+    let (frame, classification) = judged(frame, judge, pending, next_marker)?;
+    let before = results.on_client(&frame, classification.as_deref())?;
+    Ok((before, frame))
+}
+
+/// The frame to forward for a client frame (a refused statement's marker
+/// in place of the statement), with the policy's classification of an
+/// allowed Query or Parse.
+fn judged(
+    frame: Frame,
+    judge: &mut impl Judge,
+    pending: &mut Pending,
     mut next_marker: impl FnMut() -> String,
-) -> Result<Frame, ProtocolError> {
+) -> Result<(Frame, Option<Arc<Classification>>), ProtocolError> {
     if pending.open_since.is_none() && starts_segment(frame.tag()) {
         pending.open_since = Some(Instant::now());
     }
@@ -299,8 +340,11 @@ fn on_client(
         tag::frontend::QUERY => {
             let query = Query::decode(&frame)?;
             let out = match judge.judge_sql(&query.sql) {
-                Ok(()) => frame,
-                Err(refusal) => Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
+                Ok(classification) => (frame, Some(classification)),
+                Err(refusal) => (
+                    Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
+                    None,
+                ),
             };
             // A simple Query is a segment of its own.
             pending.close_segment();
@@ -309,15 +353,16 @@ fn on_client(
         tag::frontend::PARSE => {
             let parse = Parse::decode(&frame)?;
             match judge.judge_sql(&parse.sql) {
-                Ok(()) => Ok(frame),
+                Ok(classification) => Ok((frame, Some(classification))),
                 Err(refusal) => {
                     let marker = refuse(refusal, pending);
-                    Parse {
+                    let marker = Parse {
                         statement: parse.statement,
                         sql: marker_sql(&marker),
                         param_types: Vec::new(),
                     }
-                    .to_frame()
+                    .to_frame()?;
+                    Ok((marker, None))
                 }
             }
         }
@@ -329,13 +374,13 @@ fn on_client(
                 Err(refusal) => Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
             };
             pending.close_segment();
-            Ok(out)
+            Ok((out, None))
         }
         tag::frontend::SYNC => {
             pending.close_segment();
-            Ok(frame)
+            Ok((frame, None))
         }
-        _ => Ok(frame),
+        _ => Ok((frame, None)),
     }
 }
 
@@ -392,8 +437,8 @@ mod tests {
     struct AllowAll;
 
     impl Judge for AllowAll {
-        fn judge_sql(&mut self, _: &str) -> Result<(), Refusal> {
-            Ok(())
+        fn judge_sql(&mut self, _: &str) -> Result<Arc<Classification>, Refusal> {
+            Ok(Arc::default())
         }
         fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())

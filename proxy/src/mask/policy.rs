@@ -1,0 +1,359 @@
+//! The `masking` of Policies, compiled, and the [`Masker`] each caller gets.
+//!
+//! A Policy's masking applies to the callers it names, like its rules. When
+//! several Policies name a caller, all their masking counts: every column
+//! rule (a column several rules match gets the one that shows least: `null`,
+//! then `redact`, `hash`, `partial`), every detector group, and `strict` when
+//! any of them is strict. Maskers are built once per distinct set of
+//! Policies and shared by the sessions it applies to.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use super::{
+    Scanner,
+    rows::{ColumnRule, Masker},
+};
+use crate::{
+    api::policy::{FailureMode, MaskStrategy},
+    config::{MaskingSettings, NamedPolicy},
+    policy::{CompiledPolicy, Identity},
+};
+
+/// Longest compiled column-name pattern: a Policy cannot make the proxy
+/// build a huge automaton.
+const MAX_PATTERN_BYTES: usize = 1 << 20;
+
+/// Shortest key the `hash` strategy accepts: shorter keys could be guessed.
+const MIN_HASH_KEY_BYTES: usize = 16;
+
+/// One Policy's masking, compiled.
+#[derive(Debug, Clone)]
+struct PolicyMasking {
+    rules: Vec<ColumnRule>,
+    detectors: Vec<String>,
+    failure_mode: FailureMode,
+}
+
+/// The masking of every Policy in a configuration, and the maskers built
+/// from it so far.
+#[derive(Debug)]
+pub struct Maskers {
+    /// Per Policy, in the configuration's order: its masking, if any.
+    policies: Vec<Option<PolicyMasking>>,
+    hash_key: Vec<u8>,
+    scan_limit: usize,
+    /// Maskers by the positions of the Policies they combine.
+    built: Mutex<HashMap<Vec<usize>, Arc<Masker>>>,
+}
+
+impl Maskers {
+    /// Compiles the masking of `policies`.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the Policy and the field: an invalid column
+    /// pattern, an unknown detector, `hash` without a key, an unreadable
+    /// or short key file.
+    pub fn new(policies: &[NamedPolicy], settings: &MaskingSettings) -> Result<Maskers, String> {
+        let mut compiled = Vec::with_capacity(policies.len());
+        let mut uses_hash = None;
+        for policy in policies {
+            let Some(masking) = &policy.spec.masking else {
+                compiled.push(None);
+                continue;
+            };
+            let name = &policy.name;
+            super::check_names(&masking.detectors)
+                .map_err(|e| format!("Policy {name}: masking.detectors: {e}"))?;
+            let mut rules = Vec::with_capacity(masking.columns.len());
+            for (i, column) in masking.columns.iter().enumerate() {
+                let pattern = regex::RegexBuilder::new(&column.name)
+                    .size_limit(MAX_PATTERN_BYTES)
+                    .build()
+                    .map_err(|e| {
+                        format!(
+                            "Policy {name}: masking.columns[{i}].name is not a valid regular expression: {e}"
+                        )
+                    })?;
+                let keep_last = match (column.strategy, column.keep_last) {
+                    (MaskStrategy::Partial, Some(n)) if (1..=16).contains(&n) => n as usize,
+                    (MaskStrategy::Partial, _) => {
+                        return Err(format!(
+                            "Policy {name}: masking.columns[{i}].keepLast must be between 1 and 16 for strategy partial"
+                        ));
+                    }
+                    (_, None) => 0,
+                    (_, Some(_)) => {
+                        return Err(format!(
+                            "Policy {name}: masking.columns[{i}].keepLast is only allowed with strategy partial"
+                        ));
+                    }
+                };
+                if column.strategy == MaskStrategy::Hash {
+                    uses_hash.get_or_insert_with(|| name.clone());
+                }
+                rules.push(ColumnRule {
+                    name: pattern,
+                    strategy: column.strategy,
+                    keep_last,
+                });
+            }
+            compiled.push(Some(PolicyMasking {
+                rules,
+                detectors: masking.detectors.clone(),
+                failure_mode: masking.failure_mode.unwrap_or(FailureMode::Strict),
+            }));
+        }
+        let hash_key = match (&settings.hash_key_file, uses_hash) {
+            (Some(path), _) => {
+                let key = std::fs::read(path)
+                    .map_err(|e| format!("masking.hashKeyFile {}: {e}", path.display()))?;
+                if key.len() < MIN_HASH_KEY_BYTES {
+                    return Err(format!(
+                        "masking.hashKeyFile {} holds {} bytes; the hash key needs at least {MIN_HASH_KEY_BYTES}",
+                        path.display(),
+                        key.len()
+                    ));
+                }
+                key
+            }
+            (None, Some(policy)) => {
+                return Err(format!(
+                    "Policy {policy} masks a column with strategy hash, but masking.hashKeyFile is not set"
+                ));
+            }
+            (None, None) => Vec::new(),
+        };
+        if settings.scan_limit_bytes == 0 {
+            return Err("masking.scanLimitBytes must be at least 1".into());
+        }
+        Ok(Maskers {
+            policies: compiled,
+            hash_key,
+            scan_limit: settings.scan_limit_bytes,
+            built: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The masker for `identity`: `None` when no Policy naming it masks
+    /// anything. `policies` are the compiled Policies of the same
+    /// configuration, in the same order.
+    pub fn for_identity(&self, policies: &[CompiledPolicy], identity: &Identity) -> Option<Arc<Masker>> {
+        let applicable: Vec<usize> = policies
+            .iter()
+            .zip(&self.policies)
+            .enumerate()
+            .filter(|(_, (policy, masking))| masking.is_some() && policy.applies_to(identity))
+            .map(|(i, _)| i)
+            .collect();
+        if applicable.is_empty() {
+            return None;
+        }
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(masker) = built.get(&applicable) {
+            return Some(masker.clone());
+        }
+        let masker = Arc::new(self.combine(&applicable));
+        built.insert(applicable, masker.clone());
+        Some(masker)
+    }
+
+    fn combine(&self, applicable: &[usize]) -> Masker {
+        let parts: Vec<&PolicyMasking> = applicable
+            .iter()
+            .filter_map(|&i| self.policies.get(i).and_then(Option::as_ref))
+            .collect();
+        let mut detectors: Vec<&str> = parts
+            .iter()
+            .flat_map(|p| p.detectors.iter().map(String::as_str))
+            .collect();
+        detectors.sort_unstable();
+        detectors.dedup();
+        let rules = parts.iter().flat_map(|p| p.rules.iter().cloned()).collect();
+        let failure_mode = if parts.iter().any(|p| p.failure_mode == FailureMode::Strict) {
+            FailureMode::Strict
+        } else {
+            FailureMode::BestEffort
+        };
+        // The names were checked in `new`.
+        let scanner = Scanner::new(&detectors).unwrap_or_else(|_| Scanner::with([]));
+        Masker::new(
+            scanner,
+            rules,
+            self.hash_key.clone(),
+            self.scan_limit,
+            failure_mode,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ProxyConfig;
+
+    fn config(policies: &str, masking: &str) -> ProxyConfig {
+        ProxyConfig::from_yaml(&format!(
+            r#"
+connection: {{namespace: standalone, name: t}}
+listen: {{address: "127.0.0.1:0", allowPlaintext: true}}
+upstream:
+  host: localhost
+  database: app
+  tls: {{mode: disable}}
+  credentials: {{usernameFile: /u, passwordFile: /p}}
+auth:
+  staticTokens: [{{sha256: "{}", username: u}}]
+{masking}
+policies:
+{policies}
+"#,
+            "0".repeat(64)
+        ))
+        .unwrap()
+    }
+
+    fn compile(config: &ProxyConfig) -> Result<(Vec<CompiledPolicy>, Maskers), String> {
+        let compiled = config
+            .policies
+            .iter()
+            .map(|p| CompiledPolicy::compile(&p.name, &p.spec).unwrap())
+            .collect();
+        Ok((compiled, Maskers::new(&config.policies, &config.masking)?))
+    }
+
+    fn caller(name: &str, groups: &[&str]) -> Identity {
+        Identity {
+            username: name.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    const TWO: &str = r#"
+- name: for-agents
+  spec:
+    connectionSelector: {}
+    subjects: [{kind: Group, name: agents}]
+    rules: [{name: r, match: {operations: [select]}, action: allow}]
+    masking:
+      detectors: [aws]
+      columns: [{name: "^email$", strategy: partial, keepLast: 4}]
+      failureMode: bestEffort
+- name: for-bob
+  spec:
+    connectionSelector: {}
+    subjects: [{kind: User, name: bob}]
+    rules: [{name: r, match: {operations: [select]}, action: allow}]
+    masking:
+      detectors: [github]
+      columns: [{name: "^email$", strategy: redact}]
+- name: no-masking
+  spec:
+    connectionSelector: {}
+    subjects: [{kind: User, name: carol}]
+    rules: [{name: r, match: {operations: [select]}, action: allow}]
+"#;
+
+    #[test]
+    fn a_caller_gets_the_masking_of_every_policy_naming_it() {
+        let (policies, maskers) = compile(&config(TWO, "")).unwrap();
+        assert!(maskers.for_identity(&policies, &caller("carol", &[])).is_none());
+        let agent = maskers
+            .for_identity(&policies, &caller("ann", &["agents"]))
+            .unwrap();
+        assert_eq!(agent.failure_mode, FailureMode::BestEffort);
+        assert!(agent.scanner().mask(b"AKIAIOSFODNN7EXAMPLE").is_some());
+        assert!(
+            agent
+                .scanner()
+                .mask(b"ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R")
+                .is_none()
+        );
+        let bob = maskers
+            .for_identity(&policies, &caller("bob", &["agents"]))
+            .unwrap();
+        assert_eq!(bob.failure_mode, FailureMode::Strict, "strict wins");
+        assert!(bob.scanner().mask(b"AKIAIOSFODNN7EXAMPLE").is_some());
+        assert!(
+            bob.scanner()
+                .mask(b"ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R")
+                .is_some()
+        );
+        // Built once per set of Policies.
+        let again = maskers
+            .for_identity(&policies, &caller("dan", &["agents"]))
+            .unwrap();
+        assert!(Arc::ptr_eq(&agent, &again));
+    }
+
+    #[test]
+    fn the_rule_that_shows_least_wins() {
+        use crate::pg::messages::{DataRow, FieldDescription, Format, Message};
+        let (policies, maskers) = compile(&config(TWO, "")).unwrap();
+        let bob = maskers
+            .for_identity(&policies, &caller("bob", &["agents"]))
+            .unwrap();
+        let field = FieldDescription {
+            name: "email".into(),
+            table_oid: 0,
+            column_id: 0,
+            type_oid: 25,
+            type_size: -1,
+            type_modifier: -1,
+            format: Format::Text,
+        };
+        let plan = bob.plan(&[field], &[]);
+        let mut raw = bytes::BytesMut::new();
+        DataRow::encode_cells(&mut raw, [Some(b"ada@example.com")]).unwrap();
+        let frame = crate::pg::Frame::from_raw(raw.freeze()).unwrap();
+        let masked = bob.mask_row(&plan, &frame, &mut Default::default()).unwrap();
+        let super::super::rows::Masked::Rewritten(frame) = masked else {
+            panic!("not masked")
+        };
+        let row = DataRow::decode(&frame).unwrap();
+        assert_eq!(row.cell(0), Some(Some(bytes::Bytes::from_static(b"[masked]"))));
+    }
+
+    #[test]
+    fn bad_masking_is_refused_with_the_policy_and_field() {
+        let bad = |masking: &str, settings: &str| {
+            let policies = format!(
+                r#"
+- name: p
+  spec:
+    connectionSelector: {{}}
+    subjects: [{{kind: User, name: u}}]
+    rules: [{{name: r, match: {{operations: [select]}}, action: allow}}]
+    masking: {masking}
+"#
+            );
+            compile(&config(&policies, settings)).err().unwrap_or_default()
+        };
+        let e = bad(r#"{columns: [{name: "(", strategy: redact}]}"#, "");
+        assert!(
+            e.contains("Policy p: masking.columns[0].name is not a valid regular expression"),
+            "{e}"
+        );
+        let e = bad("{detectors: [awz]}", "");
+        assert!(e.contains("unknown masking detector \"awz\""), "{e}");
+        let e = bad(r#"{columns: [{name: "x", strategy: hash}]}"#, "");
+        assert!(e.contains("masking.hashKeyFile is not set"), "{e}");
+        let e = bad(
+            r#"{columns: [{name: "x", strategy: hash}]}"#,
+            "masking: {hashKeyFile: /nonexistent/key}",
+        );
+        assert!(e.contains("/nonexistent/key"), "{e}");
+        let e = bad(r#"{columns: [{name: "x", strategy: partial}]}"#, "");
+        assert!(e.contains("keepLast must be between 1 and 16"), "{e}");
+        let short = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(short.path(), b"short").unwrap();
+        let e = bad(
+            r#"{columns: [{name: "x", strategy: hash}]}"#,
+            &format!("masking: {{hashKeyFile: {}}}", short.path().display()),
+        );
+        assert!(e.contains("holds 5 bytes"), "{e}");
+    }
+}
