@@ -45,7 +45,10 @@ pub struct PolicySpec {
     /// Rules, each matching statements and choosing an action.
     #[schemars(length(min = 1, max = 64))]
     pub rules: Vec<PolicyRule>,
-    /// Masking of result columns and of secret-looking values.
+    /// Masking of result columns and of secret-looking values, for the callers
+    /// this Policy names. When several Policies name a caller, all their
+    /// masking applies: every column rule and detector, and `strict` when any
+    /// of them says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masking: Option<Masking>,
 }
@@ -184,17 +187,25 @@ pub enum Action {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Masking {
-    /// Result columns to mask, by column name.
+    /// Result columns to mask, by the name the result gives them. A column
+    /// several rules match gets the one that shows least (null, redact, hash,
+    /// partial). COPY TO STDOUT names no columns, so with any column rule it
+    /// is refused (use SELECT).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub columns: Vec<ColumnMask>,
-    /// Built-in secret detectors run on every text value: `all`, or names such
-    /// as `aws`, `github`, `jwt`, `privateKey`.
+    /// Built-in secret detectors run on every text value of results, errors,
+    /// notices, notifications and COPY output: `all` (every secret detector),
+    /// or groups: aws, github, gitlab, slack, stripe, google, openai,
+    /// anthropic, npm, jwt, privateKey, connectionString, genericAssignment.
+    /// Personal data only when named: card (Luhn-checked), email, iban.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub detectors: Vec<String>,
-    /// `strict` refuses a row that cannot be scanned, `bestEffort` passes it on.
-    /// Defaults to `strict`.
+    /// What happens to a value that cannot be scanned (larger than the proxy's
+    /// scan limit, or unreadable for its type): `strict` (the default) refuses
+    /// the result with an error, `bestEffort` replaces the value with
+    /// `[masked:unscanned]` and goes on. Neither passes it on unmasked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_mode: Option<FailureMode>,
 }
@@ -235,9 +246,9 @@ pub enum MaskStrategy {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum FailureMode {
-    /// Refuse the row with a clear error.
+    /// Refuse the result with a clear error.
     Strict,
-    /// Pass the value on unscanned and count it.
+    /// Replace the value with a marker, go on and count it.
     BestEffort,
 }
 

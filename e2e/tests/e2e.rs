@@ -12,6 +12,7 @@ use libtest_mimic::{Arguments, Failed, Trial};
 mod drivers;
 mod harness;
 mod identity;
+mod masking;
 mod ops;
 mod proxy;
 mod session;
@@ -83,6 +84,12 @@ fn main() -> ExitCode {
         drivers::a_slow_startup_is_closed_after_the_startup_timeout,
         drivers::a_client_vanishing_mid_pipeline_releases_its_backend,
         drivers::an_unknown_protocol_version_gets_a_fatal_error,
+        masking::psql_gets_every_secret_masked_in_rows_copy_and_errors,
+        masking::tokio_postgres_gets_binary_results_masked,
+        masking::psycopg_gets_text_and_binary_results_masked,
+        masking::look_alikes_arrive_unchanged,
+        masking::column_rules_mask_by_name_and_keep_values_valid,
+        masking::a_value_over_the_scan_limit_follows_the_failure_mode,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -90,6 +90,20 @@ async fn demo() -> anyhow::Result<()> {
         ),
     )?;
 
+    say("Adding a table of integrations that holds credentials, as real databases do");
+    env.postgres
+        .superuser(DATABASE)
+        .await?
+        .batch_execute(&format!(
+            "CREATE TABLE integrations (name text, api_key text, notes text);
+             INSERT INTO integrations VALUES
+               ('stripe', 'sk_live_Z8UzDzV8fUkkibjL5DZPjN0MEQ7wjJ', 'rotated in November'),
+               ('ci', 'ghp_RIBXuDL7DxtpYlSXpfKtHF4vUCsMehGAkWvj', 'old key AKIAZ3MPLE7QX4RT2WVN still in the runner');
+             GRANT SELECT ON integrations TO {APP_USER};"
+        ))
+        .await
+        .context("create the integrations table")?;
+
     say("Starting a Gatehouse proxy for the database, with the sample Policies");
     let proxy = start_proxy(&env, &root).await?;
     let agent_pgpass = env.path().join("agent-pgpass");
@@ -101,6 +115,10 @@ async fn demo() -> anyhow::Result<()> {
         (
             "a read: allowed by agents-readonly/reads",
             "SELECT count(*) AS orders FROM orders",
+        ),
+        (
+            "credentials in a result: the api_key column is redacted by agents-readonly's column rule, the AWS key in notes by its detectors",
+            "SELECT name, api_key, notes FROM integrations",
         ),
         (
             "a schema change: denied by agents-readonly/no-ddl",

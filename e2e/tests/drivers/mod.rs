@@ -163,7 +163,7 @@ fn ensure_refused<T>(result: Result<T, tokio_postgres::Error>, what: &str) -> an
 // ---------------------------------------------------------------- drivers
 
 /// Installs the drivers (cached by their pins) and returns their folder.
-async fn drivers_dir() -> anyhow::Result<&'static Path> {
+pub(crate) async fn drivers_dir() -> anyhow::Result<&'static Path> {
     DRIVERS
         .get_or_try_init(|| async {
             let script = crate::repo().join("e2e/tools/drivers.sh");

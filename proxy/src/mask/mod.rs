@@ -194,6 +194,13 @@ impl Scanner {
         out.dedup_by(|later, earlier| {
             if later.range.start < earlier.range.end {
                 earlier.range.end = earlier.range.end.max(later.range.end);
+                // A secret inside what looks like an e-mail address (a
+                // token in a URL's user part) is named as the secret.
+                let personal = |f: &Found| DETECTORS.get(f.id).is_some_and(|d| d.opt_in);
+                if personal(earlier) && !personal(later) {
+                    earlier.detector = later.detector;
+                    earlier.id = later.id;
+                }
                 true
             } else {
                 false

@@ -674,6 +674,26 @@ pub fn mask_copy_row(
         }
         stats.cells_scanned += 1;
         stats.bytes_scanned += value.len() as u64;
+        // bytea comes out as `\x` and hex (its backslash doubled in the
+        // text format): the secret is in the decoded bytes.
+        let bytea_prefix: &[u8] = match format {
+            CopyFormat::Text { .. } => b"\\\\x",
+            _ => b"\\x",
+        };
+        if let Some(digits) = value.strip_prefix(bytea_prefix)
+            && let Ok(bytes) = hex::decode(digits)
+        {
+            masker.scanner().find(&bytes, &mut found);
+            if !found.is_empty() {
+                stats.found(&found);
+                let out = out.get_or_insert_with(|| Vec::with_capacity(row.len()));
+                out.extend_from_slice(&row[copied..field.range.start]);
+                out.extend_from_slice(bytea_prefix);
+                out.extend_from_slice(hex::encode(super::replace(&bytes, &found)).as_bytes());
+                copied = field.range.end;
+            }
+            continue;
+        }
         masker.scanner().find(value, &mut found);
         if found.is_empty() {
             continue;

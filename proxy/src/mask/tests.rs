@@ -162,3 +162,15 @@ fn statement_text_is_masked_with_every_secret_detector() {
     let clean = "SELECT id FROM orders WHERE id = 42";
     assert!(matches!(statement_text(clean), Cow::Borrowed(s) if s == clean));
 }
+
+#[test]
+fn a_secret_overlapping_personal_data_is_named_as_the_secret() {
+    let scanner = Scanner::new(&["all", "email"]).unwrap();
+    let masked = scanner
+        .mask(b"git clone https://ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R@github.com/acme/app")
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(masked).unwrap(),
+        "git clone https://[masked:github-token]/acme/app"
+    );
+}

@@ -269,26 +269,20 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         }
     };
 
-    let session = match upstream::connect(
-        &runtime.config.upstream,
-        runtime.upstream_tls.as_ref(),
-        &startup,
-        runtime.config.limits.max_message_bytes,
-    )
-    .await
-    {
-        Ok(session) => session,
-        Err(e) => {
-            if let upstream::UpstreamError::Refused { server_message, .. } = &e {
-                tracing::warn!(error = %e, server_message, "upstream refused the session");
-            } else {
-                tracing::warn!(error = %e, "upstream session failed");
+    let session =
+        match upstream::connect(&runtime.config.upstream, runtime.upstream_tls.as_ref(), &startup).await {
+            Ok(session) => session,
+            Err(e) => {
+                if let upstream::UpstreamError::Refused { server_message, .. } = &e {
+                    tracing::warn!(error = %e, server_message, "upstream refused the session");
+                } else {
+                    tracing::warn!(error = %e, "upstream session failed");
+                }
+                metrics.sessions.inc(SessionOutcome::UpstreamFailed);
+                fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
+                return Ok(None);
             }
-            metrics.sessions.inc(SessionOutcome::UpstreamFailed);
-            fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
-            return Ok(None);
-        }
-    };
+        };
     if let Some(why) = session.greeting.iter().find_map(relay::unsafe_parameter) {
         tracing::warn!(reason = %why, "refusing a session the policy could not read safely");
         metrics.sessions.inc(SessionOutcome::UpstreamFailed);

@@ -141,11 +141,15 @@ pub struct UpstreamSession {
 
 /// Opens and authenticates an upstream session for a client that sent `client`,
 /// in TLS when `tls` is set (from `upstream.tls`).
+///
+/// The server's messages are limited only by what PostgreSQL itself can
+/// send (`limits.maxMessageBytes` is for clients): refusing a row the
+/// server produced would break a legitimate query, and masking deals with
+/// values too large to scan.
 pub async fn connect(
     upstream: &config::Upstream,
     tls: Option<&UpstreamTls>,
     client: &StartupMessage,
-    max_message_bytes: usize,
 ) -> Result<UpstreamSession, UpstreamError> {
     let read = |which: &'static str, path: &std::path::Path| {
         std::fs::read_to_string(path)
@@ -167,8 +171,7 @@ pub async fn connect(
         None => ServerStream::Plain(tcp),
         Some(tls) => ServerStream::Tls(Box::new(start_tls(tcp, tls, &address, &upstream.host).await?)),
     };
-    let limit = u32::try_from(max_message_bytes).unwrap_or(u32::MAX);
-    let mut conn = Framed::new(stream, FrameCodec::new(crate::pg::FrameLimits::backend(limit)));
+    let mut conn = Framed::new(stream, FrameCodec::backend());
 
     let mut params = vec![
         ("user".to_owned(), user.clone()),

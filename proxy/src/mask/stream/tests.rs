@@ -518,6 +518,13 @@ fn copy_rows_keep_their_structure() {
     assert!(!masked.contains("hunter2"), "{masked}");
     assert_eq!(masked.matches('\t').count(), 1, "{masked}");
     assert_eq!(mask(text, "1\t\\N\tclean\n"), None);
+    // bytea, hex-encoded (its backslash doubled in the text format).
+    let blob = format!("1\t\\\\x{}\n", hex::encode(format!("key {AWS}")));
+    let masked = mask(text, &blob).unwrap();
+    assert_eq!(
+        masked,
+        format!("1\t\\\\x{}\n", hex::encode("key [masked:aws-access-key-id]"))
+    );
     // CSV with a quoted newline.
     let csv = CopyFormat::Csv {
         delimiter: b',',
