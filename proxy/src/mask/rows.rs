@@ -636,6 +636,22 @@ mod tests {
     }
 
     #[test]
+    fn invalid_utf8_is_scanned_as_bytes() {
+        let m = masker(vec![rule("^p$", MaskStrategy::Partial, 4)]);
+        let plan = m.plan(&[field("note", 25), field("p", 25)], &[]);
+        let mut note = b"\xff\xfe key AKIAIOSFODNN7EXAMPLE \xc3".to_vec();
+        note.push(0x80);
+        let out = masked(&m, &plan, &row(&[Some(&note), Some(b"\xffabcd\xc3\xa9xyz")]));
+        let note = out[0].clone().unwrap();
+        assert!(
+            note.starts_with(b"\xff\xfe key [masked:aws-access-key-id] "),
+            "{note:?}"
+        );
+        // `partial` reads what it can and keeps valid text.
+        assert_eq!(out[1].as_deref(), Some("****\u{e9}xyz".as_bytes()));
+    }
+
+    #[test]
     fn results_without_text_columns_are_passed_through() {
         let m = masker(vec![]);
         assert!(
