@@ -5,9 +5,13 @@
 //!   is documented for other tools in `docs/recording-format.md`);
 //! - [`chunk`]: gzip-compressed JSON lines;
 //! - [`verify`]: signature, digests and chain, with the place of a failure;
-//! - [`store`]: where recordings live, S3 or a local folder.
+//! - [`store`]: where recordings live, S3 or a local folder;
+//! - [`spool`] and [`uploader`]: the proxy's side, events to local disk
+//!   first, then to the store.
 
 pub mod chunk;
 pub mod format;
+pub mod spool;
 pub mod store;
+pub mod uploader;
 pub mod verify;
