@@ -39,6 +39,7 @@ pub async fn start_proxy(
     std::fs::write(&config_file, config(port, &creds)?)?;
     let runtime = Runtime::new(ProxyConfig::from_file(&config_file)?)?;
     let shared = Shared::new(runtime);
+    shared.start_recording().map_err(anyhow::Error::msg)?;
     tokio::spawn(server::watch_config(
         config_file.clone(),
         shared.clone(),

@@ -15,6 +15,7 @@ mod identity;
 mod masking;
 mod ops;
 mod proxy;
+mod recording;
 mod session;
 mod tls;
 
@@ -90,6 +91,8 @@ fn main() -> ExitCode {
         masking::look_alikes_arrive_unchanged,
         masking::column_rules_mask_by_name_and_keep_values_valid,
         masking::a_value_over_the_scan_limit_follows_the_failure_mode,
+        recording::a_session_arrives_verifies_and_replays_what_the_agent_did,
+        recording::a_changed_removed_or_added_chunk_fails_verification_naming_it,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

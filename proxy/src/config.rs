@@ -54,8 +54,8 @@ pub struct ProxyConfig {
     /// Settings for the Policies' `masking`.
     #[serde(default)]
     pub masking: MaskingSettings,
-    /// Session recording.
-    #[serde(default)]
+    /// Session recording; off when absent.
+    #[serde(default = "Recording::off")]
     pub recording: Recording,
     /// Limits that protect the proxy from slow or hostile clients.
     #[serde(default)]
@@ -301,13 +301,126 @@ impl Default for MaskingSettings {
     }
 }
 
-/// Recording settings.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Session recording. Without a `recording` block nothing is recorded (the
+/// operator always writes one); with one, `mode` defaults to `required`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Recording {
-    /// `required`, `bestEffort` or `off`.
+    /// `required` (new sessions are refused while the spool is full),
+    /// `bestEffort` (events are dropped and counted) or `off`.
     #[serde(default)]
     pub mode: RecordingMode,
+    /// The ed25519 private key (PKCS#8 PEM, `openssl genpkey -algorithm
+    /// ed25519`) that signs each session's manifest. Required unless `off`.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    /// Where events go first.
+    #[serde(default = "default_spool_directory")]
+    pub spool_directory: PathBuf,
+    /// The most the spool holds.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Where recordings are kept without `s3`: a local folder.
+    #[serde(default = "default_recordings_directory")]
+    pub directory: PathBuf,
+    /// An S3-compatible bucket for recordings.
+    #[serde(default)]
+    pub s3: Option<S3Store>,
+    /// A chunk is cut and uploaded at this size (uncompressed)...
+    #[serde(default = "default_chunk_bytes")]
+    pub chunk_bytes: u64,
+    /// ...or at this age, so long sessions upload as they go.
+    #[serde(default = "default_chunk_interval", with = "humantime_serde")]
+    pub chunk_interval: Duration,
+    /// Result rows recorded per statement (all are counted).
+    #[serde(default = "default_max_rows")]
+    pub max_rows_per_statement: u64,
+    /// Bytes of result rows recorded per statement.
+    #[serde(default = "default_max_row_bytes")]
+    pub max_bytes_per_statement: u64,
+}
+
+/// An S3-compatible bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct S3Store {
+    /// The bucket.
+    pub bucket: String,
+    /// `https://...` of an S3-compatible server; AWS when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The region.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style addressing, which most S3-compatible servers want.
+    #[serde(default)]
+    pub path_style: bool,
+    /// Prefix of every key.
+    #[serde(default)]
+    pub prefix: String,
+    /// File holding the access key id (a mounted Secret).
+    pub access_key_id_file: PathBuf,
+    /// File holding the secret access key.
+    pub secret_access_key_file: PathBuf,
+}
+
+impl Recording {
+    /// No recording: what a configuration without a `recording` block means.
+    pub fn off() -> Recording {
+        Recording {
+            mode: RecordingMode::Off,
+            ..Recording::default()
+        }
+    }
+}
+
+impl Default for Recording {
+    fn default() -> Self {
+        Recording {
+            mode: RecordingMode::default(),
+            signing_key_file: None,
+            spool_directory: default_spool_directory(),
+            spool_max_bytes: default_spool_max_bytes(),
+            directory: default_recordings_directory(),
+            s3: None,
+            chunk_bytes: default_chunk_bytes(),
+            chunk_interval: default_chunk_interval(),
+            max_rows_per_statement: default_max_rows(),
+            max_bytes_per_statement: default_max_row_bytes(),
+        }
+    }
+}
+
+fn default_spool_directory() -> PathBuf {
+    PathBuf::from("/var/lib/gatehouse/spool")
+}
+
+fn default_recordings_directory() -> PathBuf {
+    PathBuf::from("/var/lib/gatehouse/recordings")
+}
+
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+
+fn default_chunk_bytes() -> u64 {
+    4 << 20
+}
+
+fn default_chunk_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_max_rows() -> u64 {
+    100
+}
+
+fn default_max_row_bytes() -> u64 {
+    64 << 10
+}
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
 }
 
 /// Limits.
@@ -405,6 +518,17 @@ impl ProxyConfig {
             if oidc.username_claim.is_empty() {
                 return invalid("auth.oidc.usernameClaim is empty".into());
             }
+        }
+        if self.recording.mode != RecordingMode::Off && self.recording.signing_key_file.is_none() {
+            return invalid(
+                "recording.signingKeyFile is required unless recording.mode is off: every session's manifest is signed"
+                    .into(),
+            );
+        }
+        if let Some(s3) = &self.recording.s3
+            && s3.bucket.is_empty()
+        {
+            return invalid("recording.s3.bucket is empty".into());
         }
         let mut names = std::collections::BTreeSet::new();
         for policy in &self.policies {

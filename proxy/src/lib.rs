@@ -4,7 +4,8 @@
 //!
 //! PostgreSQL is the first protocol: `pg` is the wire codec, `policy` the
 //! classifier and rules, `session` the relay, `server` the listener and
-//! shared state, `mask` the secret detectors.
+//! shared state, `mask` the secret detectors and result masking, `record`
+//! session recording.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod mask;
 pub mod metrics;
 pub mod pg;
 pub mod policy;
+pub mod record;
 pub mod server;
 pub mod session;
 pub mod tls;

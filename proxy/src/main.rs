@@ -59,6 +59,10 @@ async fn main() -> ExitCode {
     };
     tracing::info!(%address, admin = %admin_address, "listening");
     let shared = Shared::new(runtime);
+    if let Err(e) = shared.start_recording() {
+        eprintln!("gatehouse-proxy: {e}");
+        return ExitCode::FAILURE;
+    }
     // The admin endpoint outlives the drain: /readyz says 503 meanwhile.
     tokio::spawn(admin::serve_admin(admin, shared.clone(), std::future::pending()));
     tokio::spawn(server::watch_config(

@@ -336,6 +336,12 @@ pub struct Metrics {
     pub auth_failures: Counters<AuthFailure>,
     /// What masking did.
     pub masking: MaskingMetrics,
+    /// The recording spool and uploads.
+    pub recording: gatehouse_recording::uploader::UploadMetrics,
+    /// Recording events dropped (`bestEffort` with the spool full); stays 0 in `required`.
+    pub recording_events_dropped: Counter,
+    /// Sessions refused because they could not be recorded (`required`).
+    pub recording_sessions_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -417,8 +423,45 @@ impl Metrics {
             "Refused authentications by reason",
         );
         let masking = MaskingMetrics::register(&mut registry);
+        let recording = gatehouse_recording::uploader::UploadMetrics::new();
+        registry.register(
+            "gatehouse_recording_spool_bytes",
+            "Bytes of recordings in the local spool, waiting for the recording store",
+            recording.spool_bytes.clone(),
+        );
+        registry.register_with_unit(
+            "gatehouse_recording_upload_duration",
+            "Time to upload one recording object",
+            Unit::Seconds,
+            recording.upload_seconds.clone(),
+        );
+        registry.register(
+            "gatehouse_recording_upload_failures",
+            "Recording uploads that failed (retried with backoff)",
+            recording.upload_failures.clone(),
+        );
+        registry.register(
+            "gatehouse_recording_sessions_uploaded",
+            "Sessions whose recording is complete in the store (manifest written)",
+            recording.sessions_uploaded.clone(),
+        );
+        let recording_events_dropped = Counter::default();
+        registry.register(
+            "gatehouse_recording_events_dropped",
+            "Recording events dropped because the spool was full (bestEffort); 0 in required mode",
+            recording_events_dropped.clone(),
+        );
+        let recording_sessions_refused = Counter::default();
+        registry.register(
+            "gatehouse_recording_sessions_refused",
+            "Sessions refused because they could not be recorded (required mode)",
+            recording_sessions_refused.clone(),
+        );
         Metrics {
             masking,
+            recording,
+            recording_events_dropped,
+            recording_sessions_refused,
             registry,
             sessions_open,
             sessions,

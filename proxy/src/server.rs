@@ -19,6 +19,7 @@ use crate::{
     metrics::{Metrics, ReloadResult, SessionOutcome},
     pg::{CancelRequest, messages::BackendKeyData},
     policy::{CacheCounters, CacheStats, Classification, ClassificationCache, ClassifyError, CompiledPolicy},
+    record::{Recorder, RecordingUnavailable, Tape},
 };
 
 /// Memory the classification cache may use.
@@ -101,6 +102,8 @@ pub struct Shared {
     listening: AtomicBool,
     /// Set when a drain begins; readiness fails from then on.
     draining: AtomicBool,
+    /// Recording, once started ([`Shared::start_recording`]).
+    recorder: std::sync::OnceLock<Option<Arc<Recorder>>>,
 }
 
 impl Shared {
@@ -119,7 +122,41 @@ impl Shared {
             metrics,
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            recorder: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Starts recording as the configuration says (the spool, recovery of
+    /// what a killed process left, the uploader). Call once, before serving;
+    /// recording settings are read only here, so changing them needs a restart.
+    pub fn start_recording(&self) -> Result<(), String> {
+        let recorder = Recorder::start(&self.runtime().config, &self.metrics)?;
+        let _ = self.recorder.set(recorder);
+        Ok(())
+    }
+
+    /// A new session's recording: `None` when recording is off (or
+    /// `bestEffort` and the spool is unusable), an error when the session
+    /// may not run unrecorded.
+    pub fn begin_recording(
+        &self,
+        identity: &Identity,
+        client: String,
+        tls: bool,
+    ) -> Result<Option<Tape>, RecordingUnavailable> {
+        match self.recorder.get() {
+            Some(Some(recorder)) => recorder.begin(identity, client, tls),
+            _ if self.runtime().config.recording.mode
+                == gatehouse_crds::connection::RecordingMode::Required =>
+            {
+                Err(RecordingUnavailable(
+                    "Gatehouse cannot record sessions: recording did not start (see the proxy's log), and \
+                     recording is required on this Connection"
+                        .to_owned(),
+                ))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The process's metrics.

@@ -140,6 +140,7 @@ impl Spool {
             started: None,
             last_at: String::new(),
             dropped: 0,
+            dropped_total: 0,
             best_effort: false,
         };
         writer.record(connect);
@@ -163,6 +164,8 @@ pub struct SessionWriter {
     last_at: String,
     /// Events not written since the last `gap` event.
     dropped: u64,
+    /// Events not written in the whole session.
+    dropped_total: u64,
     best_effort: bool,
 }
 
@@ -178,23 +181,31 @@ impl SessionWriter {
         self.dropped
     }
 
+    /// Events dropped in the whole session.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_total
+    }
+
     /// Records an event. An I/O error drops it (counted like a full spool);
     /// the session goes on.
     pub fn record(&mut self, body: Body) {
         if self.best_effort && self.spool.is_full() {
             self.dropped += 1;
+            self.dropped_total += 1;
             return;
         }
         if self.dropped > 0 {
             let dropped = std::mem::take(&mut self.dropped);
             if self.write(Body::Gap { dropped }).is_err() {
                 self.dropped = dropped + 1;
+                self.dropped_total += 1;
                 return;
             }
         }
         if let Err(e) = self.write(body) {
             tracing::warn!(error = %e, folder = %self.dir.display(), "could not write a recording event");
             self.dropped += 1;
+            self.dropped_total += 1;
         }
     }
 
@@ -259,8 +270,9 @@ impl SessionWriter {
         Ok(())
     }
 
-    /// Records the disconnect, cuts the last chunk and writes `end.json`.
-    pub fn finish(mut self, reason: &str) {
+    /// Records the disconnect, cuts the last chunk and writes `end.json`;
+    /// returns the events dropped in the session.
+    pub fn finish(mut self, reason: &str) -> u64 {
         self.record(Body::Disconnect {
             reason: reason.to_owned(),
         });
@@ -279,6 +291,7 @@ impl SessionWriter {
             tracing::warn!(error = %e, folder = %self.dir.display(), "could not close a recording");
         }
         self.spool.wake.notify_one();
+        self.dropped_total
     }
 }
 

@@ -27,7 +27,7 @@ use crate::proxy::{AGENT_TOKEN, agent, psql, start_proxy};
 
 /// A value holding a secret, and the secret: the bytes that must never
 /// reach the client.
-struct Planted {
+pub(crate) struct Planted {
     kind: &'static str,
     value: &'static str,
     secrets: &'static [&'static str],
@@ -35,7 +35,7 @@ struct Planted {
 
 /// One value per detector, written for this test (not the detectors' own
 /// examples), with the secret inside ordinary text.
-const PLANTED: &[Planted] = &[
+pub(crate) const PLANTED: &[Planted] = &[
     Planted {
         kind: "aws-access-key-id",
         value: "deploy with AKIAZ3MPLE7QX4RT2WVN from ci",
@@ -169,7 +169,7 @@ const LOOK_ALIKES: &[&str] = &[
 const DETECTING: &str = "{detectors: [all, card, email, iban]}";
 const LENIENT: &str = "{detectors: [all, card, email, iban], failureMode: bestEffort}";
 
-const POLICY: &str = r#"
+pub(crate) const POLICY: &str = r#"
   - name: agents-masked
     spec:
       connectionSelector: {}
@@ -187,7 +187,7 @@ static LENIENT_PROXY: OnceCell<u16> = OnceCell::const_new();
 /// The tables: one row per planted secret in every text-like type, the
 /// look-alikes, patrons for the column rules, and a unique key whose
 /// violation echoes a secret.
-async fn fixture(env: &TestEnv) -> anyhow::Result<()> {
+pub(crate) async fn fixture(env: &TestEnv) -> anyhow::Result<()> {
     FIXTURE
         .get_or_try_init(|| async {
             let db = env.postgres.superuser(DATABASE).await?;
@@ -348,15 +348,7 @@ impl Tap {
     fn assert_no_secret(&self) -> anyhow::Result<()> {
         let bytes = self.bytes();
         ensure!(bytes.len() > 1000, "the tap saw only {} bytes", bytes.len());
-        let leaks: Vec<String> = PLANTED
-            .iter()
-            .flat_map(|p| p.secrets.iter().map(move |s| (p.kind, *s)))
-            .filter(|(_, secret)| {
-                let hex = hex::encode(secret.as_bytes());
-                contains(&bytes, secret.as_bytes()) || contains(&bytes, hex.as_bytes())
-            })
-            .map(|(kind, secret)| format!("{kind}: {secret}"))
-            .collect();
+        let leaks = leaks(&bytes);
         if !leaks.is_empty() {
             let dump = std::env::temp_dir().join(format!("gatehouse-masking-leak-{}.bin", self.port));
             let _ = std::fs::write(&dump, &bytes);
@@ -368,6 +360,19 @@ impl Tap {
         }
         Ok(())
     }
+}
+
+/// Every planted secret found in `bytes`, raw or hex-encoded.
+pub(crate) fn leaks(bytes: &[u8]) -> Vec<String> {
+    PLANTED
+        .iter()
+        .flat_map(|p| p.secrets.iter().map(move |s| (p.kind, *s)))
+        .filter(|(_, secret)| {
+            let hex = hex::encode(secret.as_bytes());
+            contains(bytes, secret.as_bytes()) || contains(bytes, hex.as_bytes())
+        })
+        .map(|(kind, secret)| format!("{kind}: {secret}"))
+        .collect()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -468,6 +468,8 @@ pub struct Refusal {
     pub message: String,
     /// What would let the statement run.
     pub hint: String,
+    /// The decision as recordings name it: `deny` or `requireApproval`.
+    pub decision: &'static str,
 }
 
 /// The refusal for a decision, or `None` when it runs.
@@ -485,6 +487,7 @@ pub fn refusal(decision: &Decision) -> Option<Refusal> {
                 format!("permission denied by Gatehouse Policy \"{policy}\", rule \"{rule}\"")
             },
             hint: hint.clone(),
+            decision: "deny",
         }),
         Decision::RequireApproval {
             policy,
@@ -500,6 +503,7 @@ pub fn refusal(decision: &Decision) -> Option<Refusal> {
                 approvers.required,
                 describe_approvers(approvers)
             ),
+            decision: "requireApproval",
         }),
     }
 }
@@ -527,17 +531,20 @@ pub fn refusal_for_error(error: &ClassifyError) -> Refusal {
             message: message.clone(),
             hint: "Gatehouse reads every statement with PostgreSQL's parser and refuses text it cannot parse"
                 .to_owned(),
+            decision: "deny",
         },
         ClassifyError::UnknownPrepared(name) => Refusal {
             sqlstate: INSUFFICIENT_PRIVILEGE,
             message: format!("permission denied by Gatehouse: {error}"),
             hint: format!("PREPARE \"{name}\" in this session, through Gatehouse, before executing it"),
+            decision: "deny",
         },
         ClassifyError::Unsupported(_) | ClassifyError::Refused(_) => Refusal {
             sqlstate: INSUFFICIENT_PRIVILEGE,
             message: format!("permission denied by Gatehouse: {error}"),
             hint: "Gatehouse refuses statements it cannot classify; no Policy rule can allow this one"
                 .to_owned(),
+            decision: "deny",
         },
     }
 }

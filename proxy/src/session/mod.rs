@@ -64,6 +64,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
         identity,
         nonce,
         key,
+        mut tape,
     }) = startup
     else {
         return Ok(());
@@ -75,7 +76,28 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
         idle_timeout: limits.idle_timeout,
         metrics,
     };
-    let ended = relay::relay(&mut client, &mut server, &mut guard, &nonce, settings).await;
+    let ended = relay::relay(
+        &mut client,
+        &mut server,
+        &mut guard,
+        &nonce,
+        settings,
+        tape.as_mut(),
+    )
+    .await;
+    if let Some(tape) = tape {
+        let reason = match &ended {
+            Ok(relay::Ended::ClientClosed) => "client_closed",
+            Ok(relay::Ended::ServerClosed) => "server_closed",
+            Ok(relay::Ended::IdleTimeout) => "idle_timeout",
+            Ok(relay::Ended::UnsafeParameter) => "unsafe_parameter",
+            Err(_) => "error",
+        };
+        let dropped = tape.finish(reason);
+        if dropped > 0 {
+            metrics.recording_events_dropped.inc_by(dropped);
+        }
+    }
     if let Err(e) = &ended {
         tell_fatal(&mut client, e).await;
     }
@@ -106,6 +128,7 @@ struct Started {
     identity: Identity,
     nonce: String,
     key: BackendKeyData,
+    tape: Option<crate::record::Tape>,
 }
 
 async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) -> Result<(), SessionError> {
@@ -118,6 +141,7 @@ async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str)
 /// Startup up to the first ReadyForQuery; `None` when the connection was a
 /// cancel request or ended before a session began.
 async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Started>, SessionError> {
+    let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     // One configuration for the whole handshake: the certificate the client
     // saw and the rules that judge its identity come from the same version.
     let runtime = shared.runtime();
@@ -269,6 +293,18 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         }
     };
 
+    // Recording starts before the database is touched: a session that may
+    // not be recorded never reaches it.
+    let tape = match shared.begin_recording(&identity, peer, client.get_ref().is_tls()) {
+        Ok(tape) => tape,
+        Err(e) => {
+            tracing::warn!(reason = %e, "refusing a session that cannot be recorded");
+            metrics.recording_sessions_refused.inc();
+            fatal(client.get_mut(), "53400", &format!("Gatehouse: {e}")).await?;
+            return Ok(None);
+        }
+    };
+
     let session =
         match upstream::connect(&runtime.config.upstream, runtime.upstream_tls.as_ref(), &startup).await {
             Ok(session) => session,
@@ -305,6 +341,7 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         identity,
         nonce: crate::server::nonce(),
         key,
+        tape,
     }))
 }
 

@@ -35,6 +35,7 @@ use crate::{
         sqlstate, tag,
     },
     policy::Classification,
+    record::Tape,
 };
 
 /// What the relay asks the policy about a statement.
@@ -178,6 +179,7 @@ pub async fn relay<C, S>(
     judge: &mut impl Judge,
     session_nonce: &str,
     settings: Settings<'_>,
+    mut tape: Option<&mut Tape>,
 ) -> Result<Ended, ProtocolError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -205,7 +207,7 @@ where
                     // Between round trips: a changed masking takes effect.
                     results.set_masker(judge.masker());
                 }
-                let (before, outgoing) = on_client(frame, judge, &mut pending, &mut results, || {
+                let (before, outgoing) = on_client(frame, judge, &mut pending, &mut results, tape.as_deref_mut(), || {
                     counter += 1;
                     format!("gatehouse_refused_{session_nonce}_{counter}")
                 })?;
@@ -244,6 +246,9 @@ where
                     server.send(frame).await?;
                 }
                 if let Some(frame) = reply.to_client {
+                    if let Some(tape) = tape.as_deref_mut() {
+                        tape.on_server(&frame);
+                    }
                     bytes.to_client += frame.wire_len() as u64;
                     client.feed(frame).await?;
                 }
@@ -311,10 +316,14 @@ fn on_client(
     judge: &mut impl Judge,
     pending: &mut Pending,
     results: &mut ResultMasking,
+    mut tape: Option<&mut Tape>,
     next_marker: impl FnMut() -> String,
 ) -> Result<(Option<Frame>, Frame), ProtocolError> {
-    let (frame, classification) = judged(frame, judge, pending, next_marker)?;
+    let (frame, classification) = judged(frame, judge, pending, tape.as_deref_mut(), next_marker)?;
     let before = results.on_client(&frame, classification.as_deref())?;
+    if let Some(tape) = tape {
+        tape.on_client(&frame);
+    }
     Ok((before, frame))
 }
 
@@ -325,6 +334,7 @@ fn judged(
     frame: Frame,
     judge: &mut impl Judge,
     pending: &mut Pending,
+    mut tape: Option<&mut Tape>,
     mut next_marker: impl FnMut() -> String,
 ) -> Result<(Frame, Option<Arc<Classification>>), ProtocolError> {
     if pending.open_since.is_none() && starts_segment(frame.tag()) {
@@ -339,7 +349,11 @@ fn judged(
     match frame.tag() {
         tag::frontend::QUERY => {
             let query = Query::decode(&frame)?;
-            let out = match judge.judge_sql(&query.sql) {
+            let verdict = judge.judge_sql(&query.sql);
+            if let Some(tape) = tape.as_deref_mut() {
+                tape.statement(&frame, &query.sql, verdict.as_ref().map(drop));
+            }
+            let out = match verdict {
                 Ok(classification) => (frame, Some(classification)),
                 Err(refusal) => (
                     Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
@@ -352,7 +366,11 @@ fn judged(
         }
         tag::frontend::PARSE => {
             let parse = Parse::decode(&frame)?;
-            match judge.judge_sql(&parse.sql) {
+            let verdict = judge.judge_sql(&parse.sql);
+            if let Some(tape) = tape {
+                tape.statement(&frame, &parse.sql, verdict.as_ref().map(drop));
+            }
+            match verdict {
                 Ok(classification) => Ok((frame, Some(classification))),
                 Err(refusal) => {
                     let marker = refuse(refusal, pending);
@@ -497,6 +515,7 @@ mod tests {
             &mut AllowAll,
             "t",
             settings(&metrics, Duration::from_secs(1)),
+            None,
         )
         .await
         .unwrap();
@@ -521,6 +540,7 @@ mod tests {
             &mut judge,
             "t",
             settings(&metrics, idle),
+            None,
         );
         let query = Query::new("SELECT pg_sleep(5)".to_owned()).to_frame().unwrap();
         let query_len = query.wire_len() as u64;
@@ -588,6 +608,7 @@ mod tests {
             &mut judge,
             "t",
             settings(&metrics, Duration::from_secs(1)),
+            None,
         );
         let parse = Parse {
             statement: String::new(),
@@ -618,6 +639,7 @@ mod tests {
             &mut judge,
             "t",
             settings(&metrics, Duration::ZERO),
+            None,
         );
         tokio::select! {
             ended = relaying => panic!("the relay ended: {ended:?}"),
