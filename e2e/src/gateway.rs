@@ -8,7 +8,11 @@ use gatehouse_proxy::{
     server::{self, Runtime, Shared},
 };
 
-use crate::{TestEnv, kube::write_private, postgres::APP_USER};
+use crate::{
+    TestEnv,
+    kube::write_private,
+    postgres::{APP_USER, DATABASE},
+};
 
 /// A started proxy.
 #[derive(Debug)]
@@ -17,6 +21,41 @@ pub struct Proxy {
     pub port: u16,
     /// The configuration file the proxy watches.
     pub config_file: PathBuf,
+}
+
+/// The part of a standalone configuration most test proxies share: the
+/// Connection `e2e/<connection>`, a plaintext listener on loopback `port`,
+/// the environment's PostgreSQL with the credential files in `creds`, and
+/// one static token (by its SHA-256) for `username` in `groups`. Callers
+/// append their own sections (policies, masking, recording, ...).
+pub fn config_head(
+    env: &TestEnv,
+    connection: &str,
+    port: u16,
+    creds: &std::path::Path,
+    token: &str,
+    username: &str,
+    groups: &[&str],
+) -> String {
+    use sha2::{Digest, Sha256};
+    let hash = hex::encode(Sha256::digest(token.as_bytes()));
+    format!(
+        r#"connection: {{namespace: e2e, name: {connection}}}
+listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
+upstream:
+  host: 127.0.0.1
+  port: {pg}
+  database: {DATABASE}
+  tls: {{mode: disable}}
+  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
+auth:
+  staticTokens:
+    - {{sha256: {hash}, username: {username}, groups: [{groups}]}}
+"#,
+        pg = env.postgres.port,
+        creds = creds.display(),
+        groups = groups.join(", "),
+    )
 }
 
 /// Starts an in-process proxy with its own folder `name` in the run folder,

@@ -15,13 +15,14 @@ use gatehouse_e2e::{
     kube::write_private,
     postgres::{APP_USER, DATABASE},
 };
-use sha2::{Digest, Sha256};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
     sync::OnceCell,
 };
 use tokio_postgres::error::SqlState;
+
+use gatehouse_e2e::gateway::config_head;
 
 use crate::proxy::{AGENT_TOKEN, agent, psql, start_proxy};
 
@@ -236,28 +237,13 @@ pub(crate) async fn fixture(env: &TestEnv) -> anyhow::Result<()> {
 /// Starts a proxy with the masking policy and `masking` as its block.
 async fn masking_proxy(env: &TestEnv, name: &str, masking: &str, settings: &str) -> anyhow::Result<u16> {
     fixture(env).await?;
-    let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
     let key = env.path().join(name).join("hash-key");
     std::fs::create_dir_all(env.path().join(name))?;
     write_private(&key, "e2e-masking-hmac-key-0123456789")?;
     let proxy = start_proxy(env, name, |port, creds| {
+        let head = config_head(env, name, port, creds, AGENT_TOKEN, "planner", &["agents"]);
         Ok(format!(
-            r#"connection: {{namespace: e2e, name: {name}}}
-listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
-upstream:
-  host: 127.0.0.1
-  port: {pg}
-  database: {DATABASE}
-  tls: {{mode: disable}}
-  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
-auth:
-  staticTokens:
-    - {{sha256: {hash}, username: planner, groups: [agents]}}
-masking: {{hashKeyFile: {key}{settings}}}
-policies:{POLICY}      masking: {masking}
-"#,
-            pg = env.postgres.port,
-            creds = creds.display(),
+            "{head}masking: {{hashKeyFile: {key}{settings}}}\npolicies:{POLICY}      masking: {masking}\n",
             key = key.display(),
         ))
     })

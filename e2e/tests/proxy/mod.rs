@@ -9,7 +9,6 @@ use gatehouse_e2e::{
     TestEnv,
     postgres::{APP_USER, DATABASE},
 };
-use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 use tokio_postgres::{NoTls, error::SqlState};
 
@@ -19,20 +18,17 @@ pub const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
 static PROXY: OnceCell<Proxy> = OnceCell::const_new();
 
 pub fn config_yaml(env: &TestEnv, port: u16, creds: &std::path::Path) -> String {
-    let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
+    let head = gatehouse_e2e::gateway::config_head(
+        env,
+        "orders-db",
+        port,
+        creds,
+        AGENT_TOKEN,
+        "planner",
+        &["agents"],
+    );
     format!(
-        r#"connection: {{namespace: e2e, name: orders-db}}
-listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
-admin: {{address: "127.0.0.1:0"}}
-upstream:
-  host: 127.0.0.1
-  port: {pg}
-  database: {DATABASE}
-  tls: {{mode: disable}}
-  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
-auth:
-  staticTokens:
-    - {{sha256: {hash}, username: planner, groups: [agents]}}
+        r#"{head}admin: {{address: "127.0.0.1:0"}}
 policies:
   - name: agents-readonly
     spec:
@@ -50,9 +46,7 @@ policies:
           match: {{operations: [insert, update, delete], tables: [public.orders]}}
           action: requireApproval
           approvers: {{groups: [dba], required: 1}}
-"#,
-        pg = env.postgres.port,
-        creds = creds.display(),
+"#
     )
 }
 

@@ -12,7 +12,6 @@ use ed25519_dalek::{
 use gatehouse_e2e::{
     TestEnv,
     kube::write_private,
-    postgres::DATABASE,
     s3::{BUCKET, REGION},
 };
 use gatehouse_recording::{
@@ -23,6 +22,8 @@ use gatehouse_recording::{
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
+
+use gatehouse_e2e::gateway::config_head;
 
 use crate::proxy::{AGENT_TOKEN, agent, psql, start_proxy};
 
@@ -49,21 +50,18 @@ async fn recorded(env: &TestEnv) -> anyhow::Result<&'static Recorded> {
             write_private(&key, &signing_key().to_pkcs8_pem(LineEnding::LF)?)?;
             write_private(&dir.join("access-key-id"), &env.s3.access_key)?;
             write_private(&dir.join("secret-access-key"), &env.s3.secret_key)?;
-            let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
             let proxy = start_proxy(env, "recorded", |port, creds| {
+                let head = config_head(
+                    env,
+                    "recorded-db",
+                    port,
+                    creds,
+                    AGENT_TOKEN,
+                    "planner",
+                    &["agents"],
+                );
                 Ok(format!(
-                    r#"connection: {{namespace: e2e, name: recorded-db}}
-listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
-upstream:
-  host: 127.0.0.1
-  port: {pg}
-  database: {DATABASE}
-  tls: {{mode: disable}}
-  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
-auth:
-  staticTokens:
-    - {{sha256: {hash}, username: planner, groups: [agents]}}
-recording:
+                    r#"{head}recording:
   mode: required
   signingKeyFile: {key}
   spoolDirectory: {spool}
@@ -78,8 +76,6 @@ recording:
     secretAccessKeyFile: {dir}/secret-access-key
 policies:{policy}      masking: {{detectors: [all, card, email, iban]}}
 "#,
-                    pg = env.postgres.port,
-                    creds = creds.display(),
                     key = key.display(),
                     spool = dir.join("spool").display(),
                     endpoint = env.s3.endpoint,
