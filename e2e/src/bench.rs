@@ -1,5 +1,6 @@
 //! `make bench`: pgbench `-S` against PostgreSQL directly and through proxies
-//! in the same run, and the report that compares them with the performance
+//! in the same run, the masking figures ([`masking`], on the rows of
+//! [`corpus`]), and the report that compares them with the performance
 //! budget in DESIGN.md.
 //!
 //! The runs are a list of targets × scenarios; a new proxy setting (masking,
@@ -7,6 +8,9 @@
 //! module holds what does not need a running server — running pgbench,
 //! reading its output and latency logs, percentiles, the report — so that it
 //! is unit-tested; `src/bin/bench.rs` starts the servers and drives it.
+
+pub mod corpus;
+pub mod masking;
 
 use std::{
     fmt::Write as _,
