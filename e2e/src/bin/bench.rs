@@ -1,12 +1,23 @@
 //! `make bench`: pgbench `-S` TPS and latency against PostgreSQL directly,
 //! through Gatehouse (the release proxy, policy on) and through Debian's
-//! pgbouncer, all in one run on the same server; prints the table and the
-//! budget verdicts and writes them to `$GATEHOUSE_CACHE/bench/last.json`.
+//! pgbouncer, all in one run on the same server; then the masking figures
+//! (`bench/masking.rs`): the detectors' throughput on one core, a large
+//! result's time with masking on and off, the proxy's memory while it
+//! streams 1 GB. Prints the tables and the budget verdicts and writes them to
+//! `$GATEHOUSE_CACHE/bench/last.json`.
+//!
+//! Run it built with `--release`: the in-process masking figures and the
+//! client that reads the large results are measured in this binary.
 //!
 //! Environment: `BENCH_SECONDS` (each measured run, default 10),
 //! `BENCH_WARMUP_SECONDS` (default 2), `BENCH_SCALE` (pgbench scale, default
-//! 10), `GATEHOUSE_PROXY_BIN` (default `$CARGO_TARGET_DIR/release/gatehouse-proxy`),
+//! 10), `BENCH_MASK_ROWS` (rows of the masking table, default 1000000),
+//! `GATEHOUSE_PROXY_BIN` (default `$CARGO_TARGET_DIR/release/gatehouse-proxy`),
 //! `GATEHOUSE_PGBOUNCER` (default `/usr/sbin/pgbouncer`).
+
+// A binary's modules sit beside it, so the path is named.
+#[path = "bench/masking.rs"]
+mod masking;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
@@ -17,7 +28,7 @@ use std::{
 
 use anyhow::Context as _;
 use gatehouse_e2e::{
-    bench::{DIRECT, Endpoint, Pgbench, Report, Row, default_scenarios},
+    bench::{DIRECT, Endpoint, Pgbench, Report, Row, default_scenarios, masking::MaskingReport},
     kube::write_private,
     net::{free_port, wait_for_port},
     pgbouncer::{Pgbouncer, PoolSpec},
@@ -26,12 +37,17 @@ use gatehouse_e2e::{
     process::{Process, Spawn},
     tools::pg_program,
 };
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 /// The database pgbench fills; owned by the app role.
 const DATABASE: &str = "bench";
 /// The caller name Gatehouse's static token stands for.
 const AGENT: &str = "bench-agent";
+/// The group the static token gives it, which the policy names.
+const GROUP: &str = "agents";
+/// The file in a proxy's folder that holds its configuration.
+const CONFIG_FILE: &str = "config.yaml";
 /// The proxy Gatehouse is judged against.
 const RIVAL: &str = "pgbouncer";
 /// The Gatehouse target the budget applies to.
@@ -67,11 +83,12 @@ async fn bench() -> anyhow::Result<()> {
     let seconds = env_number("BENCH_SECONDS", 10)?;
     let warm_up = env_number("BENCH_WARMUP_SECONDS", 2)?;
     let scale = env_number("BENCH_SCALE", 10)?;
+    let mask_rows = env_number("BENCH_MASK_ROWS", 1_000_000)?;
 
     let dir = tempfile::Builder::new().prefix("gatehouse-bench-").tempdir()?;
     // PostgreSQL and pgbouncer run as another user when this is root.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
-    let result = run(dir.path(), seconds, warm_up, scale).await;
+    let result = run(dir.path(), seconds, warm_up, scale, mask_rows).await;
     if result.is_err() {
         // The error names logs in the run folder: keep them.
         let _ = dir.keep();
@@ -79,7 +96,7 @@ async fn bench() -> anyhow::Result<()> {
     result
 }
 
-async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32) -> anyhow::Result<()> {
+async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32, mask_rows: u32) -> anyhow::Result<()> {
     let proxy_binary = proxy_binary()?;
     let scenarios = default_scenarios();
     let clients = scenarios.iter().map(|s| s.clients).max().unwrap_or(1);
@@ -112,8 +129,8 @@ async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32) -> anyhow::Resu
         "Starting gatehouse-proxy ({}) and pgbouncer",
         proxy_binary.display()
     );
-    let (gatehouse, _gatehouse_process) =
-        start_gatehouse(&proxy_binary, &dir.join("gatehouse"), &postgres).await?;
+    let (gatehouse, gatehouse_process) =
+        start_gatehouse(&proxy_binary, &dir.join("gatehouse"), &postgres, false).await?;
     let pgbouncer = Pgbouncer::start(
         &dir.join("pgbouncer"),
         &PoolSpec {
@@ -173,7 +190,15 @@ async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32) -> anyhow::Resu
 
     let report = Report::new(rows, JUDGED, RIVAL, seconds, scale, server_version);
     println!("\n{}", report.render());
-    let json = write_json(&report)?;
+    // The masking part starts its own proxies; these would only share the cores.
+    drop((gatehouse_process, pgbouncer));
+
+    let masking = masking::run(dir, &proxy_binary, &postgres, &direct, u64::from(mask_rows)).await?;
+    println!("\n{}", masking.render());
+    let json = write_json(&LastRun {
+        pgbench: &report,
+        masking: &masking,
+    })?;
     println!(
         "Written to {}; the whole bench took {:.0} s.",
         json.display(),
@@ -206,11 +231,13 @@ fn proxy_binary() -> anyhow::Result<PathBuf> {
 }
 
 /// Starts the release proxy with a standalone configuration: a static token for
-/// group `agents`, a policy that allows reads, the app role's credential in files.
+/// group `agents`, a policy that allows reads (and masks, with `masking`), the
+/// app role's credential in files.
 async fn start_gatehouse(
     binary: &Path,
     dir: &Path,
     postgres: &Postgres,
+    masking: bool,
 ) -> anyhow::Result<(Endpoint, Process)> {
     let creds = dir.join("credentials");
     std::fs::create_dir_all(&creds)?;
@@ -218,10 +245,16 @@ async fn start_gatehouse(
     write_private(&creds.join("password"), &postgres.app_password)?;
     let token = random_hex(24);
     let port = free_port()?;
-    let config = dir.join("config.yaml");
+    let config = dir.join(CONFIG_FILE);
     std::fs::write(
         &config,
-        gatehouse_config(port, postgres.port, &creds, &hex::encode(Sha256::digest(&token))),
+        gatehouse_config(
+            port,
+            postgres.port,
+            &creds,
+            &hex::encode(Sha256::digest(&token)),
+            masking,
+        ),
     )?;
     let step = "start gatehouse-proxy";
     let mut process = Spawn::new("gatehouse-proxy", binary, dir.join("proxy.log"))
@@ -238,7 +271,22 @@ async fn start_gatehouse(
     Ok((endpoint, process))
 }
 
-fn gatehouse_config(port: u16, upstream_port: u16, creds: &Path, token_sha256: &str) -> String {
+/// The masking of the policy under `spec:`: every secret detector, and a
+/// column rule as a policy would have one.
+const MASKING: &str = r#"      masking:
+        detectors: [all]
+        columns: [{name: "(?i)^(password|api_?key)$", strategy: redact}]
+        failureMode: strict
+"#;
+
+fn gatehouse_config(
+    port: u16,
+    upstream_port: u16,
+    creds: &Path,
+    token_sha256: &str,
+    masking: bool,
+) -> String {
+    let masking = if masking { MASKING } else { "" };
     format!(
         r#"connection: {{namespace: bench, name: bench-db}}
 listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
@@ -251,21 +299,29 @@ upstream:
   credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
 auth:
   staticTokens:
-    - {{sha256: {token_sha256}, username: {AGENT}, groups: [agents]}}
+    - {{sha256: {token_sha256}, username: {AGENT}, groups: [{GROUP}]}}
 policies:
   - name: agents-read
     spec:
       connectionSelector: {{}}
-      subjects: [{{kind: Group, name: agents}}]
+      subjects: [{{kind: Group, name: {GROUP}}}]
       rules:
         - {{name: reads, match: {{operations: [select]}}, action: allow}}
         - {{name: no-ddl, match: {{operations: [ddl, truncate, copyProgram, privilege, role]}}, action: deny}}
-"#,
+{masking}"#,
         creds = creds.display(),
     )
 }
 
-fn write_json(report: &Report) -> anyhow::Result<PathBuf> {
+/// What `last.json` holds: the pgbench report's fields, and the masking figures.
+#[derive(Debug, Serialize)]
+struct LastRun<'a> {
+    #[serde(flatten)]
+    pgbench: &'a Report,
+    masking: &'a MaskingReport,
+}
+
+fn write_json(report: &LastRun<'_>) -> anyhow::Result<PathBuf> {
     let cache = std::env::var_os("GATEHOUSE_CACHE").map_or_else(
         || {
             std::env::var_os("HOME")
