@@ -1,5 +1,7 @@
 //! The relay: every client frame is forwarded as the bytes it arrived as,
-//! except statements the policy refuses.
+//! except statements the policy refuses; what the server sends back goes
+//! through masking ([`crate::mask::stream`], which may add a Describe before
+//! an Execute) and, when the session is recorded, onto its tape.
 //!
 //! A refused statement is not simply dropped. Its frame is replaced by a
 //! statement that is certain to fail on the server at the same point (a call
