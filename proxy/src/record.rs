@@ -26,8 +26,7 @@ use crate::{
     pg::{
         Frame,
         messages::{
-            Bind, CommandComplete, DataRow, ErrorResponse, Execute, Message, NoticeResponse, Parse,
-            RowDescription,
+            Bind, CommandComplete, DataRow, ErrorResponse, Execute, Message, NoticeResponse, RowDescription,
         },
         tag::{backend as be, frontend as fe},
     },
@@ -216,9 +215,10 @@ impl Tape {
         }
     }
 
-    /// Records a statement the client sent (a Query's or a Parse's text)
-    /// with the policy's verdict.
-    pub fn statement(&mut self, frame: &Frame, sql: &str, verdict: Result<(), &Refusal>) {
+    /// Records a statement the client sent with the policy's verdict:
+    /// a simple Query's text (`prepared: None`), or a Parse's, with the name
+    /// it prepares.
+    pub fn statement(&mut self, prepared: Option<&str>, sql: &str, verdict: Result<(), &Refusal>) {
         let id = self.next_id;
         self.next_id += 1;
         let (decision, reason) = match verdict {
@@ -235,19 +235,16 @@ impl Tape {
             reason,
             approval: None,
         });
-        match frame.tag() {
-            fe::QUERY => self.awaiting.push_back(Awaiting {
+        match prepared {
+            None => self.awaiting.push_back(Awaiting {
                 id,
                 simple: true,
                 segment: self.sent,
                 since: Instant::now(),
             }),
-            fe::PARSE => {
-                if let Ok(parse) = Parse::decode(frame) {
-                    self.prepared.insert(parse.statement, id);
-                }
+            Some(name) => {
+                self.prepared.insert(name.to_owned(), id);
             }
-            _ => {}
         }
     }
 

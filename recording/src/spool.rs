@@ -312,7 +312,8 @@ pub(crate) fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&partial, path)
 }
 
-fn folder_size(dir: &Path) -> std::io::Result<u64> {
+/// The bytes of every file under `dir`.
+pub(crate) fn folder_size(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;

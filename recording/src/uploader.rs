@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     chunk,
     format::{ChunkEntry, Event, FORMAT, MANIFEST, Manifest, line_hash},
-    spool::{SessionInfo, Spool, cut_name, write_synced},
+    spool::{SessionInfo, Spool, cut_name, folder_size, write_synced},
     store::Store,
 };
 
@@ -207,7 +207,7 @@ impl Uploader {
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
         self.upload(&format!("{}/{MANIFEST}", info.folder), json).await?;
         self.metrics.sessions_uploaded.inc();
-        let size = dir_size(folder);
+        let size = folder_size(folder).unwrap_or(0);
         std::fs::remove_dir_all(folder).map_err(|e| io("remove the session folder", e))?;
         self.spool.released(size);
         Ok(())
@@ -342,18 +342,6 @@ fn append_index(folder: &Path, indexed: &Indexed) -> std::io::Result<()> {
         .open(folder.join("chunks.jsonl"))?;
     file.write_all(&line)?;
     file.sync_all()
-}
-
-fn dir_size(folder: &Path) -> u64 {
-    std::fs::read_dir(folder)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -21,7 +21,6 @@ use gatehouse_proxy::{
 };
 use http_body_util::BodyExt as _;
 use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tokio_postgres::{NoTls, error::SqlState};
 
@@ -58,45 +57,24 @@ impl Drop for OpsProxy {
 }
 
 fn config_yaml(env: &TestEnv, port: u16, admin: u16, creds: &std::path::Path, limits: &Limits) -> String {
-    let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
+    let head = gatehouse_e2e::gateway::config_head(
+        env,
+        "orders-db",
+        port,
+        creds,
+        AGENT_TOKEN,
+        "planner",
+        &["agents"],
+    );
     format!(
-        r#"connection: {{namespace: e2e, name: orders-db}}
-listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
-admin: {{address: "127.0.0.1:{admin}"}}
-upstream:
-  host: 127.0.0.1
-  port: {pg}
-  database: {DATABASE}
-  tls: {{mode: disable}}
-  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
-auth:
-  staticTokens:
-    - {{sha256: {hash}, username: planner, groups: [agents]}}
-policies:
-  - name: agents-readonly
-    spec:
-      connectionSelector: {{}}
-      subjects: [{{kind: Group, name: agents}}]
-      rules:
-        - {{name: reads, match: {{operations: [select, transaction, session]}}, action: allow}}
-        - {{name: no-ddl, match: {{operations: [ddl, truncate, copyProgram, privilege, role]}}, action: deny}}
-  - name: writes-need-approval
-    spec:
-      connectionSelector: {{}}
-      subjects: [{{kind: Group, name: agents}}]
-      rules:
-        - name: orders-writes
-          match: {{operations: [insert, update, delete], tables: [public.orders]}}
-          action: requireApproval
-          approvers: {{groups: [dba], required: 1}}
-limits:
+        r#"{head}admin: {{address: "127.0.0.1:{admin}"}}
+{policies}limits:
   maxConnections: {max}
   startupTimeout: 10s
   idleTimeout: {idle}
   maxMessageBytes: 1048576
 "#,
-        pg = env.postgres.port,
-        creds = creds.display(),
+        policies = crate::proxy::POLICIES,
         max = limits.max_connections,
         idle = limits.idle_timeout,
     )

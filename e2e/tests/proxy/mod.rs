@@ -17,6 +17,27 @@ pub const AGENT_TOKEN: &str = "e2e-agent-token-7c1d";
 
 static PROXY: OnceCell<Proxy> = OnceCell::const_new();
 
+/// The Policies of the gateway tests: agents read, never change the schema,
+/// and need approval to write `public.orders`.
+pub const POLICIES: &str = r#"policies:
+  - name: agents-readonly
+    spec:
+      connectionSelector: {}
+      subjects: [{kind: Group, name: agents}]
+      rules:
+        - {name: reads, match: {operations: [select, transaction, session]}, action: allow}
+        - {name: no-ddl, match: {operations: [ddl, truncate, copyProgram, privilege, role]}, action: deny}
+  - name: writes-need-approval
+    spec:
+      connectionSelector: {}
+      subjects: [{kind: Group, name: agents}]
+      rules:
+        - name: orders-writes
+          match: {operations: [insert, update, delete], tables: [public.orders]}
+          action: requireApproval
+          approvers: {groups: [dba], required: 1}
+"#;
+
 pub fn config_yaml(env: &TestEnv, port: u16, creds: &std::path::Path) -> String {
     let head = gatehouse_e2e::gateway::config_head(
         env,
@@ -27,27 +48,7 @@ pub fn config_yaml(env: &TestEnv, port: u16, creds: &std::path::Path) -> String 
         "planner",
         &["agents"],
     );
-    format!(
-        r#"{head}admin: {{address: "127.0.0.1:0"}}
-policies:
-  - name: agents-readonly
-    spec:
-      connectionSelector: {{}}
-      subjects: [{{kind: Group, name: agents}}]
-      rules:
-        - {{name: reads, match: {{operations: [select, transaction, session]}}, action: allow}}
-        - {{name: no-ddl, match: {{operations: [ddl, truncate, copyProgram, privilege, role]}}, action: deny}}
-  - name: writes-need-approval
-    spec:
-      connectionSelector: {{}}
-      subjects: [{{kind: Group, name: agents}}]
-      rules:
-        - name: orders-writes
-          match: {{operations: [insert, update, delete], tables: [public.orders]}}
-          action: requireApproval
-          approvers: {{groups: [dba], required: 1}}
-"#
-    )
+    format!("{head}admin: {{address: \"127.0.0.1:0\"}}\n{POLICIES}")
 }
 
 /// Starts the proxy in-process on first use.

@@ -353,7 +353,7 @@ fn judged(
             let query = Query::decode(&frame)?;
             let verdict = judge.judge_sql(&query.sql);
             if let Some(tape) = tape.as_deref_mut() {
-                tape.statement(&frame, &query.sql, verdict.as_ref().map(drop));
+                tape.statement(None, &query.sql, verdict.as_ref().map(drop));
             }
             let out = match verdict {
                 Ok(classification) => (frame, Some(classification)),
@@ -370,7 +370,7 @@ fn judged(
             let parse = Parse::decode(&frame)?;
             let verdict = judge.judge_sql(&parse.sql);
             if let Some(tape) = tape {
-                tape.statement(&frame, &parse.sql, verdict.as_ref().map(drop));
+                tape.statement(Some(&parse.statement), &parse.sql, verdict.as_ref().map(drop));
             }
             match verdict {
                 Ok(classification) => Ok((frame, Some(classification))),
