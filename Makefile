@@ -48,4 +48,5 @@ unit:
 	$(CARGO) test --locked -p gatehouse-e2e --lib
 
 e2e: tools
+	$(CARGO) build --locked -q -p gatehouse-proxy -p kubectl-gatehouse --bins
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) test --locked -p gatehouse-e2e --test e2e

@@ -318,6 +318,9 @@ pub struct Report {
     pub budget: Vec<BudgetCheck>,
     /// The target the budget is checked for.
     pub judged: String,
+    /// What one proxy setting costs: a target with it against one without
+    /// ([`Report::compare`]).
+    pub costs: Vec<BudgetCheck>,
 }
 
 impl Report {
@@ -352,6 +355,32 @@ impl Report {
             rows,
             budget,
             judged: judged.to_owned(),
+            costs: Vec::new(),
+        }
+    }
+
+    /// Checks that `with` (a proxy with `setting` on) keeps at least
+    /// `1 - max_loss` of the TPS of `without` (the same proxy with it off) at
+    /// [`BUDGET_CLIENTS`] clients, in every protocol.
+    pub fn compare(&mut self, setting: &str, with: &str, without: &str, max_loss: f64) {
+        for row in self.rows.iter().filter(|r| r.target == with) {
+            if row.scenario.clients != BUDGET_CLIENTS {
+                continue;
+            }
+            let Some(base) = find(&self.rows, row.scenario, without) else {
+                continue;
+            };
+            let (on, off) = (row.measurement.tps, base.measurement.tps);
+            let loss = 1.0 - on / off.max(f64::MIN_POSITIVE);
+            self.costs.push(BudgetCheck {
+                item: format!(
+                    "{setting}: at most {:.0}% fewer TPS, {with} vs {without} ({})",
+                    max_loss * 100.0,
+                    row.scenario.name()
+                ),
+                met: loss <= max_loss,
+                measured: format!("{on:.0} vs {off:.0} TPS ({:+.1}%)", -loss * 100.0),
+            });
         }
     }
 
@@ -369,7 +398,7 @@ impl Report {
         );
         let _ = writeln!(
             out,
-            "\n{:<22} {:<12} {:>10} {:>9} {:>8} {:>8}",
+            "\n{:<22} {:<14} {:>10} {:>9} {:>8} {:>8}",
             "scenario", "target", "TPS", "×direct", "p50 µs", "p99 µs"
         );
         let mut last = None;
@@ -381,7 +410,7 @@ impl Report {
             let ratio = row.ratio_to_direct.map_or("-".to_owned(), |r| format!("{r:.3}"));
             let _ = writeln!(
                 out,
-                "{:<22} {:<12} {:>10.1} {:>9} {:>8} {:>8}",
+                "{:<22} {:<14} {:>10.1} {:>9} {:>8} {:>8}",
                 row.scenario.name(),
                 row.target,
                 row.measurement.tps,
@@ -400,7 +429,7 @@ impl Report {
                 let added = row.measurement.p50_us as i64 - direct.measurement.p50_us as i64;
                 let _ = writeln!(
                     out,
-                    "  {:<22} {:<12} {added:+} µs",
+                    "  {:<22} {:<14} {added:+} µs",
                     row.scenario.name(),
                     row.target
                 );
@@ -408,6 +437,13 @@ impl Report {
         }
         let _ = writeln!(out, "\nBudget (DESIGN.md) for {}:", self.judged);
         for check in &self.budget {
+            let verdict = if check.met { "met" } else { "NOT MET" };
+            let _ = writeln!(out, "  {:<7} {}: {}", verdict, check.item, check.measured);
+        }
+        if !self.costs.is_empty() {
+            let _ = writeln!(out, "\nWhat one setting costs:");
+        }
+        for check in &self.costs {
             let verdict = if check.met { "met" } else { "NOT MET" };
             let _ = writeln!(out, "  {:<7} {}: {}", verdict, check.item, check.measured);
         }
@@ -587,6 +623,29 @@ tps = 18345.612345 (without initial connection time)
         );
         let text = report.render();
         assert!(text.contains("NOT MET"), "{text}");
-        assert!(text.contains("pgbouncer    +70 µs"), "{text}");
+        assert!(text.contains("pgbouncer      +70 µs"), "{text}");
+    }
+
+    #[test]
+    fn a_setting_is_judged_by_the_tps_it_costs_at_ten_clients() {
+        let rows = vec![
+            row(1, "gatehouse", 4500.0, 140),
+            row(1, "gatehouse+rec", 3000.0, 200),
+            row(10, "gatehouse", 10000.0, 600),
+            row(10, "gatehouse+rec", 9600.0, 620),
+        ];
+        let mut report = Report::new(rows, "gatehouse", "pgbouncer", 10, 10, "15".into());
+        report.compare("recording", "gatehouse+rec", "gatehouse", 0.05);
+        let verdicts: Vec<(bool, &str)> = report
+            .costs
+            .iter()
+            .map(|c| (c.met, c.measured.as_str()))
+            .collect();
+        assert_eq!(verdicts, [(true, "9600 vs 10000 TPS (-4.0%)")]);
+        report.rows[3].measurement.tps = 9400.0;
+        report.costs.clear();
+        report.compare("recording", "gatehouse+rec", "gatehouse", 0.05);
+        assert!(!report.costs[0].met, "{:?}", report.costs);
+        assert!(report.render().contains("What one setting costs"));
     }
 }

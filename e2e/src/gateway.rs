@@ -1,5 +1,6 @@
-//! An in-process Gatehouse proxy in front of the environment's PostgreSQL,
-//! for the end-to-end tests and the demo.
+//! A Gatehouse proxy in front of the environment's PostgreSQL, for the
+//! end-to-end tests and the demo: in process ([`start_proxy`]), or as the
+//! `gatehouse-proxy` binary ([`ProxyProcess`]) when a test kills it.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -11,7 +12,9 @@ use gatehouse_proxy::{
 use crate::{
     TestEnv,
     kube::write_private,
+    net::{free_port, wait_for_port},
     postgres::{APP_USER, DATABASE},
+    process::{Process, Spawn},
 };
 
 /// A started proxy.
@@ -58,6 +61,68 @@ auth:
     )
 }
 
+/// The folder `name` in the run folder with the app user's credential in
+/// files under `credentials/`, which it returns.
+fn proxy_folder(env: &TestEnv, name: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = env.path().join(name);
+    let creds = dir.join("credentials");
+    std::fs::create_dir_all(&creds)?;
+    write_private(&creds.join("username"), APP_USER)?;
+    write_private(&creds.join("password"), &env.postgres.app_password)?;
+    Ok((dir, creds))
+}
+
+/// The `gatehouse-proxy` binary as a child process, for tests that kill and
+/// restart it.
+#[derive(Debug)]
+pub struct ProxyProcess {
+    /// The running binary; its log is `proxy.log` in the proxy's folder.
+    pub process: Process,
+    /// Loopback port agents connect to.
+    pub port: u16,
+    /// Loopback port of the admin endpoint (`/metrics`, `/readyz`).
+    pub admin: u16,
+}
+
+impl ProxyProcess {
+    /// Starts the binary with its own folder `name` in the run folder, the
+    /// app user's credential in files, and the configuration `config` writes
+    /// for a listen port and the credential folder; an admin endpoint on
+    /// loopback is added to it.
+    pub async fn start(
+        env: &TestEnv,
+        name: &str,
+        config: impl FnOnce(u16, &std::path::Path) -> anyhow::Result<String>,
+    ) -> anyhow::Result<ProxyProcess> {
+        let binary = crate::workspace_binary("gatehouse-proxy")?;
+        let (dir, creds) = proxy_folder(env, name)?;
+        let (port, admin) = (free_port()?, free_port()?);
+        let config_file = dir.join("config.yaml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "{}admin: {{address: \"127.0.0.1:{admin}\"}}\n",
+                config(port, &creds)?
+            ),
+        )?;
+        let step = format!("start gatehouse-proxy for {name}");
+        let mut process = Spawn::new("gatehouse-proxy", binary, dir.join("proxy.log"))
+            .args(["--config".as_ref(), config_file.as_os_str()])
+            .start(&step)?;
+        wait_for_port(&mut process, &step, port, Duration::from_secs(30)).await?;
+        Ok(ProxyProcess { process, port, admin })
+    }
+
+    /// Starts the binary again with the same configuration and folders
+    /// (after [`Process::kill`]), and waits for its port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let step = "start gatehouse-proxy again";
+        self.process.restart(step)?;
+        wait_for_port(&mut self.process, step, self.port, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+}
+
 /// Starts an in-process proxy with its own folder `name` in the run folder,
 /// the app user's credential in files, and the configuration `config`
 /// writes for a listen port and the credential folder. The proxy watches
@@ -67,11 +132,7 @@ pub async fn start_proxy(
     name: &str,
     config: impl FnOnce(u16, &std::path::Path) -> anyhow::Result<String>,
 ) -> anyhow::Result<Proxy> {
-    let dir = env.path().join(name);
-    let creds = dir.join("credentials");
-    std::fs::create_dir_all(&creds)?;
-    write_private(&creds.join("username"), APP_USER)?;
-    write_private(&creds.join("password"), &env.postgres.app_password)?;
+    let (dir, creds) = proxy_folder(env, name)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let config_file = dir.join("config.yaml");

@@ -46,3 +46,29 @@ pub fn repo_root() -> std::path::PathBuf {
         })
         .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
 }
+
+/// A binary of this workspace built beside the running test executable
+/// (`target/<profile>/<name>`, next to `target/<profile>/deps/`): the proxy
+/// the suite kills and restarts, the CLI it runs against the bucket.
+/// `make e2e` builds them first; `GATEHOUSE_BIN_DIR` names another folder.
+pub fn workspace_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let profile = match std::env::var_os("GATEHOUSE_BIN_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => exe
+            .parent()
+            .filter(|dir| dir.ends_with("deps"))
+            .and_then(std::path::Path::parent)
+            .or_else(|| exe.parent())
+            .ok_or_else(|| anyhow::anyhow!("{} has no folder", exe.display()))?
+            .to_path_buf(),
+    };
+    let path = profile.join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} does not exist: build it with `cargo build --bins` (make e2e does) \
+         or set GATEHOUSE_BIN_DIR",
+        path.display()
+    );
+    Ok(path)
+}

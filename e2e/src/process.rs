@@ -66,7 +66,7 @@ pub fn is_alive(pid: u32) -> bool {
 }
 
 /// How to start a child process.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Spawn {
     name: String,
     program: PathBuf,
@@ -75,6 +75,8 @@ pub struct Spawn {
     run_as: Option<String>,
     stop_signal: Signal,
     log: PathBuf,
+    /// Whether the log is appended to (a restart) rather than started afresh.
+    append_log: bool,
 }
 
 impl Spawn {
@@ -88,6 +90,7 @@ impl Spawn {
             run_as: None,
             stop_signal: Signal::SIGTERM,
             log: log.into(),
+            append_log: false,
         }
     }
 
@@ -129,7 +132,11 @@ impl Spawn {
     }
 
     fn command(&self) -> io::Result<Command> {
-        let log = File::create(&self.log)?;
+        let log = if self.append_log {
+            File::options().append(true).create(true).open(&self.log)?
+        } else {
+            File::create(&self.log)?
+        };
         let mut command = Command::new("setpriv");
         command.arg("--pdeathsig").arg("KILL");
         if let Some(user) = &self.run_as {
@@ -222,6 +229,25 @@ impl Process {
             Some(child) => child.wait(),
             None => Err(io::Error::other("already stopped")),
         }
+    }
+
+    /// Kills the process with SIGKILL, as a crash or the OOM killer would,
+    /// and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again as it was first started (after [`Process::kill`]
+    /// or [`Process::stop`]), appending to its log.
+    pub fn restart(&mut self, step: &str) -> Result<()> {
+        self.stop(Duration::from_secs(10));
+        let mut spawn = self.spawn.clone();
+        spawn.append_log = true;
+        *self = spawn.start(step)?;
+        Ok(())
     }
 
     /// Asks the process to stop, and kills it when it has not after `grace`.

@@ -22,6 +22,7 @@ pub const REGION: &str = "us-east-1";
 #[derive(Debug)]
 pub struct S3 {
     process: Process,
+    port: u16,
     /// `http://127.0.0.1:<port>`.
     pub endpoint: String,
     /// Access key id of the root user.
@@ -57,6 +58,7 @@ impl S3 {
         wait_for_port(&mut process, step, port, Duration::from_secs(30)).await?;
         let s3 = S3 {
             process,
+            port,
             endpoint: format!("http://127.0.0.1:{port}"),
             access_key,
             secret_key,
@@ -91,6 +93,19 @@ impl S3 {
             .force_path_style(true)
             .build();
         aws_sdk_s3::Client::from_conf(config)
+    }
+
+    /// Kills the server with SIGKILL, keeping its data: clients get
+    /// connection refused until [`S3::restart`].
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts the server again on the same port, data and keys.
+    pub async fn restart(&mut self) -> Result<()> {
+        let step = "start the S3 server (versitygw) again";
+        self.process.restart(step)?;
+        wait_for_port(&mut self.process, step, self.port, Duration::from_secs(30)).await
     }
 
     /// The server's process id.

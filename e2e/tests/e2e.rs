@@ -93,6 +93,8 @@ fn main() -> ExitCode {
         masking::a_value_over_the_scan_limit_follows_the_failure_mode,
         recording::a_session_arrives_verifies_and_replays_what_the_agent_did,
         recording::a_changed_removed_or_added_chunk_fails_verification_naming_it,
+        recording::an_s3_outage_during_50_concurrent_sessions_loses_no_recording,
+        recording::a_proxy_killed_mid_session_uploads_its_recording_when_restarted,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

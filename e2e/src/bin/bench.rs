@@ -27,6 +27,10 @@ use std::{
 };
 
 use anyhow::Context as _;
+use ed25519_dalek::{
+    SigningKey,
+    pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding},
+};
 use gatehouse_e2e::{
     bench::{DIRECT, Endpoint, Pgbench, Report, Row, default_scenarios, masking::MaskingReport},
     kube::write_private,
@@ -39,6 +43,7 @@ use gatehouse_e2e::{
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::io::Write as _;
 
 /// The database pgbench fills; owned by the app role.
 const DATABASE: &str = "bench";
@@ -50,8 +55,14 @@ const GROUP: &str = "agents";
 const CONFIG_FILE: &str = "config.yaml";
 /// The proxy Gatehouse is judged against.
 const RIVAL: &str = "pgbouncer";
-/// The Gatehouse target the budget applies to.
-const JUDGED: &str = "gatehouse";
+/// Gatehouse with its policy only.
+const GATEHOUSE: &str = "gatehouse";
+/// Gatehouse recording every session (to a local folder).
+const RECORDING: &str = "gatehouse+rec";
+/// The Gatehouse target the budget applies to: policy, masking and recording on.
+const JUDGED: &str = "gatehouse+all";
+/// TPS recording may cost at 10 clients (issue 5's aim).
+const RECORDING_MAX_LOSS: f64 = 0.05;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
@@ -126,11 +137,20 @@ async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32, mask_rows: u32)
     .await?;
 
     println!(
-        "Starting gatehouse-proxy ({}) and pgbouncer",
+        "Starting gatehouse-proxy ({}) three times (policy; + recording; + masking + recording) and pgbouncer",
         proxy_binary.display()
     );
     let (gatehouse, gatehouse_process) =
-        start_gatehouse(&proxy_binary, &dir.join("gatehouse"), &postgres, false).await?;
+        start_gatehouse(&proxy_binary, &dir.join(GATEHOUSE), &postgres, Settings::POLICY).await?;
+    let (recording, recording_process) = start_gatehouse(
+        &proxy_binary,
+        &dir.join(RECORDING),
+        &postgres,
+        Settings::RECORDING,
+    )
+    .await?;
+    let (judged, judged_process) =
+        start_gatehouse(&proxy_binary, &dir.join(JUDGED), &postgres, Settings::ALL).await?;
     let pgbouncer = Pgbouncer::start(
         &dir.join("pgbouncer"),
         &PoolSpec {
@@ -148,8 +168,16 @@ async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32, mask_rows: u32)
             endpoint: direct.clone(),
         },
         Target {
-            name: JUDGED,
+            name: GATEHOUSE,
             endpoint: gatehouse,
+        },
+        Target {
+            name: RECORDING,
+            endpoint: recording,
+        },
+        Target {
+            name: JUDGED,
+            endpoint: judged,
         },
         Target {
             name: RIVAL,
@@ -188,10 +216,15 @@ async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32, mask_rows: u32)
         }
     }
 
-    let report = Report::new(rows, JUDGED, RIVAL, seconds, scale, server_version);
+    let mut report = Report::new(rows, JUDGED, RIVAL, seconds, scale, server_version);
+    report.compare("recording", RECORDING, GATEHOUSE, RECORDING_MAX_LOSS);
     println!("\n{}", report.render());
+    println!(
+        "{GATEHOUSE}: policy only; {RECORDING}: policy and recording (required, to a local folder); \
+         {JUDGED}: policy, masking ([all] detectors, a column rule) and recording."
+    );
     // The masking part starts its own proxies; these would only share the cores.
-    drop((gatehouse_process, pgbouncer));
+    drop((gatehouse_process, recording_process, judged_process, pgbouncer));
 
     let masking = masking::run(dir, &proxy_binary, &postgres, &direct, u64::from(mask_rows)).await?;
     println!("\n{}", masking.render());
@@ -230,14 +263,40 @@ fn proxy_binary() -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// What a Gatehouse target runs with besides its policy.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    masking: bool,
+    recording: bool,
+}
+
+impl Settings {
+    const POLICY: Settings = Settings {
+        masking: false,
+        recording: false,
+    };
+    const MASKING: Settings = Settings {
+        masking: true,
+        recording: false,
+    };
+    const RECORDING: Settings = Settings {
+        masking: false,
+        recording: true,
+    };
+    const ALL: Settings = Settings {
+        masking: true,
+        recording: true,
+    };
+}
+
 /// Starts the release proxy with a standalone configuration: a static token for
-/// group `agents`, a policy that allows reads (and masks, with `masking`), the
-/// app role's credential in files.
+/// group `agents`, a policy that allows reads (and masks, and records, as
+/// `settings` say), the app role's credential in files.
 async fn start_gatehouse(
     binary: &Path,
     dir: &Path,
     postgres: &Postgres,
-    masking: bool,
+    settings: Settings,
 ) -> anyhow::Result<(Endpoint, Process)> {
     let creds = dir.join("credentials");
     std::fs::create_dir_all(&creds)?;
@@ -253,9 +312,22 @@ async fn start_gatehouse(
             postgres.port,
             &creds,
             &hex::encode(Sha256::digest(&token)),
-            masking,
+            settings.masking,
         ),
     )?;
+    if settings.recording {
+        let key = dir.join("signing-key.pem");
+        let seed: [u8; 32] = Sha256::digest(random_hex(32)).into();
+        write_private(&key, &SigningKey::from_bytes(&seed).to_pkcs8_pem(LineEnding::LF)?)?;
+        let mut file = std::fs::OpenOptions::new().append(true).open(&config)?;
+        write!(
+            file,
+            "recording:\n  mode: required\n  signingKeyFile: {}\n  spoolDirectory: {}\n  directory: {}\n",
+            key.display(),
+            dir.join("spool").display(),
+            dir.join("recordings").display(),
+        )?;
+    }
     let step = "start gatehouse-proxy";
     let mut process = Spawn::new("gatehouse-proxy", binary, dir.join("proxy.log"))
         .args(["--config"])

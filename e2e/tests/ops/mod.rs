@@ -180,17 +180,22 @@ async fn get(port: u16, path: &str) -> anyhow::Result<HttpAnswer> {
 }
 
 /// The metrics as the admin endpoint serves them.
-struct Scrape(String);
+pub(crate) struct Scrape(String);
 
 impl Scrape {
     async fn take(proxy: &OpsProxy) -> anyhow::Result<Scrape> {
-        let answer = get(proxy.admin, "/metrics").await?;
+        Scrape::from_admin(proxy.admin).await
+    }
+
+    /// The metrics of the admin endpoint on `port`.
+    pub(crate) async fn from_admin(port: u16) -> anyhow::Result<Scrape> {
+        let answer = get(port, "/metrics").await?;
         ensure!(answer.status == 200, "/metrics answered {}", answer.status);
         Ok(Scrape(answer.body))
     }
 
     /// The value of one series, e.g. `gatehouse_statements_total{decision="allow"}`.
-    fn value(&self, series: &str) -> anyhow::Result<f64> {
+    pub(crate) fn value(&self, series: &str) -> anyhow::Result<f64> {
         self.0
             .lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))

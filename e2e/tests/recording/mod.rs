@@ -2,17 +2,17 @@
 //! what an agent did arrives in the bucket, verifies against the gateway's
 //! public key, replays as it happened, and holds no secret.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use ed25519_dalek::{
     SigningKey,
-    pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding},
+    pkcs8::{EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding},
 };
 use gatehouse_e2e::{
     TestEnv,
     kube::write_private,
-    s3::{BUCKET, REGION},
+    s3::{BUCKET, REGION, S3},
 };
 use gatehouse_recording::{
     chunk,
@@ -27,9 +27,58 @@ use gatehouse_e2e::gateway::config_head;
 
 use crate::proxy::{AGENT_TOKEN, agent, psql, start_proxy};
 
+mod durability;
+pub use durability::*;
+
 /// The gateway's signing key in this test (its public half verifies).
-fn signing_key() -> SigningKey {
+pub(crate) fn signing_key() -> SigningKey {
     SigningKey::from_bytes(&Sha256::digest(b"gatehouse e2e recording key").into())
+}
+
+/// The `recording:` section of a proxy that records to `s3` in `required`
+/// mode, signed with [`signing_key`], spooling under `dir`, cutting chunks
+/// at `chunk_bytes`. Writes the key and the S3 credentials into `dir`.
+pub(crate) fn recording_yaml(dir: &Path, s3: &S3, chunk_bytes: u32) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let key = dir.join("signing-key.pem");
+    write_private(&key, &signing_key().to_pkcs8_pem(LineEnding::LF)?)?;
+    write_private(&dir.join("access-key-id"), &s3.access_key)?;
+    write_private(&dir.join("secret-access-key"), &s3.secret_key)?;
+    Ok(format!(
+        r#"recording:
+  mode: required
+  signingKeyFile: {key}
+  spoolDirectory: {spool}
+  chunkBytes: {chunk_bytes}
+  s3:
+    bucket: {BUCKET}
+    endpoint: {endpoint}
+    region: {REGION}
+    pathStyle: true
+    prefix: {PREFIX}
+    accessKeyIdFile: {dir}/access-key-id
+    secretAccessKeyFile: {dir}/secret-access-key
+"#,
+        key = key.display(),
+        spool = dir.join("spool").display(),
+        endpoint = s3.endpoint,
+        dir = dir.display(),
+    ))
+}
+
+/// The key prefix the test proxies record under.
+pub(crate) const PREFIX: &str = "sessions";
+
+/// The recordings bucket of `s3`, as the tests read it.
+pub(crate) fn store(s3: &S3) -> Store {
+    Store::s3(&S3Settings {
+        endpoint: Some(s3.endpoint.clone()),
+        region: REGION.into(),
+        bucket: BUCKET.into(),
+        path_style: true,
+        access_key_id: s3.access_key.clone(),
+        secret_access_key: s3.secret_key.clone(),
+    })
 }
 
 struct Recorded {
@@ -45,11 +94,6 @@ async fn recorded(env: &TestEnv) -> anyhow::Result<&'static Recorded> {
         .get_or_try_init(|| async {
             crate::masking::fixture(env).await?;
             let dir = env.path().join("recording");
-            std::fs::create_dir_all(&dir)?;
-            let key = dir.join("signing-key.pem");
-            write_private(&key, &signing_key().to_pkcs8_pem(LineEnding::LF)?)?;
-            write_private(&dir.join("access-key-id"), &env.s3.access_key)?;
-            write_private(&dir.join("secret-access-key"), &env.s3.secret_key)?;
             let proxy = start_proxy(env, "recorded", |port, creds| {
                 let head = config_head(
                     env,
@@ -60,50 +104,25 @@ async fn recorded(env: &TestEnv) -> anyhow::Result<&'static Recorded> {
                     "planner",
                     &["agents"],
                 );
+                let recording = recording_yaml(&dir, &env.s3, 512)?;
                 Ok(format!(
-                    r#"{head}recording:
-  mode: required
-  signingKeyFile: {key}
-  spoolDirectory: {spool}
-  chunkBytes: 512
-  s3:
-    bucket: {BUCKET}
-    endpoint: {endpoint}
-    region: {REGION}
-    pathStyle: true
-    prefix: sessions
-    accessKeyIdFile: {dir}/access-key-id
-    secretAccessKeyFile: {dir}/secret-access-key
-policies:{policy}      masking: {{detectors: [all, card, email, iban]}}
-"#,
-                    key = key.display(),
-                    spool = dir.join("spool").display(),
-                    endpoint = env.s3.endpoint,
-                    dir = dir.display(),
+                    "{head}{recording}policies:{policy}      masking: {{detectors: [all, card, email, iban]}}\n",
                     policy = crate::masking::POLICY,
                 ))
             })
             .await?;
-            let store = Store::s3(&S3Settings {
-                endpoint: Some(env.s3.endpoint.clone()),
-                region: REGION.into(),
-                bucket: BUCKET.into(),
-                path_style: true,
-                access_key_id: env.s3.access_key.clone(),
-                secret_access_key: env.s3.secret_key.clone(),
-            });
             anyhow::Ok(Recorded {
                 port: proxy.port,
-                store,
+                store: store(&env.s3),
             })
         })
         .await
 }
 
-/// Session folders in the bucket with a manifest.
-async fn finished(store: &Store) -> anyhow::Result<Vec<String>> {
+/// Session folders of the Connection `e2e/<connection>` in the bucket with a manifest.
+pub(crate) async fn finished(store: &Store, connection: &str) -> anyhow::Result<Vec<String>> {
     Ok(store
-        .list("sessions/e2e/recorded-db")
+        .list(&format!("{PREFIX}/e2e/{connection}"))
         .await?
         .into_iter()
         .filter_map(|k| k.strip_suffix(&format!("/{MANIFEST}")).map(str::to_owned))
@@ -111,13 +130,52 @@ async fn finished(store: &Store) -> anyhow::Result<Vec<String>> {
 }
 
 /// The objects of a session folder, by name.
-async fn objects(store: &Store, folder: &str) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+pub(crate) async fn objects(store: &Store, folder: &str) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let mut objects = BTreeMap::new();
     for key in store.list(folder).await? {
         let name = key.rsplit('/').next().unwrap_or_default().to_owned();
         objects.insert(name, store.get(&key).await?.context("listed object vanished")?);
     }
     Ok(objects)
+}
+
+/// What `kubectl-gatehouse` printed and how it exited.
+pub(crate) struct CliRun {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `kubectl-gatehouse ARGS` against the bucket of `s3` as a security
+/// engineer would: credentials and the gateway's public key from the
+/// environment, never on the command line.
+pub(crate) async fn cli(env: &TestEnv, s3: &S3, args: &[&str]) -> anyhow::Result<CliRun> {
+    let public_key = env.path().join("recording-public-key.pem");
+    if !public_key.exists() {
+        std::fs::write(
+            &public_key,
+            signing_key().verifying_key().to_public_key_pem(LineEnding::LF)?,
+        )?;
+    }
+    let output = tokio::process::Command::new(gatehouse_e2e::workspace_binary("kubectl-gatehouse")?)
+        .args(["--s3-bucket", BUCKET, "--s3-endpoint", &s3.endpoint])
+        .args(["--s3-path-style", "--s3-prefix", PREFIX])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("GATEHOUSE_RECORDING_PUBLIC_KEY", &public_key)
+        .output()
+        .await?;
+    Ok(CliRun {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// The session id of a session folder: its last segment.
+pub(crate) fn session_id(folder: &str) -> &str {
+    folder.rsplit('/').next().unwrap_or(folder)
 }
 
 /// One test's sessions at a time, so each finds its own in the bucket.
@@ -129,10 +187,10 @@ async fn one_new_session<F: std::future::Future<Output = anyhow::Result<()>>>(
     work: F,
 ) -> anyhow::Result<String> {
     let _alone = ONE_AT_A_TIME.lock().await;
-    let before = finished(store).await?;
+    let before = finished(store, "recorded-db").await?;
     work.await?;
     for _ in 0..100 {
-        let new: Vec<String> = finished(store)
+        let new: Vec<String> = finished(store, "recorded-db")
             .await?
             .into_iter()
             .filter(|f| !before.contains(f))
@@ -226,6 +284,51 @@ pub async fn a_session_arrives_verifies_and_replays_what_the_agent_did(
     }
     let leaks = crate::masking::leaks(&plain);
     ensure!(leaks.is_empty(), "secrets in the recording: {leaks:?}");
+
+    // What a security engineer sees with the CLI.
+    let id = session_id(&folder);
+    let listed = cli(
+        &env,
+        &env.s3,
+        &["sessions", "--connection", "e2e/recorded-db", "--user", "planner"],
+    )
+    .await?;
+    ensure!(
+        listed.code == 0 && listed.stdout.contains(id),
+        "sessions: {} {} {}",
+        listed.code,
+        listed.stdout,
+        listed.stderr
+    );
+    let checked = cli(&env, &env.s3, &["verify", id]).await?;
+    ensure!(
+        checked.code == 0 && checked.stdout.starts_with(&format!("verified: {id}")),
+        "verify: {} {} {}",
+        checked.code,
+        checked.stdout,
+        checked.stderr
+    );
+    let replay = cli(&env, &env.s3, &["replay", id]).await?;
+    ensure!(replay.code == 0, "replay: {} {}", replay.code, replay.stderr);
+    let order: Vec<Option<usize>> = [
+        "connect     planner",
+        "allowed: SELECT kind, note FROM vault ORDER BY id",
+        &format!("recorded {planted} rows:"),
+        "DENIED: DROP TABLE vault",
+        "ERROR 42501",
+        "allowed: SELECT 1 AS one",
+        "disconnect  client_closed",
+    ]
+    .iter()
+    .map(|line| replay.stdout.find(line))
+    .collect();
+    ensure!(
+        order.iter().all(Option::is_some) && order.is_sorted(),
+        "the replay tells the session in order ({order:?}):\n{}",
+        replay.stdout
+    );
+    let leaks = crate::masking::leaks(replay.stdout.as_bytes());
+    ensure!(leaks.is_empty(), "secrets in the replay: {leaks:?}");
     Ok(())
 }
 
@@ -263,6 +366,15 @@ pub async fn a_changed_removed_or_added_chunk_fails_verification_naming_it(
         Err(VerifyError::ChunkChanged { name, .. }) if name == second => {}
         other => bail!("a changed byte in {second} gave {other:?}"),
     }
+    let id = session_id(&folder);
+    let checked = cli(&env, &env.s3, &["verify", id]).await?;
+    ensure!(
+        checked.code == 1 && checked.stderr.contains("NOT VERIFIED") && checked.stderr.contains(&second),
+        "verify of a changed chunk: {} {} {}",
+        checked.code,
+        checked.stdout,
+        checked.stderr
+    );
     // Removed.
     let mut removed = intact.clone();
     removed.remove(&second);

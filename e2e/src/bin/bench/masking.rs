@@ -44,10 +44,20 @@ pub(crate) async fn run(
 ) -> anyhow::Result<MaskingReport> {
     println!("Starting gatehouse-proxy twice, without and with masking");
     let dir = dir.join("masking");
-    let (unmasked, _unmasked_process) =
-        crate::start_gatehouse(proxy_binary, &dir.join(UNMASKED), postgres, false).await?;
-    let (masked, masked_process) =
-        crate::start_gatehouse(proxy_binary, &dir.join(MASKED), postgres, true).await?;
+    let (unmasked, _unmasked_process) = crate::start_gatehouse(
+        proxy_binary,
+        &dir.join(UNMASKED),
+        postgres,
+        crate::Settings::POLICY,
+    )
+    .await?;
+    let (masked, masked_process) = crate::start_gatehouse(
+        proxy_binary,
+        &dir.join(MASKED),
+        postgres,
+        crate::Settings::MASKING,
+    )
+    .await?;
     let pid = masked_process.pid().context("the masking proxy has no pid")?;
 
     println!(
