@@ -24,7 +24,7 @@ test: deps tools fmt lint unit e2e ## Every check: format, clippy, unit tests, e
 demo: deps tools ## Bring up the control plane, PostgreSQL and S3 with the CRDs and samples; Ctrl-C stops
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q -p gatehouse-e2e --bin demo
 
-bench: deps ## pgbench -S and masking figures: direct, through Gatehouse and through pgbouncer; ~4 min once built
+bench: deps ## pgbench -S (policy; + recording; + masking + recording) and masking figures against direct and pgbouncer; ~5 min once built
 	$(CARGO) build --locked -q --release -p gatehouse-proxy
 	$(CARGO) run --locked -q --release -p gatehouse-e2e --bin bench
 

@@ -123,9 +123,11 @@ impl Spool {
     /// `connect` event.
     pub fn start(self: &Arc<Self>, info: SessionInfo, connect: Body) -> std::io::Result<SessionWriter> {
         let dir = self.settings.dir.join(info.folder.replace('/', "~"));
-        std::fs::create_dir_all(&dir)?;
         let json = serde_json::to_vec(&info).map_err(std::io::Error::other)?;
-        write_synced(&dir.join("session.json"), &json)?;
+        blocking(|| {
+            std::fs::create_dir_all(&dir)?;
+            write_synced(&dir.join("session.json"), &json)
+        })?;
         self.added(json.len() as u64);
         let prev = genesis(&info.session);
         let mut writer = SessionWriter {
@@ -260,12 +262,14 @@ impl SessionWriter {
             return Ok(());
         };
         let file = part.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(
-            self.dir.join(part_name(self.chunk)),
-            self.dir.join(cut_name(self.chunk)),
-        )?;
+        blocking(|| {
+            file.sync_all()?;
+            drop(file);
+            std::fs::rename(
+                self.dir.join(part_name(self.chunk)),
+                self.dir.join(cut_name(self.chunk)),
+            )
+        })?;
         self.spool.wake.notify_one();
         Ok(())
     }
@@ -285,13 +289,25 @@ impl SessionWriter {
         };
         let result = self.cut().and_then(|()| {
             let json = serde_json::to_vec(&end).map_err(std::io::Error::other)?;
-            write_synced(&self.dir.join("end.json"), &json)
+            blocking(|| write_synced(&self.dir.join("end.json"), &json))
         });
         if let Err(e) = result {
             tracing::warn!(error = %e, folder = %self.dir.display(), "could not close a recording");
         }
         self.spool.wake.notify_one();
         self.dropped_total
+    }
+}
+
+/// Runs `work` that waits on the disk (fsync) from a session's task: on a
+/// multi-threaded runtime the worker hands its other tasks on first, so
+/// other sessions never wait for this one's disk; elsewhere it just runs.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 

@@ -162,32 +162,23 @@ impl Uploader {
 
     async fn session(&self, folder: &Path) -> Result<(), String> {
         let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", folder.display());
-        let info: SessionInfo = match std::fs::read(folder.join("session.json")) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| format!("{}: session.json: {e}", folder.display()))?,
-            // Created a moment ago; the next pass sees it.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io("session.json", e)),
+        // Reading, compressing and fsyncing chunks waits on the disk and the
+        // CPU for tens of milliseconds: off the runtime's workers, which
+        // serve the sessions.
+        let prepared = {
+            let (this, folder) = (self.clone(), folder.to_path_buf());
+            tokio::task::spawn_blocking(move || this.compress_cut(&folder))
+                .await
+                .map_err(|e| format!("compress chunks: {e}"))??
         };
-        let mut index = read_index(folder).map_err(|e| io("chunks.jsonl", e))?;
-        // Compress cut chunks, in order.
-        for n in numbered(folder, "jsonl").map_err(|e| io("list", e))? {
-            let path = folder.join(cut_name(n));
-            let text = std::fs::read(&path).map_err(|e| io("read a chunk", e))?;
-            if !index.iter().any(|i| i.entry.name == crate::format::chunk_name(n))
-                && let Some(indexed) = self.compress(folder, n, &text).map_err(|e| io("compress", e))?
-            {
-                append_index(folder, &indexed).map_err(|e| io("chunks.jsonl", e))?;
-                index.push(indexed);
-            }
-            std::fs::remove_file(&path).map_err(|e| io("remove a chunk", e))?;
-            self.spool.released(text.len() as u64);
-        }
+        let Some((info, index)) = prepared else {
+            return Ok(());
+        };
         // Upload compressed chunks.
         for n in numbered(folder, "gz").map_err(|e| io("list", e))? {
             let name = crate::format::chunk_name(n);
             let path = folder.join(&name);
-            let bytes = std::fs::read(&path).map_err(|e| io("read a chunk", e))?;
+            let bytes = tokio::fs::read(&path).await.map_err(|e| io("read a chunk", e))?;
             let len = bytes.len() as u64;
             self.upload(&format!("{}/{name}", info.folder), bytes).await?;
             std::fs::remove_file(&path).map_err(|e| io("remove an uploaded chunk", e))?;
@@ -227,6 +218,33 @@ impl Uploader {
                 Err(e.to_string())
             }
         }
+    }
+
+    /// Reads a session folder's `session.json` and index, and compresses its
+    /// cut chunks in order; `None` when the folder was created a moment ago.
+    fn compress_cut(&self, folder: &Path) -> Result<Option<(SessionInfo, Vec<Indexed>)>, String> {
+        let io = |what: &str, e: std::io::Error| format!("{}: {what}: {e}", folder.display());
+        let info: SessionInfo = match std::fs::read(folder.join("session.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: session.json: {e}", folder.display()))?,
+            // Created a moment ago; the next pass sees it.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io("session.json", e)),
+        };
+        let mut index = read_index(folder).map_err(|e| io("chunks.jsonl", e))?;
+        for n in numbered(folder, "jsonl").map_err(|e| io("list", e))? {
+            let path = folder.join(cut_name(n));
+            let text = std::fs::read(&path).map_err(|e| io("read a chunk", e))?;
+            if !index.iter().any(|i| i.entry.name == crate::format::chunk_name(n))
+                && let Some(indexed) = self.compress(folder, n, &text).map_err(|e| io("compress", e))?
+            {
+                append_index(folder, &indexed).map_err(|e| io("chunks.jsonl", e))?;
+                index.push(indexed);
+            }
+            std::fs::remove_file(&path).map_err(|e| io("remove a chunk", e))?;
+            self.spool.released(text.len() as u64);
+        }
+        Ok(Some((info, index)))
     }
 
     /// Compresses a cut chunk; `None` when it holds no event.
