@@ -13,6 +13,7 @@ mod drivers;
 mod harness;
 mod identity;
 mod masking;
+mod operator;
 mod ops;
 mod proxy;
 mod recording;
@@ -92,9 +93,13 @@ fn main() -> ExitCode {
         masking::column_rules_mask_by_name_and_keep_values_valid,
         masking::a_value_over_the_scan_limit_follows_the_failure_mode,
         recording::a_session_arrives_verifies_and_replays_what_the_agent_did,
-        recording::a_changed_removed_or_added_chunk_fails_verification_naming_it,
+        recording::a_changed_removed_reordered_or_added_chunk_fails_verification_naming_it,
         recording::an_s3_outage_during_50_concurrent_sessions_loses_no_recording,
         recording::a_proxy_killed_mid_session_uploads_its_recording_when_restarted,
+        operator::a_connection_gets_its_proxy_children_and_a_ready_status,
+        operator::an_invalid_policy_is_reported_and_applied_nowhere,
+        operator::a_missing_secret_or_key_is_named_and_no_proxy_is_deployed,
+        operator::a_restarted_operator_changes_nothing_and_gitops_sees_no_diff,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

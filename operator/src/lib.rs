@@ -1,9 +1,183 @@
-//! The Gatehouse operator: reconciles Connection, Policy and ApprovalRequest
-//! (group `gatehouse.dev`) into proxy Deployments, their configuration and
-//! their permissions.
+//! The Gatehouse operator: reconciles Connection and Policy (group
+//! `gatehouse.dev`) into proxy Deployments, their configuration and their
+//! permissions.
 //!
-//! The API types live in `gatehouse-crds`; the controllers arrive with the
-//! operator issue and are not part of this crate yet.
+//! - [`connection`]: per Connection a ServiceAccount, Role, RoleBinding, an
+//!   auth-delegator ClusterRoleBinding, the rendered proxy configuration
+//!   ([`config`]) as a ConfigMap, a Deployment and a Service ([`render`]),
+//!   all applied server-side with the field manager [`FIELD_MANAGER`].
+//! - [`policy`]: which Connections each Policy selects, and whether the
+//!   proxy compiles it.
+//!
+//! [`run`] starts both controllers on one [`Context`].
 #![forbid(unsafe_code)]
 
+pub mod conditions;
+pub mod config;
+pub mod connection;
+pub mod health;
+pub mod policy;
+pub mod render;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use futures::StreamExt as _;
+use gatehouse_crds::{Connection, Policy};
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+    rbac::v1::{Role, RoleBinding},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+};
+
 pub use gatehouse_crds as api;
+pub use render::{ProxySettings, RecordingS3};
+
+/// The field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "gatehouse-operator";
+
+/// What a reconcile can fail with; the controller retries with backoff.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or could not be reached.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// A namespaced kind came without a namespace.
+    #[error("the object has no namespace")]
+    NotNamespaced,
+}
+
+/// What every reconcile shares.
+#[derive(Clone)]
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// How proxies are shaped.
+    pub settings: ProxySettings,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the Connection and Policy controllers until `shutdown` completes,
+/// then lets reconciles in flight finish.
+pub async fn run(
+    client: Client,
+    settings: ProxySettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let policy_controller = Controller::new(Api::<Policy>::all(client.clone()), watcher::Config::default());
+    let policy_store = policy_controller.store();
+    let connection_controller =
+        Controller::new(Api::<Connection>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<Deployment>::all(client.clone()), label_config())
+            .owns(Api::<ConfigMap>::all(client.clone()), label_config())
+            .owns(Api::<Service>::all(client.clone()), label_config())
+            .owns(Api::<ServiceAccount>::all(client.clone()), label_config())
+            .owns(Api::<Role>::all(client.clone()), label_config())
+            .owns(Api::<RoleBinding>::all(client.clone()), label_config());
+    let connection_store = connection_controller.store();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings,
+    });
+
+    // A Policy change re-renders every Connection of its namespace (a
+    // selector change can add or drop any of them); a Secret change, the
+    // Connections that read it.
+    let by_policy = connection_store.clone();
+    let by_secret = connection_store;
+    let recording_secret = ctx.settings.recording_secret.clone();
+    // Secrets by their metadata only: the operator never reads their values here.
+    let secrets = Api::<PartialObjectMeta<Secret>>::all(client.clone());
+    let connection_run = connection_controller
+        .watches(
+            Api::<Policy>::all(client.clone()),
+            watcher::Config::default(),
+            move |policy| connection::connections_of_policy(&policy, &by_policy.state()),
+        )
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            let name = secret.name_any();
+            by_secret
+                .state()
+                .iter()
+                .filter(|c| {
+                    c.namespace() == secret.namespace()
+                        && (name == recording_secret || names_secret(c, &name))
+                })
+                .map(|c| ObjectRef::from_obj(c.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped(shutdown_rx.clone()))
+        .run(connection::reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "Connection reconcile");
+            }
+        });
+
+    // A Connection's labels decide which Policies select it: the Policies
+    // of its namespace look again.
+    let of_namespace = policy_store;
+    let policy_run = policy_controller
+        .watches(
+            Api::<Connection>::all(client),
+            watcher::Config::default(),
+            move |connection| {
+                of_namespace
+                    .state()
+                    .iter()
+                    .filter(|p| p.namespace() == connection.namespace())
+                    .map(|p| ObjectRef::from_obj(p.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(stopped(shutdown_rx))
+        .run(policy::reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "Policy reconcile");
+            }
+        });
+    tokio::join!(connection_run, policy_run);
+}
+
+/// Children carry the operator's labels: watch only those.
+fn label_config() -> watcher::Config {
+    watcher::Config::default().labels("app.kubernetes.io/managed-by=gatehouse-operator")
+}
+
+/// Whether the Connection reads the Secret `name`.
+fn names_secret(connection: &Connection, name: &str) -> bool {
+    connection.spec.credentials_ref.name == name
+        || connection
+            .spec
+            .target
+            .tls
+            .as_ref()
+            .and_then(|t| t.ca_secret_ref.as_ref())
+            .is_some_and(|r| r.name == name)
+}

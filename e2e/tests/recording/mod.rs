@@ -332,7 +332,7 @@ pub async fn a_session_arrives_verifies_and_replays_what_the_agent_did(
     Ok(())
 }
 
-pub async fn a_changed_removed_or_added_chunk_fails_verification_naming_it(
+pub async fn a_changed_removed_reordered_or_added_chunk_fails_verification_naming_it(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
     let recorded = recorded(&env).await?;
@@ -379,6 +379,21 @@ pub async fn a_changed_removed_or_added_chunk_fails_verification_naming_it(
     let mut removed = intact.clone();
     removed.remove(&second);
     ensure!(verify(&removed, &key).err() == Some(VerifyError::ChunkMissing(second.clone())));
+    // Reordered: the second and third chunks swapped, as an editor of the
+    // bucket would have to; the first chunk out of place is named.
+    let third = intact
+        .keys()
+        .filter(|k| k.ends_with(".gz"))
+        .nth(2)
+        .context("a third chunk")?
+        .clone();
+    let mut reordered = intact.clone();
+    reordered.insert(second.clone(), intact[&third].clone());
+    reordered.insert(third.clone(), intact[&second].clone());
+    match verify(&reordered, &key) {
+        Err(VerifyError::ChunkChanged { name, .. }) if name == second => {}
+        other => bail!("swapped chunks gave {other:?}"),
+    }
     // Appended.
     let mut appended = intact.clone();
     appended.insert("chunk-999999.jsonl.gz".into(), intact[&second].clone());

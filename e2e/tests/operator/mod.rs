@@ -1,0 +1,505 @@
+//! The operator against the real API server: `kubectl apply` a Secret, a
+//! Connection and Policies, and the children and statuses appear; a missing
+//! Secret or an invalid Policy is reported where a person looks; a restarted
+//! operator changes nothing.
+//!
+//! The operator runs in process (the library's `run`), as the admin user;
+//! the harness writes the Deployment's status as a kubelet would.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use anyhow::{Context as _, bail, ensure};
+use gatehouse_crds::{Connection, Policy};
+use gatehouse_e2e::{TestEnv, User};
+use gatehouse_operator::{ProxySettings, RecordingS3};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{ConfigMap, Service, ServiceAccount},
+        rbac::v1::{ClusterRoleBinding, Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
+use kube::{Api, Resource, api::Patch, api::PatchParams};
+use serde::de::DeserializeOwned;
+use tokio::sync::{Mutex, OnceCell};
+
+/// The namespace of this module's objects.
+const NS: &str = "operator-e2e";
+
+/// The manifests a platform team applies.
+const MANIFESTS: &str = r#"apiVersion: v1
+kind: Secret
+metadata: {name: orders-db-creds, namespace: operator-e2e}
+stringData: {username: gatehouse_app, password: not-the-real-one}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: gatehouse-recording, namespace: operator-e2e}
+stringData:
+  signing-key.pem: "not read by the operator, only checked for"
+  access-key-id: e2e
+  secret-access-key: e2e
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Connection
+metadata: {name: orders-db, namespace: operator-e2e, labels: {env: prod}}
+spec:
+  type: postgres
+  target: {host: orders.db.svc, port: 5432, database: orders, tls: {mode: require}}
+  credentialsRef: {name: orders-db-creds}
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Policy
+metadata: {name: agents-readonly, namespace: operator-e2e}
+spec:
+  connectionSelector: {matchLabels: {env: prod}}
+  subjects: [{kind: Group, name: agents}]
+  rules:
+    - {name: reads, match: {operations: [select]}, action: allow}
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Policy
+metadata: {name: staging-only, namespace: operator-e2e}
+spec:
+  connectionSelector: {matchLabels: {env: staging}}
+  subjects: [{kind: Group, name: agents}]
+  rules:
+    - {name: everything, match: {operations: [insert]}, action: allow}
+---
+apiVersion: gatehouse.dev/v1alpha1
+kind: Policy
+metadata: {name: broken-mask, namespace: operator-e2e}
+spec:
+  connectionSelector: {matchLabels: {env: prod}}
+  subjects: [{kind: Group, name: agents}]
+  rules:
+    - {name: reads, match: {operations: [select]}, action: allow}
+  masking:
+    columns: [{name: "(unclosed", strategy: redact}]
+"#;
+
+/// The in-process operator, which a test may restart.
+struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+static OPERATOR: OnceCell<Mutex<Operator>> = OnceCell::const_new();
+
+fn settings(env: &TestEnv) -> ProxySettings {
+    ProxySettings {
+        image: "gatehouse-proxy:e2e".into(),
+        recording_secret: "gatehouse-recording".into(),
+        recording_s3: Some(RecordingS3 {
+            bucket: gatehouse_e2e::s3::BUCKET.into(),
+            endpoint: Some(env.s3.endpoint.clone()),
+            region: gatehouse_e2e::s3::REGION.into(),
+            path_style: true,
+            prefix: "sessions".into(),
+        }),
+    }
+}
+
+async fn start_operator(env: &TestEnv) -> anyhow::Result<Operator> {
+    let client = env.kube.client(User::Admin).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gatehouse_operator::run(client, settings(env), async move {
+        let _ = stopped.await;
+    }));
+    Ok(Operator {
+        stop: Some(stop),
+        task: Some(task),
+    })
+}
+
+impl Operator {
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .context("the operator did not stop within 30 s")??;
+        }
+        Ok(())
+    }
+}
+
+/// The namespace, the manifests applied, the operator running.
+async fn operator(env: &TestEnv) -> anyhow::Result<&'static Mutex<Operator>> {
+    OPERATOR
+        .get_or_try_init(|| async {
+            kubectl(env, &["create", "namespace", NS], None).await?;
+            kubectl(env, &["apply", "--server-side", "-f", "-"], Some(MANIFESTS)).await?;
+            anyhow::Ok(Mutex::new(start_operator(env).await?))
+        })
+        .await
+}
+
+async fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut command = env.kube.kubectl(User::Admin);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or_default().as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    ensure!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Waits up to 20 s for `check` to pass on the object `name`.
+async fn eventually<K, T>(api: &Api<K>, name: &str, check: impl Fn(&K) -> Option<T>) -> anyhow::Result<T>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut last = None;
+    for _ in 0..200 {
+        if let Some(object) = api.get_opt(name).await? {
+            if let Some(found) = check(&object) {
+                return Ok(found);
+            }
+            last = Some(object);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{name} did not reach the expected state within 20 s; last seen: {last:#?}")
+}
+
+fn condition<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == kind)
+}
+
+fn api<K>(env: &TestEnv, client: &kube::Client) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    let _ = env;
+    Api::namespaced(client.clone(), NS)
+}
+
+/// The kubelet's part: the proxy Deployment reports its replicas available.
+async fn report_available(client: &kube::Client, name: &str) -> anyhow::Result<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let status = serde_json::json!({"status": {"replicas": 1, "readyReplicas": 1, "availableReplicas": 1, "updatedReplicas": 1}});
+    deployments
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(())
+}
+
+pub async fn a_connection_gets_its_proxy_children_and_a_ready_status(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    operator(&env).await?;
+    let client = env.kube.client(User::Admin).await?;
+    let connections: Api<Connection> = api(&env, &client);
+    // Children, named after the Connection and owned by it.
+    let config: Api<ConfigMap> = api(&env, &client);
+    let rendered = eventually(&config, "gatehouse-orders-db", |cm| {
+        cm.data.as_ref()?.get("config.yaml").cloned()
+    })
+    .await?;
+    ensure!(
+        rendered.contains("name: agents-readonly")
+            && !rendered.contains("broken-mask")
+            && !rendered.contains("staging-only"),
+        "the selected, valid Policies only:\n{rendered}"
+    );
+    ensure!(
+        !rendered.contains("not-the-real-one"),
+        "no secret in the ConfigMap"
+    );
+    let owner = |meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        meta.owner_references.as_ref().is_some_and(|o| {
+            o.iter()
+                .any(|o| o.kind == "Connection" && o.name == "orders-db" && o.controller == Some(true))
+        })
+    };
+    let sa: Api<ServiceAccount> = api(&env, &client);
+    ensure!(owner(&sa.get("gatehouse-orders-db").await?.metadata));
+    let role: Role = api(&env, &client).get("gatehouse-orders-db").await?;
+    ensure!(owner(&role.metadata));
+    let secrets_rule = role
+        .rules
+        .unwrap_or_default()
+        .into_iter()
+        .find(|r| r.resources.as_deref() == Some(&["secrets".to_owned()]))
+        .context("a rule for Secrets")?;
+    ensure!(
+        secrets_rule.resource_names
+            == Some(vec![
+                "gatehouse-recording".to_owned(),
+                "orders-db-creds".to_owned()
+            ]),
+        "the proxy reads its own Secrets only: {secrets_rule:?}"
+    );
+    let binding: RoleBinding = api(&env, &client).get("gatehouse-orders-db").await?;
+    ensure!(owner(&binding.metadata));
+    let delegator: ClusterRoleBinding = Api::all(client.clone())
+        .get("gatehouse-operator-e2e-orders-db-auth-delegator")
+        .await?;
+    ensure!(delegator.role_ref.name == "system:auth-delegator");
+    let service: Service = api(&env, &client).get("orders-db").await?;
+    ensure!(owner(&service.metadata));
+    let deployments: Api<Deployment> = api(&env, &client);
+    let deployment = deployments.get("gatehouse-orders-db").await?;
+    ensure!(owner(&deployment.metadata));
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .context("a pod template")?;
+    ensure!(pod.service_account_name.as_deref() == Some("gatehouse-orders-db"));
+    ensure!(
+        pod.containers[0].args.as_deref()
+            == Some(
+                &[
+                    "--config-map".into(),
+                    "gatehouse-orders-db".into(),
+                    "--drain".into(),
+                    "30s".into()
+                ][..]
+            )
+    );
+
+    // Not available until a proxy runs.
+    let pending = eventually(&connections, "orders-db", |c| {
+        let status = c.status.as_ref()?;
+        let available = condition(&status.conditions, "ProxyAvailable")?;
+        (available.status == "False").then(|| status.clone())
+    })
+    .await?;
+    ensure!(pending.endpoint.as_deref() == Some("orders-db.operator-e2e.svc:5432"));
+    ensure!(pending.policies == ["agents-readonly"], "{:?}", pending.policies);
+    for kind in ["CredentialsResolved", "ConfigRendered"] {
+        ensure!(
+            condition(&pending.conditions, kind).is_some_and(|c| c.status == "True"),
+            "{kind}: {:?}",
+            pending.conditions
+        );
+    }
+    report_available(&client, "gatehouse-orders-db").await?;
+    eventually(&connections, "orders-db", |c| {
+        let status = c.status.as_ref()?;
+        condition(&status.conditions, "Ready")
+            .filter(|r| r.status == "True")
+            .map(|_| ())
+    })
+    .await?;
+    // The printer columns show it.
+    let listed = kubectl(&env, &["get", "gconn", "-n", NS, "orders-db"], None).await?;
+    ensure!(
+        listed.contains("orders-db.operator-e2e.svc:5432") && listed.contains("True"),
+        "{listed}"
+    );
+    Ok(())
+}
+
+pub async fn an_invalid_policy_is_reported_and_applied_nowhere(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    operator(&env).await?;
+    let client = env.kube.client(User::Admin).await?;
+    let policies: Api<Policy> = api(&env, &client);
+    let broken = eventually(&policies, "broken-mask", |p| {
+        let status = p.status.as_ref()?;
+        condition(&status.conditions, "Ready").map(|c| (c.clone(), status.matched_connections.clone()))
+    })
+    .await?;
+    ensure!(
+        broken.0.status == "False" && broken.0.reason == "Invalid",
+        "{broken:?}"
+    );
+    ensure!(
+        broken
+            .0
+            .message
+            .contains("masking.columns[0].name is not a valid regular expression"),
+        "the message says what to fix: {}",
+        broken.0.message
+    );
+    ensure!(broken.1.is_empty(), "applied nowhere: {:?}", broken.1);
+    let good = eventually(&policies, "agents-readonly", |p| {
+        let status = p.status.as_ref()?;
+        condition(&status.conditions, "Ready")
+            .filter(|c| c.status == "True")
+            .map(|_| status.matched_connections.clone())
+    })
+    .await?;
+    ensure!(good == ["orders-db"], "{good:?}");
+    let staging = eventually(&policies, "staging-only", |p| {
+        let status = p.status.as_ref()?;
+        condition(&status.conditions, "Ready").map(|_| status.matched_connections.clone())
+    })
+    .await?;
+    ensure!(staging.is_empty(), "selects no Connection: {staging:?}");
+    Ok(())
+}
+
+pub async fn a_missing_secret_or_key_is_named_and_no_proxy_is_deployed(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    operator(&env).await?;
+    let client = env.kube.client(User::Admin).await?;
+    kubectl(
+        &env,
+        &["apply", "--server-side", "-f", "-"],
+        Some(
+            r#"apiVersion: gatehouse.dev/v1alpha1
+kind: Connection
+metadata: {name: lost-db, namespace: operator-e2e}
+spec:
+  type: postgres
+  target: {host: lost.db.svc, database: lost}
+  credentialsRef: {name: lost-db-creds}
+"#,
+        ),
+    )
+    .await?;
+    let connections: Api<Connection> = api(&env, &client);
+    let credentials = |c: &Connection| {
+        let status = c.status.as_ref()?;
+        condition(&status.conditions, "CredentialsResolved").cloned()
+    };
+    let missing = eventually(&connections, "lost-db", credentials).await?;
+    ensure!(
+        missing.status == "False"
+            && missing.reason == "SecretNotFound"
+            && missing.message.contains("Secret operator-e2e/lost-db-creds")
+            && missing.message.contains("username, password"),
+        "{missing:?}"
+    );
+    let deployments: Api<Deployment> = api(&env, &client);
+    ensure!(
+        deployments.get_opt("gatehouse-lost-db").await?.is_none(),
+        "no proxy without its credential"
+    );
+    let ready = connections
+        .get("lost-db")
+        .await?
+        .status
+        .and_then(|s| condition(&s.conditions, "Ready").cloned())
+        .context("Ready")?;
+    ensure!(
+        ready.status == "False" && ready.reason == "SecretNotFound",
+        "{ready:?}"
+    );
+
+    // The Secret appears without its password: the key is named.
+    kubectl(
+        &env,
+        &[
+            "create",
+            "secret",
+            "generic",
+            "lost-db-creds",
+            "-n",
+            NS,
+            "--from-literal=username=app",
+        ],
+        None,
+    )
+    .await?;
+    let keys = eventually(&connections, "lost-db", |c| {
+        credentials(c).filter(|c| c.reason == "SecretKeysMissing")
+    })
+    .await?;
+    ensure!(keys.message.contains("has no password"), "{keys:?}");
+    ensure!(deployments.get_opt("gatehouse-lost-db").await?.is_none());
+    Ok(())
+}
+
+/// Every resourceVersion of the operator's objects in the namespace.
+async fn versions(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
+    async fn of<K>(
+        client: &kube::Client,
+        kind: &str,
+        out: &mut BTreeMap<String, String>,
+    ) -> anyhow::Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), NS);
+        for object in api.list(&Default::default()).await? {
+            let meta = object.meta();
+            out.insert(
+                format!("{kind}/{}", meta.name.clone().unwrap_or_default()),
+                meta.resource_version.clone().unwrap_or_default(),
+            );
+        }
+        Ok(())
+    }
+    let mut out = BTreeMap::new();
+    of::<Connection>(client, "Connection", &mut out).await?;
+    of::<Policy>(client, "Policy", &mut out).await?;
+    of::<ConfigMap>(client, "ConfigMap", &mut out).await?;
+    of::<Deployment>(client, "Deployment", &mut out).await?;
+    of::<Service>(client, "Service", &mut out).await?;
+    of::<ServiceAccount>(client, "ServiceAccount", &mut out).await?;
+    of::<Role>(client, "Role", &mut out).await?;
+    of::<RoleBinding>(client, "RoleBinding", &mut out).await?;
+    Ok(out)
+}
+
+pub async fn a_restarted_operator_changes_nothing_and_gitops_sees_no_diff(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    let operator = operator(&env).await?;
+    let client = env.kube.client(User::Admin).await?;
+    let connections: Api<Connection> = api(&env, &client);
+    // Settled: the main Connection is Ready.
+    let deployments: Api<Deployment> = api(&env, &client);
+    eventually(&deployments, "gatehouse-orders-db", |_| Some(())).await?;
+    report_available(&client, "gatehouse-orders-db").await?;
+    eventually(&connections, "orders-db", |c| {
+        condition(&c.status.as_ref()?.conditions, "Ready")
+            .filter(|r| r.status == "True")
+            .map(|_| ())
+    })
+    .await?;
+    let mut operator = operator.lock().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = versions(&client).await?;
+    operator.stop().await?;
+    *operator = start_operator(&env).await?;
+    // The new operator lists everything and reconciles every object once.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = versions(&client).await?;
+    ensure!(
+        before == after,
+        "a restart changed objects:\nbefore {before:#?}\nafter {after:#?}"
+    );
+    // What GitOps applied is what is there.
+    let diff = env
+        .kube
+        .kubectl(User::Admin)
+        .args(["diff", "--server-side", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn();
+    let mut diff = diff?;
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut input = diff.stdin.take().context("stdin")?;
+        input.write_all(MANIFESTS.as_bytes()).await?;
+    }
+    let out = diff.wait_with_output().await?;
+    ensure!(
+        out.status.success(),
+        "kubectl diff found changes:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    Ok(())
+}
