@@ -10,6 +10,8 @@ export GATEHOUSE_CACHE ?= $(HOME)/.cache/gatehouse
 # Builds are cached between runs and clones.
 export CARGO_TARGET_DIR ?= $(GATEHOUSE_CACHE)/target
 export CARGO_TERM_COLOR ?= never
+# Clones build once; incremental data would only fill the shared target folder.
+export CARGO_INCREMENTAL ?= 0
 
 CARGO ?= cargo
 TOOLS_BIN = $(shell e2e/tools/build.sh)

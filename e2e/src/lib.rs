@@ -18,6 +18,7 @@ pub mod env;
 pub mod error;
 pub mod gateway;
 pub mod kube;
+pub mod kubelet;
 pub mod net;
 pub mod pgbouncer;
 pub mod pki;

@@ -98,8 +98,9 @@ fn main() -> ExitCode {
         recording::a_proxy_killed_mid_session_uploads_its_recording_when_restarted,
         operator::a_connection_gets_its_proxy_children_and_a_ready_status,
         operator::an_invalid_policy_is_reported_and_applied_nowhere,
-        operator::a_missing_secret_or_key_is_named_and_no_proxy_is_deployed,
+        operator::a_missing_secret_or_key_is_named_no_proxy_is_deployed_and_deletion_cleans_up,
         operator::a_restarted_operator_changes_nothing_and_gitops_sees_no_diff,
+        operator::the_operators_proxy_serves_an_agent_and_follows_a_policy_edit,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

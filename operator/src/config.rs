@@ -9,9 +9,7 @@ use gatehouse_crds::{Connection, connection::RecordingMode};
 use gatehouse_proxy::config::NamedPolicy;
 use serde::Serialize;
 
-use crate::render::{
-    ADMIN_PORT, Names, PROXY_PORT, ProxySettings, RecordingS3, SPOOL_PATH, recording_mode, tls_mode,
-};
+use crate::render::{ADMIN_PORT, Names, PROXY_PORT, ProxySettings, RecordingS3, recording_mode, tls_mode};
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -86,7 +84,6 @@ struct Recording<'a> {
     mode: RecordingMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     signing_key_secret: Option<&'a str>,
-    spool_directory: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     s3: Option<S3<'a>>,
 }
@@ -122,7 +119,6 @@ pub fn render(
     let recording = Recording {
         mode,
         signing_key_secret: (mode != RecordingMode::Off).then_some(settings.recording_secret.as_str()),
-        spool_directory: SPOOL_PATH,
         s3: settings
             .recording_s3
             .as_ref()

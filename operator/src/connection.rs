@@ -13,13 +13,17 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use gatehouse_crds::{Connection, ConnectionStatus, Policy, connection::RecordingMode};
 use k8s_openapi::{
-    api::{apps::v1::Deployment, core::v1::Secret},
+    api::{apps::v1::Deployment, core::v1::Secret, rbac::v1::ClusterRoleBinding},
     jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{controller::Action, reflector::ObjectRef},
+    runtime::{
+        controller::Action,
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::ObjectRef,
+    },
 };
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -40,8 +44,35 @@ pub const PROXY_AVAILABLE: &str = "ProxyAvailable";
 /// How often a Connection is looked at again without a change.
 const RESYNC: Duration = Duration::from_secs(300);
 
-/// Reconciles one Connection.
+/// The finalizer that removes a deleted Connection's cluster-wide binding,
+/// which no owner reference can reach (a namespaced owner cannot own a
+/// cluster-scoped object).
+pub const FINALIZER: &str = "gatehouse.dev/auth-delegator";
+
+/// Reconciles one Connection: applies it, or cleans up after its deletion.
 pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = connection.namespace().ok_or(Error::NotNamespaced)?;
+    let api: Api<Connection> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, connection, |event| async {
+        match event {
+            FinalizerEvent::Apply(connection) => apply_connection(connection, ctx.clone()).await,
+            FinalizerEvent::Cleanup(connection) => {
+                let names = Names::new(&namespace, &connection.name_any());
+                let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
+                match bindings.delete(&names.auth_delegator, &Default::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(Error::Kube(e)),
+                }
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = connection.namespace().ok_or(Error::NotNamespaced)?;
     let names = Names::new(&namespace, &connection.name_any());
     let client = &ctx.client;
@@ -57,7 +88,15 @@ pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result
         .map(Arc::new)
         .collect();
     let (selected, _) = policy::selecting(&policies, &connection);
-    let rendered = config::render(&connection, &names, &selected, &ctx.settings);
+    // Checked as the proxy will read it: a configuration the proxy would
+    // refuse is never written.
+    let rendered = config::render(&connection, &names, &selected, &ctx.settings)
+        .map_err(|e| e.to_string())
+        .and_then(|text| {
+            gatehouse_proxy::cluster::check(&text)
+                .map(|_| text)
+                .map_err(|e| format!("the proxy would refuse it: {e}"))
+        });
     verdicts.push(match &rendered {
         Ok(_) => Verdict::ok(
             CONFIG_RENDERED,

@@ -46,6 +46,9 @@ pub enum Error {
     /// The API server refused or could not be reached.
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    /// Adding or removing the Connection's finalizer failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// A namespaced kind came without a namespace.
     #[error("the object has no namespace")]
     NotNamespaced,

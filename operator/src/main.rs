@@ -63,6 +63,8 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    // The Kubernetes client's TLS: ring, the provider the rest of the build uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

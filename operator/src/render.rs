@@ -40,6 +40,8 @@ pub const ADMIN_PORT: i32 = 9090;
 pub const CONFIG_KEY: &str = "config.yaml";
 /// Where the proxy spools recordings (an emptyDir).
 pub const SPOOL_PATH: &str = "/var/spool/gatehouse";
+/// Where the proxy writes the values of the Secrets it reads (an emptyDir in memory).
+pub const SECRETS_PATH: &str = "/var/run/gatehouse/secrets";
 
 /// What the operator was started with that shapes every proxy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,12 +310,24 @@ pub fn deployment(connection: &Connection, names: &Names, settings: &ProxySettin
     let container = Container {
         name: "proxy".to_owned(),
         image: Some(settings.image.clone()),
-        args: Some(vec![
-            "--config-map".to_owned(),
-            names.proxy.clone(),
-            "--drain".to_owned(),
-            "30s".to_owned(),
-        ]),
+        args: Some(
+            [
+                "--config-map",
+                &names.proxy,
+                "--secrets-dir",
+                SECRETS_PATH,
+                "--spool-dir",
+                SPOOL_PATH,
+                "--listen-address",
+                "0.0.0.0:5432",
+                "--admin-address",
+                "0.0.0.0:9090",
+                "--drain",
+                "30s",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        ),
         env: Some(vec![EnvVar {
             name: "POD_NAMESPACE".to_owned(),
             value_from: Some(EnvVarSource {
@@ -351,11 +365,18 @@ pub fn deployment(connection: &Connection, names: &Names, settings: &ProxySettin
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "spool".to_owned(),
-            mount_path: SPOOL_PATH.to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "spool".to_owned(),
+                mount_path: SPOOL_PATH.to_owned(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "secrets".to_owned(),
+                mount_path: SECRETS_PATH.to_owned(),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     };
     Deployment {
@@ -391,11 +412,22 @@ pub fn deployment(connection: &Connection, names: &Names, settings: &ProxySettin
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "spool".to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(vec![
+                        Volume {
+                            name: "spool".to_owned(),
+                            empty_dir: Some(EmptyDirVolumeSource::default()),
+                            ..Volume::default()
+                        },
+                        // Secret values never touch the node's disk.
+                        Volume {
+                            name: "secrets".to_owned(),
+                            empty_dir: Some(EmptyDirVolumeSource {
+                                medium: Some("Memory".to_owned()),
+                                ..EmptyDirVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        },
+                    ]),
                     ..PodSpec::default()
                 }),
             },

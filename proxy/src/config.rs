@@ -60,6 +60,39 @@ pub struct ProxyConfig {
     /// Limits that protect the proxy from slow or hostile clients.
     #[serde(default)]
     pub limits: Limits,
+    /// Just-in-time approvals: how long a held statement waits, and how long
+    /// its ApprovalRequest lives.
+    #[serde(default)]
+    pub approval: ApprovalSettings,
+}
+
+/// Timing of just-in-time approvals (the Connection's `spec.approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalSettings {
+    /// How long a statement that needs approval is held before it is refused.
+    #[serde(default = "default_hold_timeout", with = "humantime_serde")]
+    pub hold_timeout: Duration,
+    /// How long an ApprovalRequest stays valid.
+    #[serde(default = "default_approval_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for ApprovalSettings {
+    fn default() -> Self {
+        ApprovalSettings {
+            hold_timeout: default_hold_timeout(),
+            ttl: default_approval_ttl(),
+        }
+    }
+}
+
+fn default_hold_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+
+fn default_approval_ttl() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// The Connection a proxy serves.

@@ -1,14 +1,15 @@
-//! `gatehouse-proxy --config FILE`: serves one Connection from a configuration
-//! file (standalone mode; under the operator the file is its ConfigMap).
-//! Reloads the file when it changes; serves `/healthz`, `/readyz` and
-//! `/metrics` on `admin.address`; drains on SIGTERM or Ctrl-C (readiness
-//! fails first).
+//! `gatehouse-proxy --config FILE` (standalone) or `gatehouse-proxy
+//! --config-map NAME` (in a cluster, as the operator's Deployment runs it):
+//! serves one Connection. Reloads the file, or the ConfigMap and the Secrets
+//! it names (watched through the API), when they change; serves `/healthz`,
+//! `/readyz` and `/metrics` on `admin.address`; drains on SIGTERM or Ctrl-C
+//! (readiness fails first).
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use gatehouse_proxy::{
-    admin,
+    admin, cluster,
     config::ProxyConfig,
     server::{self, Runtime, Shared},
 };
@@ -18,8 +19,32 @@ use gatehouse_proxy::{
 #[command(version, about)]
 struct Args {
     /// The configuration file (see config/proxy/standalone.yaml).
-    #[arg(long, env = "GATEHOUSE_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        env = "GATEHOUSE_CONFIG",
+        required_unless_present = "config_map",
+        conflicts_with = "config_map"
+    )]
+    config: Option<PathBuf>,
+    /// In a cluster: the ConfigMap (key `config.yaml`) the operator renders,
+    /// read and watched through the API as the pod's ServiceAccount.
+    #[arg(long)]
+    config_map: Option<String>,
+    /// The namespace of the ConfigMap and Secrets.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    namespace: String,
+    /// Where the values of the Secrets the ConfigMap names are written (mode 0600).
+    #[arg(long, default_value = "/var/run/gatehouse/secrets")]
+    secrets_dir: PathBuf,
+    /// Overrides `recording.spoolDirectory` (the pod's spool volume).
+    #[arg(long, requires = "config_map")]
+    spool_dir: Option<PathBuf>,
+    /// Overrides `listen.address` (the pod's port).
+    #[arg(long, requires = "config_map")]
+    listen_address: Option<std::net::SocketAddr>,
+    /// Overrides `admin.address` (the pod's probe and metrics port).
+    #[arg(long, requires = "config_map")]
+    admin_address: Option<std::net::SocketAddr>,
     /// How long open sessions may finish after SIGTERM.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     drain: Duration,
@@ -34,8 +59,37 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    let runtime = match ProxyConfig::from_file(&args.config).and_then(Runtime::new) {
-        Ok(runtime) => runtime,
+    // The Kubernetes client's TLS: ring, the provider the rest of the build uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (loaded, source) = match (&args.config, &args.config_map) {
+        (Some(path), _) => (ProxyConfig::from_file(path).map(|c| (c, Vec::new())), None),
+        (None, Some(name)) => {
+            let source = match kube::Client::try_default().await {
+                Ok(client) => cluster::Source {
+                    client,
+                    namespace: args.namespace.clone(),
+                    config_map: name.clone(),
+                    secrets_dir: args.secrets_dir.clone(),
+                    overrides: cluster::Overrides {
+                        listen: args.listen_address,
+                        admin: args.admin_address,
+                        spool: args.spool_dir.clone(),
+                    },
+                },
+                Err(e) => {
+                    eprintln!("gatehouse-proxy: cannot reach the Kubernetes API: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            (source.load().await, Some(source))
+        }
+        (None, None) => {
+            eprintln!("gatehouse-proxy: --config FILE or --config-map NAME is required");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (runtime, secrets) = match loaded.and_then(|(config, secrets)| Ok((Runtime::new(config)?, secrets))) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("gatehouse-proxy: {e}");
             return ExitCode::FAILURE;
@@ -65,11 +119,19 @@ async fn main() -> ExitCode {
     }
     // The admin endpoint outlives the drain: /readyz says 503 meanwhile.
     tokio::spawn(admin::serve_admin(admin, shared.clone(), std::future::pending()));
-    tokio::spawn(server::watch_config(
-        args.config.clone(),
-        shared.clone(),
-        Duration::from_secs(1),
-    ));
+    match (source, &args.config) {
+        (Some(source), _) => {
+            tokio::spawn(source.watch(shared.clone(), secrets));
+        }
+        (None, Some(path)) => {
+            tokio::spawn(server::watch_config(
+                path.clone(),
+                shared.clone(),
+                Duration::from_secs(1),
+            ));
+        }
+        (None, None) => {}
+    }
     server::serve(listener, shared, shutdown_signal(), args.drain).await;
     ExitCode::SUCCESS
 }
