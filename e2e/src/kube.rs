@@ -253,6 +253,50 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Installs the ValidatingAdmissionPolicy that decides who may create and
+    /// review ApprovalRequests (`kubectl apply --server-side -k
+    /// config/admission`) and waits until the API server enforces it: it
+    /// loads policies a moment after they are written, so the wait probes with
+    /// a server-side dry run of a create the policy refuses (admin is not a
+    /// proxy).
+    pub async fn install_admission(&self) -> Result<()> {
+        let step = "install the admission policy";
+        run(
+            step,
+            self.kubectl(User::Admin)
+                .args(["apply", "--server-side", "-k"])
+                .arg(crate::repo_root().join("config/admission")),
+        )
+        .await?;
+        let probe = self.dir.join("admission-probe.json");
+        std::fs::write(
+            &probe,
+            r#"{"apiVersion":"gatehouse.dev/v1alpha1","kind":"ApprovalRequest","metadata":{"name":"admission-probe"},"spec":{"connection":"probe","requester":{"username":"probe"},"sessionID":"probe","statement":"SELECT 1","fingerprint":"probe","policy":"probe","rule":"probe","approvers":{"groups":["probe"]},"expiresAt":"2030-01-01T00:00:00Z"}}"#,
+        )
+        .step(step)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let output = self
+                .kubectl(User::Admin)
+                .args(["create", "--dry-run=server", "-n", "default", "-f"])
+                .arg(&probe)
+                .output()
+                .await
+                .step(step)?;
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if stderr.contains("ValidatingAdmissionPolicy 'gatehouse-approvalrequests'") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::step(
+                    step,
+                    format!("the policy was not enforced within 30s; the probe got: {stderr}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// Fails when etcd or the API server has exited.
     pub fn ensure_running(&mut self) -> Result<()> {
         self.etcd.ensure_running("etcd")?;

@@ -9,6 +9,7 @@ use std::{future::Future, path::PathBuf, pin::Pin, process::ExitCode, sync::Arc}
 use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
+mod admission;
 mod drivers;
 mod harness;
 mod identity;
@@ -101,6 +102,16 @@ fn main() -> ExitCode {
         operator::a_missing_secret_or_key_is_named_no_proxy_is_deployed_and_deletion_cleans_up,
         operator::a_restarted_operator_changes_nothing_and_gitops_sees_no_diff,
         operator::the_operators_proxy_serves_an_agent_and_follows_a_policy_edit,
+        admission::an_approver_approves_and_a_later_review_is_refused_as_decided,
+        admission::two_approvals_are_needed_and_a_third_is_refused_as_decided,
+        admission::the_requester_cannot_review_her_own_request,
+        admission::a_user_not_among_the_approvers_is_refused_by_the_policy,
+        admission::an_approver_adds_only_her_own_review_and_only_once,
+        admission::after_a_denial_no_approval_is_added,
+        admission::only_the_proxy_of_the_connection_creates_requests_without_reviews,
+        admission::an_expired_or_consumed_request_takes_no_review,
+        admission::metadata_updates_pass_even_after_a_decision,
+        admission::the_chart_installs_the_same_policy_as_config_admission,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()
@@ -170,10 +181,12 @@ fn main() -> ExitCode {
     conclusion.exit_code()
 }
 
-/// Starts the environment and installs the CRDs the way a user does.
+/// Starts the environment and installs the CRDs and the admission policy the
+/// way a user does.
 async fn setup() -> anyhow::Result<TestEnv> {
     let env = TestEnv::start().await?;
     env.kube.install_crds().await?;
+    env.kube.install_admission().await?;
     Ok(env)
 }
 

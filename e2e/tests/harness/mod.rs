@@ -14,7 +14,7 @@ use gatehouse_e2e::{
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::api::{Api, PostParams};
 
-use super::repo;
+use super::{admission::Namespace, repo};
 
 /// Runs kubectl as `user` and returns its output whatever the exit status.
 async fn kubectl(env: &TestEnv, user: User, args: &[&str]) -> anyhow::Result<Output> {
@@ -110,21 +110,56 @@ fn sample_approval_request_name() -> anyhow::Result<String> {
 }
 
 pub async fn samples_are_accepted_and_listed_with_printer_columns(env: Arc<TestEnv>) -> anyhow::Result<()> {
-    let ns = namespace(&env, "samples").await?;
-    let samples = repo().join("config/samples");
-    kubectl_ok(
-        &env,
-        User::Admin,
-        &[
-            "apply",
-            "--server-side",
-            "-n",
-            &ns,
-            "-k",
-            samples.to_str().context("path")?,
-        ],
-    )
-    .await?;
+    let samples = Namespace::new(&env, "samples").await?;
+    let ns = samples.name.clone();
+    let dir = repo().join("config/samples");
+    let kustomization: serde_json::Value =
+        serde_norway::from_str(&std::fs::read_to_string(dir.join("kustomization.yaml"))?)?;
+    let files = kustomization["resources"]
+        .as_array()
+        .context("config/samples/kustomization.yaml lists no resources")?;
+    for file in files {
+        let path = dir.join(file.as_str().context("resource")?);
+        let mut sample: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(&path)?)?;
+        if sample["kind"] != "ApprovalRequest" {
+            kubectl_ok(
+                &env,
+                User::Admin,
+                &[
+                    "apply",
+                    "--server-side",
+                    "-n",
+                    &ns,
+                    "-f",
+                    path.to_str().context("path")?,
+                ],
+            )
+            .await?;
+            continue;
+        }
+        // The admission policy lets only the Connection's proxy create a
+        // request, and without reviews: as on a cluster, the proxy creates
+        // it and each approver adds their review with the README's patch.
+        let name = sample["metadata"]["name"].as_str().context("name")?.to_owned();
+        let reviews = sample["spec"]
+            .as_object_mut()
+            .context("spec")?
+            .remove("reviews")
+            .unwrap_or_default();
+        samples.held(&sample).await?;
+        for review in reviews.as_array().into_iter().flatten() {
+            let user = User::ALL
+                .into_iter()
+                .find(|u| review["user"] == u.name())
+                .with_context(|| format!("no e2e user for the sample review {review}"))?;
+            let out = samples.review(user, &name, std::slice::from_ref(review)).await?;
+            ensure!(
+                out.status.success(),
+                "the sample's review by {user} was refused: {}",
+                stderr(&out)
+            );
+        }
+    }
     let table = kubectl_ok(&env, User::Admin, &["get", "gatehouse", "-n", &ns]).await?;
     for header in [
         "TYPE",
@@ -231,25 +266,23 @@ pub async fn invalid_manifests_are_rejected_with_their_cel_message(env: Arc<Test
 }
 
 pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) -> anyhow::Result<()> {
-    let ns = namespace(&env, "immutable").await?;
-    let manifest = env.path().join("immutable-ar.yaml");
-    std::fs::write(
-        &manifest,
+    // The proxy of orders-db creates the request and alice and bob (group dba)
+    // review it, as the admission policy requires. The other changes are
+    // tried as admin, whom RBAC lets through: the API server checks the CRD's
+    // CEL before it asks the admission policy, so the refusals are the CRD's.
+    let immutable = Namespace::new(&env, "immutable").await?;
+    let ns = immutable.name.clone();
+    let manifest: serde_json::Value = serde_norway::from_str(
         "apiVersion: gatehouse.dev/v1alpha1\nkind: ApprovalRequest\nmetadata:\n  name: held-delete\nspec:\n  connection: orders-db\n  requester: {username: \"system:serviceaccount:agents:planner\"}\n  sessionID: 01JTEST\n  statement: DELETE FROM orders WHERE id = $1\n  fingerprint: 5e2c0ab1\n  parametersHash: 9f86d081\n  policy: writes-need-approval\n  rule: writes-need-approval\n  approvers: {groups: [dba], required: 2}\n  expiresAt: \"2030-01-01T00:00:00Z\"\n",
     )?;
-    kubectl_ok(
-        &env,
-        User::Admin,
-        &["create", "-n", &ns, "-f", manifest.to_str().context("path")?],
-    )
-    .await?;
-    let patch = |kind: &'static str, body: &'static str| {
+    immutable.held(&manifest).await?;
+    let patch_as = |user: User, kind: &'static str, body: &'static str| {
         let env = env.clone();
         let ns = ns.clone();
         async move {
             kubectl(
                 &env,
-                User::Admin,
+                user,
                 &[
                     "patch",
                     "-n",
@@ -265,9 +298,11 @@ pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) 
             .await
         }
     };
+    let patch = |kind: &'static str, body: &'static str| patch_as(User::Admin, kind, body);
 
     // The README's approval patch applies to a request with no reviews yet.
-    let out = patch(
+    let out = patch_as(
+        User::Alice,
         "json",
         r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"alice","decision":"Approved","reason":"ticket 812"}}]"#,
     )
@@ -306,7 +341,8 @@ pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) 
         "{}",
         stderr(&out)
     );
-    let out = patch(
+    let out = patch_as(
+        User::Bob,
         "json",
         r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"bob","decision":"Approved"}}]"#,
     )
