@@ -87,6 +87,10 @@ struct Operator {
 
 static OPERATOR: OnceCell<Mutex<Operator>> = OnceCell::const_new();
 
+/// Tests that change objects in [`NS`] hold it shared; the restart test
+/// holds it alone, so that what it compares changes only by the operator.
+static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 fn settings(env: &TestEnv) -> ProxySettings {
     ProxySettings {
         image: "gatehouse-proxy:e2e".into(),
@@ -204,6 +208,7 @@ async fn report_available(client: &kube::Client, name: &str) -> anyhow::Result<(
 pub async fn a_connection_gets_its_proxy_children_and_a_ready_status(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
+    let _changing = QUIET.read().await;
     operator(&env).await?;
     let client = env.kube.client(User::Admin).await?;
     let connections: Api<Connection> = api(&env, &client);
@@ -256,7 +261,7 @@ pub async fn a_connection_gets_its_proxy_children_and_a_ready_status(
     let service: Service = api(&env, &client).get("orders-db").await?;
     ensure!(owner(&service.metadata));
     let deployments: Api<Deployment> = api(&env, &client);
-    let deployment = deployments.get("gatehouse-orders-db").await?;
+    let deployment = eventually(&deployments, "gatehouse-orders-db", |d| Some(d.clone())).await?;
     ensure!(owner(&deployment.metadata));
     let pod = deployment
         .spec
@@ -345,6 +350,7 @@ pub async fn an_invalid_policy_is_reported_and_applied_nowhere(env: Arc<TestEnv>
 pub async fn a_missing_secret_or_key_is_named_no_proxy_is_deployed_and_deletion_cleans_up(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
+    let _changing = QUIET.read().await;
     operator(&env).await?;
     let client = env.kube.client(User::Admin).await?;
     kubectl(
@@ -478,6 +484,7 @@ async fn versions(client: &kube::Client) -> anyhow::Result<BTreeMap<String, Stri
 pub async fn a_restarted_operator_changes_nothing_and_gitops_sees_no_diff(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
+    let _alone = QUIET.write().await;
     let operator = operator(&env).await?;
     let client = env.kube.client(User::Admin).await?;
     let connections: Api<Connection> = api(&env, &client);
@@ -528,6 +535,10 @@ pub async fn a_restarted_operator_changes_nothing_and_gitops_sees_no_diff(
 
 /// The namespace of the story: a Connection to the harness's PostgreSQL.
 const STORY: &str = "operator-story";
+/// The story's database role and its passwords before and after rotation.
+const STORY_ROLE: &str = "story_app";
+const FIRST_PASSWORD: &str = "story-first-5b1e";
+const SECOND_PASSWORD: &str = "story-second-9c2d";
 
 /// A token for the ServiceAccount `planner` of the story, for the gatehouse audience.
 async fn agent_token(env: &TestEnv) -> anyhow::Result<String> {
@@ -563,11 +574,18 @@ async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_p
     Ok(client)
 }
 
-pub async fn the_operators_proxy_serves_an_agent_and_follows_a_policy_edit(
+pub async fn the_operators_proxy_serves_an_agent_follows_a_policy_edit_and_a_rotated_secret(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
     use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
     operator(&env).await?;
+    // A role of the story's own, so rotating its password leaves the rest of the suite alone.
+    let superuser = env.postgres.superuser(gatehouse_e2e::postgres::DATABASE).await?;
+    superuser
+        .batch_execute(&format!(
+            "CREATE ROLE {STORY_ROLE} LOGIN PASSWORD '{FIRST_PASSWORD}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {STORY_ROLE};"
+        ))
+        .await?;
     let key = crate::recording::signing_key().to_pkcs8_pem(LineEnding::LF)?;
     let indent = |text: &str| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let manifests = format!(
@@ -582,7 +600,7 @@ metadata: {{name: planner, namespace: {STORY}}}
 apiVersion: v1
 kind: Secret
 metadata: {{name: story-db-creds, namespace: {STORY}}}
-stringData: {{username: {user}, password: "{password}"}}
+stringData: {{username: {STORY_ROLE}, password: "{FIRST_PASSWORD}"}}
 ---
 apiVersion: v1
 kind: Secret
@@ -610,8 +628,6 @@ spec:
     - {{name: reads, match: {{operations: [select]}}, action: allow}}
   masking: {{detectors: [all]}}
 "#,
-        user = gatehouse_e2e::postgres::APP_USER,
-        password = env.postgres.app_password,
         access = env.s3.access_key,
         secret = env.s3.secret_key,
         key = indent(key.as_str()),
@@ -638,7 +654,7 @@ spec:
     let session = agent(port, &token).await?;
     let who: String = session.query_one("SELECT current_user::text", &[]).await?.get(0);
     ensure!(
-        who == gatehouse_e2e::postgres::APP_USER,
+        who == STORY_ROLE,
         "the proxy injects its credential: {who}"
     );
     ensure!(
@@ -703,6 +719,42 @@ spec:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(allowed, "the restored Policy was not enforced within 10 s");
+
+    // The credential rotates: the database password changes and the Secret
+    // follows. Open sessions go on; new ones use the new password.
+    superuser
+        .batch_execute(&format!("ALTER ROLE {STORY_ROLE} PASSWORD '{SECOND_PASSWORD}'"))
+        .await?;
+    kubectl(
+        &env,
+        &[
+            "patch",
+            "secret",
+            "story-db-creds",
+            "-n",
+            STORY,
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"stringData":{{"password":"{SECOND_PASSWORD}"}}}}"#),
+        ],
+        None,
+    )
+    .await?;
+    let mut rotated = false;
+    for _ in 0..500 {
+        if let Ok(fresh) = agent(port, &token).await
+            && fresh.simple_query("SELECT 1").await.is_ok()
+        {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(rotated, "no new session with the rotated credential within 10 s");
+    ensure!(
+        session.simple_query("SELECT 2").await.is_ok(),
+        "the session opened before the rotation goes on"
+    );
     drop(pod);
     Ok(())
 }
