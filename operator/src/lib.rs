@@ -12,6 +12,7 @@
 //! [`run`] starts both controllers on one [`Context`].
 #![forbid(unsafe_code)]
 
+pub mod approval;
 pub mod conditions;
 pub mod config;
 pub mod connection;
@@ -22,7 +23,7 @@ pub mod render;
 use std::{future::Future, sync::Arc, time::Duration};
 
 use futures::StreamExt as _;
-use gatehouse_crds::{Connection, Policy};
+use gatehouse_crds::{ApprovalRequest, Connection, Policy};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
@@ -54,6 +55,15 @@ pub enum Error {
     NotNamespaced,
 }
 
+/// What the operator is started with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How proxies are shaped.
+    pub proxy: ProxySettings,
+    /// How long a finished ApprovalRequest stays after its `expiresAt`.
+    pub approval_retention: Duration,
+}
+
 /// What every reconcile shares.
 #[derive(Clone)]
 pub struct Context {
@@ -61,6 +71,10 @@ pub struct Context {
     pub client: Client,
     /// How proxies are shaped.
     pub settings: ProxySettings,
+    /// How long a finished ApprovalRequest stays after its `expiresAt`.
+    pub approval_retention: Duration,
+    /// Records a Kubernetes Event for each decision.
+    pub recorder: kube::runtime::events::Recorder,
 }
 
 impl std::fmt::Debug for Context {
@@ -78,11 +92,7 @@ fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
 
 /// Runs the Connection and Policy controllers until `shutdown` completes,
 /// then lets reconciles in flight finish.
-pub async fn run(
-    client: Client,
-    settings: ProxySettings,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -105,7 +115,15 @@ pub async fn run(
     let connection_store = connection_controller.store();
     let ctx = Arc::new(Context {
         client: client.clone(),
-        settings,
+        settings: settings.proxy,
+        approval_retention: settings.approval_retention,
+        recorder: kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
     });
 
     // A Policy change re-renders every Connection of its namespace (a
@@ -147,7 +165,7 @@ pub async fn run(
     let of_namespace = policy_store;
     let policy_run = policy_controller
         .watches(
-            Api::<Connection>::all(client),
+            Api::<Connection>::all(client.clone()),
             watcher::Config::default(),
             move |connection| {
                 of_namespace
@@ -158,14 +176,25 @@ pub async fn run(
                     .collect::<Vec<_>>()
             },
         )
-        .graceful_shutdown_on(stopped(shutdown_rx))
-        .run(policy::reconcile, error_policy, ctx)
+        .graceful_shutdown_on(stopped(shutdown_rx.clone()))
+        .run(policy::reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "Policy reconcile");
             }
         });
-    tokio::join!(connection_run, policy_run);
+    let approval_run = Controller::new(
+        Api::<ApprovalRequest>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(stopped(shutdown_rx.clone()))
+    .run(approval::reconcile, error_policy, ctx.clone())
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "ApprovalRequest reconcile");
+        }
+    });
+    tokio::join!(connection_run, policy_run, approval_run);
 }
 
 /// Children carry the operator's labels: watch only those.

@@ -1,4 +1,4 @@
-//! `gatehouse-operator`: reconciles Connections and Policies while it holds
+//! `gatehouse-operator`: reconciles Connections, Policies and ApprovalRequests while it holds
 //! the Lease `--lease-name` in `--lease-namespace` (two replicas are safe:
 //! the other waits), serves `/healthz` and `/readyz` on `--health-address`,
 //! logs JSON, and on SIGTERM lets reconciles in flight finish and releases
@@ -43,6 +43,10 @@ struct Args {
     /// `/healthz` and `/readyz`.
     #[arg(long, env = "GATEHOUSE_HEALTH_ADDRESS", default_value = "0.0.0.0:8081")]
     health_address: SocketAddr,
+    /// How long a finished ApprovalRequest (denied, expired or consumed) is
+    /// kept after its `expiresAt`, for `kubectl get` and audits.
+    #[arg(long, env = "GATEHOUSE_APPROVAL_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    approval_retention: std::time::Duration,
     /// The namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "gatehouse-system")]
     lease_namespace: String,
@@ -76,7 +80,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
-    let settings = ProxySettings {
+    let proxy = ProxySettings {
         image: args.proxy_image,
         recording_secret: args.recording_secret,
         recording_s3: args.recording_s3_bucket.map(|bucket| RecordingS3 {
@@ -86,6 +90,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             path_style: args.recording_s3_path_style,
             prefix: args.recording_s3_prefix,
         }),
+    };
+    let settings = gatehouse_operator::Settings {
+        proxy,
+        approval_retention: args.approval_retention,
     };
     let health = tokio::net::TcpListener::bind(args.health_address).await?;
     tokio::spawn(gatehouse_operator::health::serve(health));

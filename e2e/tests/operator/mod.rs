@@ -91,7 +91,15 @@ static OPERATOR: OnceCell<Mutex<Operator>> = OnceCell::const_new();
 /// holds it alone, so that what it compares changes only by the operator.
 static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-fn settings(env: &TestEnv) -> ProxySettings {
+fn settings(env: &TestEnv) -> gatehouse_operator::Settings {
+    gatehouse_operator::Settings {
+        proxy: proxy_settings(env),
+        // Finished requests go 2 s after they expire, so the test sees it.
+        approval_retention: Duration::from_secs(2),
+    }
+}
+
+fn proxy_settings(env: &TestEnv) -> ProxySettings {
     ProxySettings {
         image: "gatehouse-proxy:e2e".into(),
         recording_secret: "gatehouse-recording".into(),
@@ -653,10 +661,7 @@ spec:
     let token = agent_token(&env).await?;
     let session = agent(port, &token).await?;
     let who: String = session.query_one("SELECT current_user::text", &[]).await?.get(0);
-    ensure!(
-        who == STORY_ROLE,
-        "the proxy injects its credential: {who}"
-    );
+    ensure!(who == STORY_ROLE, "the proxy injects its credential: {who}");
     ensure!(
         session
             .batch_execute("DELETE FROM orders WHERE false")
@@ -756,5 +761,163 @@ spec:
         "the session opened before the rotation goes on"
     );
     drop(pod);
+    Ok(())
+}
+
+/// An ApprovalRequest the proxy of `orders-db` holds in the admission tests'
+/// namespace shape, expiring `expires_in` from now.
+fn held(name: &str, required: i32, expires_in: Duration) -> serde_json::Value {
+    let mut request = crate::admission::request(
+        name,
+        "system:serviceaccount:agents:planner",
+        serde_json::json!({"groups": ["dba"], "required": required}),
+    );
+    let expires = k8s_openapi::jiff::Timestamp::now()
+        + k8s_openapi::jiff::SignedDuration::try_from(expires_in).unwrap_or_default();
+    request["spec"]["expiresAt"] = serde_json::Value::String(
+        expires
+            .round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or(expires)
+            .to_string(),
+    );
+    request
+}
+
+fn review(user: User, decision: &str, reason: &str) -> serde_json::Value {
+    serde_json::json!({"user": user.name(), "decision": decision, "reason": reason})
+}
+
+pub async fn approval_requests_are_decided_expire_leave_events_and_go(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    operator(&env).await?;
+    let ns = crate::admission::Namespace::new(&env, "approvals-e2e").await?;
+    let client = env.kube.client(User::Admin).await?;
+    let requests: Api<gatehouse_crds::ApprovalRequest> = Api::namespaced(client.clone(), &ns.name);
+    let phase = |name: &'static str| {
+        let requests = requests.clone();
+        async move {
+            eventually(&requests, name, |r| {
+                let status = r.status.as_ref()?;
+                Some((status.phase?, status.message.clone().unwrap_or_default()))
+            })
+            .await
+        }
+    };
+    for (name, required) in [("approve-me", 2), ("deny-me", 1), ("let-me-lapse", 1)] {
+        let lifetime = if name == "let-me-lapse" {
+            Duration::from_secs(2)
+        } else {
+            Duration::from_secs(600)
+        };
+        ns.held(&held(name, required, lifetime)).await?;
+    }
+    ensure!(phase("approve-me").await?.0 == gatehouse_crds::Phase::Pending);
+
+    // N of M: two approvers.
+    allowed(
+        ns.review(
+            User::Alice,
+            "approve-me",
+            &[review(User::Alice, "Approved", "ticket 812")],
+        )
+        .await?,
+    )?;
+    ensure!(
+        phase("approve-me").await?.0 == gatehouse_crds::Phase::Pending,
+        "one of two approvals"
+    );
+    allowed(
+        ns.review(
+            User::Bob,
+            "approve-me",
+            &[review(User::Bob, "Approved", "looks right")],
+        )
+        .await?,
+    )?;
+    let approved = eventually(&requests, "approve-me", |r| {
+        let status = r.status.as_ref()?;
+        (status.phase == Some(gatehouse_crds::Phase::Approved)).then(|| status.message.clone())
+    })
+    .await?;
+    ensure!(
+        approved.as_deref() == Some("approved by alice, bob"),
+        "{approved:?}"
+    );
+
+    allowed(
+        ns.review(
+            User::Alice,
+            "deny-me",
+            &[review(User::Alice, "Denied", "not during the freeze")],
+        )
+        .await?,
+    )?;
+    let denied = eventually(&requests, "deny-me", |r| {
+        let status = r.status.as_ref()?;
+        (status.phase == Some(gatehouse_crds::Phase::Denied)).then(|| status.message.clone())
+    })
+    .await?;
+    ensure!(
+        denied.as_deref() == Some("denied by alice: not during the freeze"),
+        "{denied:?}"
+    );
+
+    let lapsed = eventually(&requests, "let-me-lapse", |r| {
+        let status = r.status.as_ref()?;
+        (status.phase == Some(gatehouse_crds::Phase::Expired)).then(|| status.message.clone())
+    })
+    .await?;
+    ensure!(lapsed.is_some_and(|m| m.contains("expired at")), "expired");
+
+    // Each decision is an Event on its request.
+    let events = kubectl(&env, &["get", "events", "-n", &ns.name, "-o", "json"], None).await?;
+    let events: serde_json::Value = serde_json::from_str(&events)?;
+    let reasons: Vec<(String, String)> = events["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            (
+                e["regarding"]["name"]
+                    .as_str()
+                    .or(e["involvedObject"]["name"].as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    for expected in [
+        ("approve-me", "Approved"),
+        ("deny-me", "Denied"),
+        ("let-me-lapse", "Expired"),
+    ] {
+        ensure!(
+            reasons.iter().any(|(n, r)| n == expected.0 && r == expected.1),
+            "no {expected:?} Event in {reasons:?}"
+        );
+    }
+    // Finished requests go after the retention (2 s past expiry here); the
+    // approved one waits for its statement.
+    let mut gone = false;
+    for _ in 0..100 {
+        if requests.get_opt("let-me-lapse").await?.is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(gone, "the expired request outlived its retention");
+    ensure!(requests.get_opt("approve-me").await?.is_some());
+    Ok(())
+}
+
+fn allowed(out: std::process::Output) -> anyhow::Result<()> {
+    ensure!(
+        out.status.success(),
+        "refused: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
