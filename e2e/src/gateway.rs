@@ -153,3 +153,12 @@ pub async fn start_proxy(
     ));
     Ok(Proxy { port, config_file })
 }
+
+/// Replaces a watched configuration file at once (a temporary file renamed
+/// over it, as editors and mounted ConfigMaps do), so the watcher never
+/// reads it half-written.
+pub fn replace_config(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, contents)?;
+    std::fs::rename(&partial, path)
+}

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt as _, stream::select_all};
+use futures::{FutureExt as _, StreamExt as _, stream::select_all};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api,
@@ -39,6 +39,27 @@ use crate::{
     metrics::ReloadResult,
     server::{Runtime, Shared},
 };
+
+/// What a watch event means for the proxy.
+enum Signal {
+    /// The object changed or went away.
+    Changed,
+    /// A (re-)list of the watch completed.
+    Listed,
+    /// Part of a list, or a list starting: nothing to do yet.
+    Quiet,
+    /// The watch failed; it retries with backoff.
+    Failed(String),
+}
+
+fn signal<K>(event: Result<watcher::Event<K>, watcher::Error>) -> Signal {
+    match event {
+        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Signal::Changed,
+        Ok(watcher::Event::InitDone) => Signal::Listed,
+        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => Signal::Quiet,
+        Err(e) => Signal::Failed(e.to_string()),
+    }
+}
 
 /// The key of the configuration in the ConfigMap.
 pub const CONFIG_KEY: &str = "config.yaml";
@@ -151,7 +172,7 @@ impl Source {
                     by_name(&self.config_map),
                 )
                 .default_backoff()
-                .map(|event| event.map(|_| ()).map_err(|e| e.to_string()))
+                .map(signal)
                 .boxed(),
             ];
             for name in &secrets {
@@ -161,24 +182,39 @@ impl Source {
                         by_name(name),
                     )
                     .default_backoff()
-                    .map(|event| event.map(|_| ()).map_err(|e| e.to_string()))
+                    .map(signal)
                     .boxed(),
                 );
             }
-            let mut events = select_all(streams);
-            // The first list of each watch is what `load` already read.
-            let mut initial = secrets.len() + 1;
-            while let Some(event) = events.next().await {
-                if let Err(e) = event {
-                    tracing::warn!(error = %e, "watching the configuration; retrying");
-                    continue;
-                }
-                if initial > 0 {
-                    initial -= 1;
-                    continue;
+            let mut listed = vec![false; streams.len()];
+            let mut events = select_all(
+                streams
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, stream)| stream.map(move |signal| (i, signal)).boxed()),
+            );
+            while let Some((i, signal)) = events.next().await {
+                match signal {
+                    Signal::Failed(e) => {
+                        tracing::warn!(error = %e, "watching the configuration; retrying");
+                        continue;
+                    }
+                    Signal::Quiet => continue,
+                    // The first list of each watch is what `load` read; a
+                    // later one (after a reconnect) may hide a change.
+                    Signal::Listed if !listed[i] => {
+                        listed[i] = true;
+                        continue;
+                    }
+                    Signal::Listed | Signal::Changed => {}
                 }
                 // A burst of changes (a rotated Secret and its ConfigMap) becomes one reload.
                 tokio::time::sleep(Duration::from_millis(50)).await;
+                while let Some(Some((i, signal))) = events.next().now_or_never() {
+                    if matches!(signal, Signal::Listed) {
+                        listed[i] = true;
+                    }
+                }
                 match self
                     .load()
                     .await

@@ -334,7 +334,7 @@ pub async fn config_reloads_are_counted_and_an_invalid_one_changes_nothing(
     ensure!(loaded_at > 1.7e9, "no start-up load time: {loaded_at}");
     let original = std::fs::read_to_string(&proxy.config_file)?;
 
-    std::fs::write(&proxy.config_file, "listen: [not, a, config]")?;
+    gatehouse_e2e::gateway::replace_config(&proxy.config_file, "listen: [not, a, config]")?;
     let scrape = eventually(&proxy, "the invalid config being refused", |s| {
         Ok(s.value(r#"gatehouse_config_reloads_total{result="error"}"#)? == 1.0)
     })
@@ -366,7 +366,7 @@ pub async fn config_reloads_are_counted_and_an_invalid_one_changes_nothing(
         "        - {name: no-credentials, match: {tables: [public.api_credentials]}, action: deny}\n        - {name: no-ddl,",
     );
     ensure!(edited != original, "the edit did not apply");
-    std::fs::write(&proxy.config_file, &edited)?;
+    gatehouse_e2e::gateway::replace_config(&proxy.config_file, &edited)?;
     let scrape = eventually(&proxy, "the valid config being loaded", |s| {
         Ok(s.value(r#"gatehouse_config_reloads_total{result="ok"}"#)? == 1.0)
     })

@@ -259,7 +259,7 @@ pub async fn a_policy_change_applies_to_open_sessions(env: Arc<TestEnv>) -> anyh
         "        - {name: no-credentials, match: {tables: [public.api_credentials]}, action: deny}\n        - {name: no-ddl,",
     );
     ensure!(edited != original, "the edit did not apply");
-    std::fs::write(&proxy.config_file, &edited)?;
+    gatehouse_e2e::gateway::replace_config(&proxy.config_file, &edited)?;
     let mut refused = false;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -273,12 +273,12 @@ pub async fn a_policy_change_applies_to_open_sessions(env: Arc<TestEnv>) -> anyh
         }
     }
     // An invalid configuration keeps the last good one.
-    std::fs::write(&proxy.config_file, "listen: [not, a, config]")?;
+    gatehouse_e2e::gateway::replace_config(&proxy.config_file, "listen: [not, a, config]")?;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let still = client
         .query_one("SELECT count(*) FROM api_credentials", &[])
         .await;
-    std::fs::write(&proxy.config_file, &original)?;
+    gatehouse_e2e::gateway::replace_config(&proxy.config_file, &original)?;
     ensure!(refused, "the new rule was not enforced within 5 s");
     ensure!(
         still.is_err(),
