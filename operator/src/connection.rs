@@ -9,7 +9,7 @@
 //! cannot be rendered keeps its last good ConfigMap and Deployment: a proxy
 //! never runs on a broken configuration.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use gatehouse_crds::{Connection, ConnectionStatus, Policy, connection::RecordingMode};
 use k8s_openapi::{
@@ -353,9 +353,4 @@ pub fn connections_of_policy(policy: &Policy, connections: &[Arc<Connection>]) -
         .filter(|c| c.namespace() == namespace)
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
-}
-
-/// Labels of a Connection (for selectors).
-pub fn labels_of(connection: &Connection) -> BTreeMap<String, String> {
-    connection.labels().clone()
 }

@@ -1,6 +1,6 @@
-//! The Gatehouse operator: reconciles Connection and Policy (group
-//! `gatehouse.dev`) into proxy Deployments, their configuration and their
-//! permissions.
+//! The Gatehouse operator: reconciles Connection, Policy and ApprovalRequest
+//! (group `gatehouse.dev`): proxy Deployments with their configuration and
+//! permissions, Policy statuses, and the life of each approval.
 //!
 //! - [`connection`]: per Connection a ServiceAccount, Role, RoleBinding, an
 //!   auth-delegator ClusterRoleBinding, the rendered proxy configuration
@@ -8,8 +8,10 @@
 //!   all applied server-side with the field manager [`FIELD_MANAGER`].
 //! - [`policy`]: which Connections each Policy selects, and whether the
 //!   proxy compiles it.
+//! - [`approval`]: an ApprovalRequest's phase from its reviews and the
+//!   clock, an Event per decision, removal after the retention.
 //!
-//! [`run`] starts both controllers on one [`Context`].
+//! [`run`] starts the three controllers on one [`Context`].
 #![forbid(unsafe_code)]
 
 pub mod approval;

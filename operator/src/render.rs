@@ -319,9 +319,9 @@ pub fn deployment(connection: &Connection, names: &Names, settings: &ProxySettin
                 "--spool-dir",
                 SPOOL_PATH,
                 "--listen-address",
-                "0.0.0.0:5432",
+                &format!("0.0.0.0:{PROXY_PORT}"),
                 "--admin-address",
-                "0.0.0.0:9090",
+                &format!("0.0.0.0:{ADMIN_PORT}"),
                 "--drain",
                 "30s",
             ]
