@@ -194,12 +194,27 @@ impl ControlPlane {
     }
 
     fn write_kubeconfig(&self, user: User, token: &str) -> Result<()> {
+        self.write_token_kubeconfig(&self.kubeconfig(user), user.name(), token, "default")
+            .step("write kubeconfigs")
+    }
+
+    /// Writes (mode 0600) a kubeconfig for this API server that
+    /// authenticates as `name` with `token`, in `namespace`: a static user,
+    /// or a ServiceAccount with a token from the TokenRequest API.
+    pub fn write_token_kubeconfig(
+        &self,
+        path: &Path,
+        name: &str,
+        token: &str,
+        namespace: &str,
+    ) -> std::io::Result<()> {
         let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {user}@e2e\n  context:\n    cluster: e2e\n    user: {user}\n    namespace: default\ncurrent-context: {user}@e2e\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {name}\n  user:\n    token: {token}\ncontexts:\n- name: {name}@e2e\n  context:\n    cluster: e2e\n    user: {name}\n    namespace: {namespace}\ncurrent-context: {name}@e2e\n",
             url = self.url,
             ca = self.ca_file.display(),
+            token = token.trim(),
         );
-        write_private(&self.kubeconfig(user), &kubeconfig).step("write kubeconfigs")
+        write_private(path, &kubeconfig)
     }
 
     /// The kubeconfig file of `user`.

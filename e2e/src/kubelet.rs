@@ -21,7 +21,6 @@ use kube::{
 
 use crate::{
     TestEnv, User,
-    kube::write_private,
     net::{free_port, wait_for_port},
     process::{Process, Spawn},
 };
@@ -87,14 +86,8 @@ pub async fn run_deployment(env: &TestEnv, namespace: &str, name: &str) -> anyho
     );
     let token = String::from_utf8(out.stdout)?.trim().to_owned();
     let kubeconfig = dir.join("kubeconfig");
-    write_private(
-        &kubeconfig,
-        &format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: pod\n  user:\n    token: {token}\ncontexts:\n- name: pod\n  context: {{cluster: e2e, user: pod, namespace: {namespace}}}\ncurrent-context: pod\n",
-            url = env.kube.url,
-            ca = env.kube.ca_file.display(),
-        ),
-    )?;
+    env.kube
+        .write_token_kubeconfig(&kubeconfig, &service_account, &token, namespace)?;
 
     // Volumes and ports, mapped.
     let mut paths = Vec::new();

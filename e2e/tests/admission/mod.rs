@@ -8,7 +8,7 @@
 use std::{path::PathBuf, process::Output, sync::Arc};
 
 use anyhow::{Context as _, ensure};
-use gatehouse_e2e::{TestEnv, User, kube::write_private};
+use gatehouse_e2e::{TestEnv, User};
 use serde_json::{Value, json};
 
 use super::repo;
@@ -159,15 +159,7 @@ impl Namespace {
         )
         .await?;
         let path = env.path().join(format!("kubeconfig-{ns}-{sa}"));
-        write_private(
-            &path,
-            &format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: {sa}\n  user:\n    token: {token}\ncontexts:\n- name: {sa}\n  context: {{cluster: e2e, user: {sa}, namespace: {ns}}}\ncurrent-context: {sa}\n",
-                url = env.kube.url,
-                ca = env.kube.ca_file.display(),
-                token = token.trim(),
-            ),
-        )?;
+        env.kube.write_token_kubeconfig(&path, &sa, &token, ns)?;
         Ok(path)
     }
 

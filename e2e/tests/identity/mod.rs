@@ -93,12 +93,8 @@ async fn proxy_kubeconfig(env: &TestEnv, dir: &Path) -> anyhow::Result<PathBuf> 
     )
     .await?;
     let path = dir.join("kubeconfig");
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: {url}\n    certificate-authority: {ca}\nusers:\n- name: gatehouse-proxy\n  user:\n    token: {token}\ncontexts:\n- name: proxy\n  context: {{cluster: e2e, user: gatehouse-proxy}}\ncurrent-context: proxy\n",
-        url = env.kube.url,
-        ca = env.kube.ca_file.display(),
-    );
-    write_private(&path, &kubeconfig)?;
+    env.kube
+        .write_token_kubeconfig(&path, "gatehouse-proxy", &token, NS)?;
     // The account may review tokens, and may not do anything else.
     let can = |verb: &'static str, resource: &'static str| {
         let path = path.clone();
