@@ -270,16 +270,13 @@ fn print_event(event: &Event, out: &mut dyn Write) -> std::io::Result<()> {
             text: statement,
             decision,
             reason,
-            approval,
         } => {
-            let verdict = match (decision.as_str(), approval) {
-                ("allow", _) => "allowed".to_owned(),
-                ("deny", _) => "DENIED".to_owned(),
-                ("requireApproval", Some(approval)) => {
-                    format!("allowed by approval {}", text::line(approval))
-                }
-                ("requireApproval", None) => "REFUSED (approval required)".to_owned(),
-                (other, _) => text::line(other),
+            let verdict = match decision.as_str() {
+                "allow" => "allowed".to_owned(),
+                "deny" => "DENIED".to_owned(),
+                "requireApproval" if reason.is_some() => "REFUSED (approval required)".to_owned(),
+                "requireApproval" => "HELD for approval".to_owned(),
+                other => text::line(other),
             };
             lines.extend(paragraph(
                 &format!("{} {verdict}: ", statement_ref(*id)),
@@ -289,6 +286,28 @@ fn print_event(event: &Event, out: &mut dyn Write) -> std::io::Result<()> {
                 lines.push(format!("reason: {}", text::line(reason)));
             }
             "statement"
+        }
+        Body::Approval {
+            statement,
+            request,
+            outcome,
+            message,
+        } => {
+            let request = request
+                .as_deref()
+                .map_or_else(|| "no request".to_owned(), text::line);
+            let what = if outcome == "approved" {
+                "runs".to_owned()
+            } else {
+                "REFUSED".to_owned()
+            };
+            lines.push(format!(
+                "{} approval {}: {} ({request}), {what}",
+                statement_ref(*statement),
+                text::line(outcome),
+                message.as_deref().map_or_else(String::new, text::line),
+            ));
+            "approval"
         }
         Body::Result {
             statement,
@@ -464,7 +483,6 @@ mod tests {
             text: "DROP TABLE customers".into(),
             decision: "deny".into(),
             reason: Some("Policy shop/readonly denies DDL".into()),
-            approval: None,
         });
         assert!(out.contains("#3 DENIED: DROP TABLE customers"), "{out}");
         assert!(out.contains("reason: Policy shop/readonly denies DDL"), "{out}");

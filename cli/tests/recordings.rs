@@ -229,7 +229,6 @@ fn sessions() -> Vec<Session> {
                     text: "SELECT id, email\nFROM customers".into(),
                     decision: "allow".into(),
                     reason: None,
-                    approval: None,
                 },
                 Body::Rows {
                     statement: 1,
@@ -252,14 +251,12 @@ fn sessions() -> Vec<Session> {
                     text: "DROP TABLE customers".into(),
                     decision: "deny".into(),
                     reason: Some("Policy shop/agents denies DDL".into()),
-                    approval: None,
                 },
                 Body::Statement {
                     id: 3,
                     text: "SELECT * FROM nope".into(),
                     decision: "allow".into(),
                     reason: None,
-                    approval: None,
                 },
                 Body::Result {
                     statement: 3,
@@ -289,7 +286,6 @@ fn sessions() -> Vec<Session> {
                 text: "SELECT 1".into(),
                 decision: "allow".into(),
                 reason: None,
-                approval: None,
             }],
             closed: true,
         },
@@ -298,13 +294,20 @@ fn sessions() -> Vec<Session> {
             namespace: "staging",
             connection: "orders-db",
             user: "planner",
-            bodies: vec![Body::Statement {
-                id: 1,
-                text: "UPDATE orders SET state = 'shipped' WHERE id = 7".into(),
-                decision: "requireApproval".into(),
-                reason: None,
-                approval: Some("approve-7f3a".into()),
-            }],
+            bodies: vec![
+                Body::Statement {
+                    id: 1,
+                    text: "UPDATE orders SET state = 'shipped' WHERE id = 7".into(),
+                    decision: "requireApproval".into(),
+                    reason: None,
+                },
+                Body::Approval {
+                    statement: 1,
+                    request: Some("approve-7f3a".into()),
+                    outcome: "approved".into(),
+                    message: Some("approved by alice".into()),
+                },
+            ],
             closed: false,
         },
     ]
@@ -461,8 +464,13 @@ async fn replay_without_a_key_warns_at_the_top() {
         open.stdout
     );
     assert!(
+        open.stdout.contains("#1 HELD for approval: UPDATE orders"),
+        "{}",
         open.stdout
-            .contains("#1 allowed by approval approve-7f3a: UPDATE orders"),
+    );
+    assert!(
+        open.stdout
+            .contains("#1 approval approved: approved by alice (approve-7f3a), runs"),
         "{}",
         open.stdout
     );

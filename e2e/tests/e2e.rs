@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         operator::a_missing_secret_or_key_is_named_no_proxy_is_deployed_and_deletion_cleans_up,
         operator::a_restarted_operator_changes_nothing_and_gitops_sees_no_diff,
         operator::the_operators_proxy_serves_an_agent_follows_a_policy_edit_and_a_rotated_secret,
+        operator::a_held_statement_runs_once_when_approved_and_only_as_approved,
         operator::approval_requests_are_decided_expire_leave_events_and_go,
         admission::an_approver_approves_and_a_later_review_is_refused_as_decided,
         admission::two_approvals_are_needed_and_a_third_is_refused_as_decided,

@@ -113,6 +113,15 @@ async fn main() -> ExitCode {
     };
     tracing::info!(%address, admin = %admin_address, "listening");
     let shared = Shared::new(runtime);
+    if let Some(source) = &source {
+        // In a cluster, statements that need approval are held and asked for.
+        let connection = &shared.runtime().config.connection;
+        shared.set_approver(gatehouse_proxy::approval::ClusterApprover::new(
+            source.client.clone(),
+            &connection.namespace,
+            &connection.name,
+        ));
+    }
     if let Err(e) = shared.start_recording() {
         eprintln!("gatehouse-proxy: {e}");
         return ExitCode::FAILURE;

@@ -140,7 +140,7 @@ impl Recorder {
             user: identity.username.clone(),
         };
         let connect = Body::Connect {
-            session,
+            session: session.clone(),
             connection: self.connection.clone(),
             user: identity.username.clone(),
             groups: identity.groups.clone(),
@@ -150,7 +150,7 @@ impl Recorder {
         match self.spool.start(info, connect) {
             Ok(mut writer) => {
                 writer.set_best_effort(!required);
-                Ok(Some(Tape::new(writer, self.max_rows, self.max_bytes)))
+                Ok(Some(Tape::new(writer, session, self.max_rows, self.max_bytes)))
             }
             Err(e) if required => Err(RecordingUnavailable(format!(
                 "Gatehouse cannot record this session ({e}); recording is required on this Connection"
@@ -178,6 +178,7 @@ struct Awaiting {
 #[derive(Debug)]
 pub struct Tape {
     writer: SessionWriter,
+    session: String,
     next_id: u64,
     max_rows: u64,
     max_bytes: u64,
@@ -196,9 +197,10 @@ pub struct Tape {
 }
 
 impl Tape {
-    fn new(writer: SessionWriter, max_rows: u64, max_bytes: u64) -> Tape {
+    fn new(writer: SessionWriter, session: String, max_rows: u64, max_bytes: u64) -> Tape {
         Tape {
             writer,
+            session,
             next_id: 1,
             max_rows,
             max_bytes,
@@ -215,25 +217,36 @@ impl Tape {
         }
     }
 
+    /// The session id recordings file it under.
+    pub fn session(&self) -> &str {
+        &self.session
+    }
+
     /// Records a statement the client sent with the policy's verdict:
     /// a simple Query's text (`prepared: None`), or a Parse's, with the name
     /// it prepares.
     pub fn statement(&mut self, prepared: Option<&str>, sql: &str, verdict: Result<(), &Refusal>) {
+        match verdict {
+            Ok(()) => self.record_statement(prepared, sql, "allow", None),
+            Err(refusal) => self.record_statement(prepared, sql, refusal.decision, Some(refusal)),
+        }
+    }
+
+    fn record_statement(
+        &mut self,
+        prepared: Option<&str>,
+        sql: &str,
+        decision: &str,
+        refusal: Option<&Refusal>,
+    ) {
         let id = self.next_id;
         self.next_id += 1;
-        let (decision, reason) = match verdict {
-            Ok(()) => ("allow", None),
-            Err(refusal) => (
-                refusal.decision,
-                Some(crate::mask::statement_text(&refusal.message).into_owned()),
-            ),
-        };
+        let reason = refusal.map(|r| crate::mask::statement_text(&r.message).into_owned());
         self.writer.record(Body::Statement {
             id,
             text: crate::mask::statement_text(sql).into_owned(),
             decision: decision.to_owned(),
             reason,
-            approval: None,
         });
         match prepared {
             None => self.awaiting.push_back(Awaiting {
@@ -246,6 +259,39 @@ impl Tape {
                 self.prepared.insert(name.to_owned(), id);
             }
         }
+    }
+
+    /// Records a statement held for approval (decision `requireApproval`,
+    /// no reason yet); [`Tape::approval`] records how its hold ends.
+    pub fn held(&mut self, prepared: Option<&str>, sql: &str) {
+        self.record_statement(prepared, sql, "requireApproval", None);
+    }
+
+    /// Records how the hold of a statement ended: the last simple Query
+    /// recorded (`prepared: None`), or the prepared statement a Bind names.
+    pub fn approval(&mut self, prepared: Option<&str>, outcome: &crate::approval::Outcome) {
+        let statement = match prepared {
+            None => self.next_id.saturating_sub(1),
+            Some(name) => self.prepared.get(name).copied().unwrap_or(0),
+        };
+        use crate::approval::Outcome;
+        let message = match outcome {
+            Outcome::Approved { message, .. }
+            | Outcome::Denied { message, .. }
+            | Outcome::Expired { message, .. } => Some(message.clone()),
+            Outcome::TimedOut { waited, .. } => Some(format!(
+                "not approved within {}",
+                humantime::format_duration(*waited)
+            )),
+            Outcome::Cancelled { .. } => Some("the client cancelled the statement".to_owned()),
+            Outcome::Failed(why) => Some(why.clone()),
+        };
+        self.writer.record(Body::Approval {
+            statement,
+            request: outcome.request().map(str::to_owned),
+            outcome: outcome.kind().to_owned(),
+            message: message.map(|m| crate::mask::statement_text(&m).into_owned()),
+        });
     }
 
     /// Notes a client frame as forwarded (after [`Tape::statement`] for a

@@ -13,6 +13,7 @@ use std::{
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
 
 use crate::{
+    approval::Approver,
     config::ProxyConfig,
     identity::{AuthError, Authenticator, Identity},
     mask::{policy::Maskers, rows::Masker},
@@ -85,8 +86,10 @@ impl Runtime {
 
 /// A cancel key the proxy handed a client: process id and secret.
 type CancelKey = (i32, Vec<u8>);
-/// Where a cancel for that key goes: the server's address and its own key.
-type UpstreamCancel = (String, BackendKeyData);
+/// Where a cancel for that key goes: the server's address and its own key
+/// (when the server gave one), and the session's notifier, which withdraws
+/// a statement held for approval.
+type UpstreamCancel = (Option<(String, BackendKeyData)>, Arc<tokio::sync::Notify>);
 
 /// What every session of a proxy shares.
 #[derive(Debug)]
@@ -104,6 +107,9 @@ pub struct Shared {
     draining: AtomicBool,
     /// Recording, once started ([`Shared::start_recording`]).
     recorder: std::sync::OnceLock<Option<Arc<Recorder>>>,
+    /// Who asks for approvals; unset outside a cluster, where statements
+    /// that need approval are refused.
+    approver: std::sync::OnceLock<Arc<dyn Approver>>,
 }
 
 impl Shared {
@@ -123,7 +129,19 @@ impl Shared {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             recorder: std::sync::OnceLock::new(),
+            approver: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets statements that need approval be held and asked for. Call once,
+    /// before serving.
+    pub fn set_approver(&self, approver: Arc<dyn Approver>) {
+        let _ = self.approver.set(approver);
+    }
+
+    /// Who asks for approvals, when anyone can.
+    pub fn approver(&self) -> Option<&Arc<dyn Approver>> {
+        self.approver.get()
     }
 
     /// Starts recording as the configuration says (the spool, recovery of
@@ -212,19 +230,27 @@ impl Shared {
         }
     }
 
-    /// Hands out a cancel key for a session whose server key is `upstream`.
-    pub fn register_cancel(&self, upstream: Option<BackendKeyData>, address: String) -> BackendKeyData {
+    /// Hands out a cancel key for a session whose server key is `upstream`,
+    /// with the notifier a cancel for it fires.
+    pub fn register_cancel(
+        &self,
+        upstream: Option<BackendKeyData>,
+        address: String,
+    ) -> (BackendKeyData, Arc<tokio::sync::Notify>) {
         let process_id = i32::from_be_bytes(random_bytes::<4>()) & i32::MAX;
         let secret = random_bytes::<4>().to_vec();
-        if let Some(upstream) = upstream
-            && let Ok(mut map) = self.cancels.lock()
-        {
-            map.insert((process_id, secret.clone()), (address, upstream));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut map) = self.cancels.lock() {
+            map.insert(
+                (process_id, secret.clone()),
+                (upstream.map(|key| (address, key)), notify.clone()),
+            );
         }
-        BackendKeyData {
+        let key = BackendKeyData {
             process_id,
             secret_key: secret.into(),
-        }
+        };
+        (key, notify)
     }
 
     /// Forgets a cancel key when its session ends.
@@ -234,14 +260,17 @@ impl Shared {
         }
     }
 
-    /// Forwards a client's CancelRequest to the server its key maps to;
-    /// unknown keys are ignored, as PostgreSQL ignores them.
+    /// Withdraws the session's held statement, if one is held, and forwards
+    /// the CancelRequest to the server its key maps to; unknown keys are
+    /// ignored, as PostgreSQL ignores them.
     pub async fn cancel(&self, request: &CancelRequest) {
         let target = self.cancels.lock().ok().and_then(|map| {
             map.get(&(request.process_id, request.secret_key.to_vec()))
                 .cloned()
         });
-        if let Some((address, key)) = target
+        let Some((upstream, notify)) = target else { return };
+        notify.notify_waiters();
+        if let Some((address, key)) = upstream
             && let Err(e) = crate::session::send_cancel(&address, &key).await
         {
             tracing::warn!(error = %e, "could not forward a cancel request");

@@ -88,9 +88,22 @@ pub enum Body {
         /// Why it was refused, when it was.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
-        /// The ApprovalRequest that let it run, when one did.
+    },
+    /// How the hold of a `requireApproval` statement ended: for a simple
+    /// Query before it runs or is refused, for a prepared statement at each
+    /// Bind (each execution needs its own approval).
+    Approval {
+        /// The statement held.
+        statement: u64,
+        /// The ApprovalRequest, when one was made.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        approval: Option<String>,
+        request: Option<String>,
+        /// `approved` (it runs), `denied`, `expired`, `timedOut`,
+        /// `cancelled` or `failed`.
+        outcome: String,
+        /// Who decided and why, or what went wrong.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
     },
     /// A result came back: a command completed or failed.
     Result {
@@ -418,7 +431,6 @@ mod tests {
                 text: "SELECT 1".into(),
                 decision: "allow".into(),
                 reason: None,
-                approval: None,
             },
         };
         let line = serde_json::to_string(&event).unwrap();

@@ -72,7 +72,7 @@ fn refused(out: &Output, what: &str, message: &str) -> anyhow::Result<()> {
 /// Applies `config/rbac` (the `gatehouse-approver` ClusterRole). Other tests
 /// apply it at the same time; server-side apply may then lose a race to
 /// create it, so a failure is retried.
-async fn install_roles(env: &TestEnv) -> anyhow::Result<()> {
+pub(crate) async fn install_roles(env: &TestEnv) -> anyhow::Result<()> {
     let rbac = repo().join("config/rbac");
     let args = ["apply", "--server-side", "-k", rbac.to_str().context("path")?];
     let mut last = String::new();

@@ -24,6 +24,9 @@ use kube::{Api, Resource, api::Patch, api::PatchParams};
 use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, OnceCell};
 
+mod holds;
+pub use holds::a_held_statement_runs_once_when_approved_and_only_as_approved;
+
 /// The namespace of this module's objects.
 const NS: &str = "operator-e2e";
 

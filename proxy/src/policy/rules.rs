@@ -474,8 +474,8 @@ pub struct Refusal {
 
 /// The refusal for a decision, or `None` when it runs.
 ///
-/// `requireApproval` is refused too, naming the approvers, until the proxy
-/// holds statements for approval.
+/// `requireApproval` is refused too, naming the approvers, where the proxy
+/// cannot hold statements for approval (standalone, outside a cluster).
 pub fn refusal(decision: &Decision) -> Option<Refusal> {
     match decision {
         Decision::Allow { .. } => None,
@@ -499,7 +499,7 @@ pub fn refusal(decision: &Decision) -> Option<Refusal> {
                 "statement requires approval under Gatehouse Policy \"{policy}\", rule \"{rule}\""
             ),
             hint: format!(
-                "approval by {} of {} is required; approvals come with the Gatehouse operator, so until then this statement is refused",
+                "approval by {} of {} is required, and this proxy runs outside Kubernetes, where it cannot ask for approval; run it under the Gatehouse operator to have such statements held for approvers",
                 approvers.required,
                 describe_approvers(approvers)
             ),

@@ -1,16 +1,21 @@
 //! The relay's judge: classifies each statement (through the shared cache),
-//! resolves SQL-level `EXECUTE` against the session's `PREPARE`s, and decides
-//! it under the Policies in force at that moment.
+//! resolves SQL-level `EXECUTE` against the session's `PREPARE`s, decides
+//! it under the Policies in force at that moment, and asks for approval of
+//! the statements that need it.
 
 use std::sync::Arc;
 
 use gatehouse_crds::policy::Operation;
 
-use super::relay::Judge;
+use tokio::sync::mpsc;
+
+use super::relay::{Judge, Need, Verdict};
 use crate::{
+    approval::{HoldEvent, Ticket},
     identity::Identity,
     mask::rows::Masker,
     metrics::StatementDecision,
+    pg::messages::{Bind, Format},
     policy::{self, Classification, ClassifyError, Decision, PreparedStatements, Refusal},
     server::{Runtime, Shared},
 };
@@ -20,6 +25,8 @@ use crate::{
 pub struct Guard {
     shared: Arc<Shared>,
     identity: Identity,
+    /// The session id approval requests name.
+    session: String,
     prepared: PreparedStatements,
     /// The masker of the configuration seen last, and that configuration.
     masker: Option<(Arc<Runtime>, Option<Arc<Masker>>)>,
@@ -27,16 +34,20 @@ pub struct Guard {
 
 impl Guard {
     /// A judge for `identity`'s session.
-    pub fn new(shared: Arc<Shared>, identity: Identity) -> Self {
+    pub fn new(shared: Arc<Shared>, identity: Identity, session: String) -> Self {
         Guard {
             shared,
             identity,
+            session,
             prepared: PreparedStatements::new(),
             masker: None,
         }
     }
 
-    fn decide(&mut self, classification: &Classification) -> Result<(), Refusal> {
+    /// `Ok(None)` when it runs, `Ok(Some(need))` when it runs once approved.
+    /// A proxy that cannot ask for approval (outside a cluster) refuses
+    /// what needs it.
+    fn decide(&mut self, classification: &Classification, can_hold: bool) -> Result<Option<Need>, Refusal> {
         let runtime = self.shared.runtime();
         let resolved = self
             .prepared
@@ -48,9 +59,25 @@ impl Guard {
             Decision::Deny { .. } => StatementDecision::Deny,
             Decision::RequireApproval { .. } => StatementDecision::RequireApproval,
         });
-        match policy::refusal(&decision) {
-            Some(refusal) => Err(refusal),
-            None => {
+        let need = match decision {
+            Decision::RequireApproval {
+                policy,
+                rule,
+                approvers,
+            } if can_hold && self.shared.approver().is_some() => Some(Need {
+                policy,
+                rule,
+                approvers,
+            }),
+            decision => {
+                if let Some(refusal) = policy::refusal(&decision) {
+                    return Err(refusal);
+                }
+                None
+            }
+        };
+        {
+            {
                 // Record PREPARE/DEALLOCATE as the statement is forwarded. A
                 // PREPARE that then fails on the server leaves a name the
                 // server does not have; its EXECUTE fails there, so nothing
@@ -58,7 +85,7 @@ impl Guard {
                 for statement in &classification.statements {
                     self.prepared.commit(statement);
                 }
-                Ok(())
+                Ok(need)
             }
         }
     }
@@ -76,14 +103,24 @@ impl Guard {
 }
 
 impl Judge for Guard {
-    fn judge_sql(&mut self, sql: &str) -> Result<Arc<Classification>, Refusal> {
+    fn judge_sql(&mut self, sql: &str) -> Verdict {
         let judged = self
             .shared
             .classify(sql)
             .map_err(|e| self.refuse(&e))
-            .and_then(|classification| self.decide(&classification).map(|()| classification));
+            .and_then(|classification| {
+                self.decide(&classification, true)
+                    .map(|need| (classification, need))
+            });
         match &judged {
-            Ok(_) => tracing::debug!(
+            Ok((_, Some(need))) => tracing::info!(
+                user = %self.identity.username,
+                policy = %need.policy,
+                rule = %need.rule,
+                statement = %crate::mask::statement_text(sql),
+                "statement needs approval"
+            ),
+            Ok((_, None)) => tracing::debug!(
                 user = %self.identity.username,
                 statement = %crate::mask::statement_text(sql),
                 "statement allowed"
@@ -96,7 +133,32 @@ impl Judge for Guard {
                 "statement refused"
             ),
         }
-        judged
+        match judged {
+            Ok((classification, None)) => Verdict::Run(classification),
+            Ok((classification, Some(need))) => Verdict::Hold(classification, need),
+            Err(refusal) => Verdict::Refuse(refusal),
+        }
+    }
+
+    fn hold(&mut self, need: &Need, sql: &str, bind: Option<&Bind>) -> mpsc::Receiver<HoldEvent> {
+        let Some(approver) = self.shared.approver() else {
+            return super::relay::no_approver();
+        };
+        let (fingerprint, parameters_hash) = crate::approval::binding(sql, bind);
+        let config = &self.shared.runtime().config.approval;
+        let ticket = Ticket {
+            requester: self.identity.clone(),
+            session: self.session.clone(),
+            statement: approver_text(sql, bind),
+            fingerprint,
+            parameters_hash,
+            policy: need.policy.clone(),
+            rule: need.rule.clone(),
+            approvers: need.approvers.clone(),
+            hold_timeout: config.hold_timeout,
+            ttl: config.ttl,
+        };
+        approver.hold(ticket)
     }
 
     fn masker(&mut self) -> Option<Arc<Masker>> {
@@ -123,6 +185,34 @@ impl Judge for Guard {
                 ..Default::default()
             }],
         };
-        self.decide(&call)
+        // A FunctionCall is never held: it names a function by OID, with
+        // nothing an approver could read.
+        self.decide(&call, false).map(drop)
     }
+}
+
+/// What approvers see: the statement, and a prepared statement's values,
+/// with secrets masked.
+fn approver_text(sql: &str, bind: Option<&Bind>) -> String {
+    let mut text = sql.to_owned();
+    if let Some(bind) = bind
+        && !bind.params.is_empty()
+    {
+        let values: Vec<String> = bind
+            .params
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                let shown = match value {
+                    None => "NULL".to_owned(),
+                    Some(v) if bind.param_format(i) == Format::Binary => format!("\\x{}", hex::encode(v)),
+                    Some(v) => format!("'{}'", String::from_utf8_lossy(v).replace('\'', "''")),
+                };
+                format!("${} = {shown}", i + 1)
+            })
+            .collect();
+        text.push_str("\n-- with ");
+        text.push_str(&values.join(", "));
+    }
+    crate::mask::statement_text(&text).into_owned()
 }

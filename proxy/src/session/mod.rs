@@ -64,6 +64,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
         identity,
         nonce,
         key,
+        cancel,
         mut tape,
     }) = startup
     else {
@@ -71,10 +72,14 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
     };
     metrics.sessions.inc(SessionOutcome::Started);
     let open = metrics.session_open();
-    let mut guard = guard::Guard::new(shared.clone(), identity);
+    let session = tape
+        .as_ref()
+        .map_or_else(|| nonce.clone(), |t| t.session().to_owned());
+    let mut guard = guard::Guard::new(shared.clone(), identity, session);
     let settings = relay::Settings {
         idle_timeout: limits.idle_timeout,
         metrics,
+        cancel: Some(&cancel),
     };
     let ended = relay::relay(
         &mut client,
@@ -128,6 +133,8 @@ struct Started {
     identity: Identity,
     nonce: String,
     key: BackendKeyData,
+    /// Fired by a CancelRequest with the session's key.
+    cancel: Arc<tokio::sync::Notify>,
     tape: Option<crate::record::Tape>,
 }
 
@@ -332,7 +339,7 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         client.feed(frame).await?;
     }
     // The client gets the proxy's own cancel key; the server's stays here.
-    let key = shared.register_cancel(session.key, upstream_address(&runtime.config.upstream));
+    let (key, cancel) = shared.register_cancel(session.key, upstream_address(&runtime.config.upstream));
     client.feed(key.to_frame()?).await?;
     client.send(session.ready).await?;
     Ok(Some(Started {
@@ -341,6 +348,7 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         identity,
         nonce: crate::server::nonce(),
         key,
+        cancel,
         tape,
     }))
 }

@@ -1,7 +1,7 @@
 //! The relay: every client frame is forwarded as the bytes it arrived as,
-//! except statements the policy refuses; what the server sends back goes
-//! through masking ([`crate::mask::stream`], which may add a Describe before
-//! an Execute) and, when the session is recorded, onto its tape.
+//! except statements the policy refuses or holds; what the server sends back
+//! goes through masking ([`crate::mask::stream`], which may add a Describe
+//! before an Execute) and, when the session is recorded, onto its tape.
 //!
 //! A refused statement is not simply dropped. Its frame is replaced by a
 //! statement that is certain to fail on the server at the same point (a call
@@ -13,44 +13,93 @@
 //! rule and hint). So client and server always agree on where the session is,
 //! without the proxy having to simulate PostgreSQL's state machine; nothing
 //! the policy refused ever reaches the server.
+//!
+//! A statement that needs approval is held: a simple Query as it arrives, a
+//! prepared statement at each Bind (when its values are known). The held
+//! frame waits while the [`crate::approval`] machinery asks people; what the
+//! server still sends for earlier statements flows on, and what the client
+//! sends meanwhile waits behind the held frame, in order. Approved, the
+//! frame goes on as it came; otherwise it is refused as above.
 
 use std::{
     collections::{HashMap, VecDeque},
+    pin::Pin,
     sync::Arc,
     time::Duration,
 };
 
 use futures::{SinkExt, StreamExt};
+use gatehouse_crds::common::Approvers;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    sync::{Notify, futures::Notified, mpsc},
     time::Instant,
 };
 use tokio_util::codec::Framed;
 
 pub use crate::policy::Refusal;
 use crate::{
+    approval::{self, HoldEvent, Outcome},
     mask::{rows::Masker, stream::ResultMasking},
     metrics::{ByteDirection, Metrics},
     pg::{
         Frame, FrameCodec, ProtocolError,
-        messages::{ErrorResponse, Message, ParameterStatus, Parse, Query, Severity, Terminate},
+        messages::{
+            Bind, ErrorResponse, Message, NoticeResponse, ParameterStatus, Parse, Query, Severity, Terminate,
+        },
         sqlstate, tag,
     },
     policy::Classification,
     record::Tape,
 };
 
+/// A statement the policy lets run only with approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    /// The Policy whose rule asks for approval.
+    pub policy: String,
+    /// The rule.
+    pub rule: String,
+    /// Who may approve.
+    pub approvers: Approvers,
+}
+
+/// The policy's answer for a statement.
+#[derive(Debug)]
+pub enum Verdict {
+    /// It runs.
+    Run(Arc<Classification>),
+    /// It runs once approved.
+    Hold(Arc<Classification>, Need),
+    /// It is refused.
+    Refuse(Refusal),
+}
+
 /// What the relay asks the policy about a statement.
 pub trait Judge {
-    /// The classification of `sql` when it may run, or the refusal to show
-    /// instead.
-    fn judge_sql(&mut self, sql: &str) -> Result<Arc<Classification>, Refusal>;
+    /// The verdict on `sql`.
+    fn judge_sql(&mut self, sql: &str) -> Verdict;
     /// Whether a protocol-level FunctionCall may run.
     fn judge_function_call(&mut self) -> Result<(), Refusal>;
     /// The masker in force for the session now, if any.
     fn masker(&mut self) -> Option<Arc<Masker>> {
         None
     }
+    /// Asks for approval of `sql` (with the Bind's values, for a prepared
+    /// statement); dropping the receiver withdraws the request.
+    fn hold(&mut self, need: &Need, sql: &str, bind: Option<&Bind>) -> mpsc::Receiver<HoldEvent> {
+        let _ = (need, sql, bind);
+        no_approver()
+    }
+}
+
+/// A hold that fails at once: there is no one to ask.
+pub fn no_approver() -> mpsc::Receiver<HoldEvent> {
+    let (tx, rx) = mpsc::channel(1);
+    let _ = tx.try_send(HoldEvent::Decided(Outcome::Failed(
+        "this proxy cannot ask for approvals".to_owned(),
+    )));
+    rx
 }
 
 fn refusal_frame(refusal: &Refusal) -> Result<Frame, ProtocolError> {
@@ -93,7 +142,14 @@ pub struct Settings<'a> {
     pub idle_timeout: Duration,
     /// Where bytes and statement durations are counted.
     pub metrics: &'a Metrics,
+    /// Notified when the client sends a CancelRequest for this session: a
+    /// held statement is withdrawn.
+    pub cancel: Option<&'a Notify>,
 }
+
+/// Frames the client may send while a statement is held before the relay
+/// stops reading (and TCP pushes back).
+const BACKLOG_FRAMES: usize = 256;
 
 /// A response segment sent to the server and not yet answered with its
 /// ReadyForQuery.
@@ -169,6 +225,82 @@ impl Drop for ByteCounts<'_> {
     }
 }
 
+/// A statement waiting for approval.
+struct Holding<'a> {
+    /// The held Query or Bind.
+    frame: Frame,
+    /// The Query's classification (for masking its results).
+    classification: Option<Arc<Classification>>,
+    /// The prepared statement a held Bind names; `None` for a Query.
+    prepared: Option<String>,
+    need: Need,
+    events: mpsc::Receiver<HoldEvent>,
+    /// The request, once the approver named it.
+    request: Option<String>,
+    /// Fires when the client cancels.
+    cancelled: Option<Pin<Box<Notified<'a>>>>,
+}
+
+/// How a hold step went.
+enum HoldStep {
+    Event(HoldEvent),
+    Cancelled,
+}
+
+impl Holding<'_> {
+    async fn step(&mut self) -> HoldStep {
+        let cancelled = async {
+            match self.cancelled.as_mut() {
+                Some(notified) => notified.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            event = self.events.recv() => HoldStep::Event(event.unwrap_or_else(|| {
+                HoldEvent::Decided(Outcome::Failed("the approval request ended without a decision".to_owned()))
+            })),
+            () = cancelled => HoldStep::Cancelled,
+        }
+    }
+}
+
+/// Awaits the hold's next step; never resolves without one.
+async fn hold_step(holding: &mut Option<Holding<'_>>) -> HoldStep {
+    match holding {
+        Some(h) => h.step().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Prepared statements that need approval, by name: their text and why.
+type HeldStatements = HashMap<String, (String, Need)>;
+
+/// One session's relay state.
+struct Relay<'a, 's, C, S, J> {
+    client: &'a mut Framed<C, FrameCodec>,
+    server: &'a mut Framed<S, FrameCodec>,
+    judge: &'a mut J,
+    tape: Option<&'a mut Tape>,
+    session_nonce: &'a str,
+    settings: Settings<'s>,
+    pending: Pending,
+    results: ResultMasking,
+    counter: u64,
+    bytes: ByteCounts<'s>,
+    holding: Option<Holding<'s>>,
+    backlog: VecDeque<Frame>,
+    held_statements: HeldStatements,
+    last_batch: Instant,
+}
+
+/// What to do with a client frame.
+enum Handled<'s> {
+    /// Forward it, after the frame the masking sends first.
+    Forward(Option<Frame>, Frame),
+    /// Hold it for approval.
+    Hold(Holding<'s>),
+}
+
 /// Relays between `client` and `server` until one side ends or the session
 /// is idle for `settings.idle_timeout`.
 ///
@@ -181,98 +313,387 @@ pub async fn relay<C, S>(
     judge: &mut impl Judge,
     session_nonce: &str,
     settings: Settings<'_>,
-    mut tape: Option<&mut Tape>,
+    tape: Option<&mut Tape>,
 ) -> Result<Ended, ProtocolError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut pending = Pending::default();
-    let mut results = ResultMasking::new();
-    let mut counter = 0u64;
-    let mut bytes = ByteCounts {
-        metrics: settings.metrics,
-        to_server: 0,
-        to_client: 0,
+    let mut relay = Relay {
+        client,
+        server,
+        judge,
+        tape,
+        session_nonce,
+        settings,
+        pending: Pending::default(),
+        results: ResultMasking::new(),
+        counter: 0,
+        bytes: ByteCounts {
+            metrics: settings.metrics,
+            to_server: 0,
+            to_client: 0,
+        },
+        holding: None,
+        backlog: VecDeque::new(),
+        held_statements: HashMap::new(),
+        last_batch: Instant::now(),
     };
-    let idle_timeout = settings.idle_timeout;
-    let mut last_batch = Instant::now();
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(idle);
-    loop {
-        tokio::select! {
-            frame = client.next() => {
-                let Some(frame) = frame else { return Ok(Ended::ClientClosed) };
-                let frame = frame?;
-                let terminate = frame.tag() == tag::frontend::TERMINATE;
-                if !pending.server_owes_answer() && starts_segment(frame.tag()) {
-                    // Between round trips: a changed masking takes effect.
-                    results.set_masker(judge.masker());
+    relay.run().await
+}
+
+impl<'s, C, S, J> Relay<'_, 's, C, S, J>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+    J: Judge,
+{
+    async fn run(&mut self) -> Result<Ended, ProtocolError> {
+        let idle_timeout = self.settings.idle_timeout;
+        let idle = tokio::time::sleep(idle_timeout);
+        tokio::pin!(idle);
+        loop {
+            // What the client sent during a hold goes on once it ends, in order.
+            if self.holding.is_none()
+                && let Some(frame) = self.backlog.pop_front()
+            {
+                if let Some(ended) = self.on_client(frame).await? {
+                    return Ok(ended);
                 }
-                let (before, outgoing) = on_client(frame, judge, &mut pending, &mut results, tape.as_deref_mut(), || {
-                    counter += 1;
-                    format!("gatehouse_refused_{session_nonce}_{counter}")
-                })?;
-                // Feed without flushing while the client has more queued, so a
-                // pipeline goes upstream in as few writes as it arrived in.
-                if let Some(before) = before {
-                    bytes.to_server += before.wire_len() as u64;
-                    server.feed(before).await?;
-                }
-                bytes.to_server += outgoing.wire_len() as u64;
-                server.feed(outgoing).await?;
-                if terminate {
-                    SinkExt::<Frame>::flush(server).await?;
-                    return Ok(Ended::ClientClosed);
-                }
-                if client.read_buffer().is_empty() {
-                    SinkExt::<Frame>::flush(server).await?;
-                    bytes.flush();
-                    last_batch = Instant::now();
-                }
+                continue;
             }
-            frame = server.next() => {
-                let Some(frame) = frame else { return Ok(Ended::ServerClosed) };
-                let frame = frame?;
-                if let Some(why) = unsafe_parameter(&frame) {
-                    tracing::warn!(reason = %why, "closing a session the policy can no longer read safely");
-                    let fatal = ErrorResponse::new(Severity::Fatal, "0A000", format!("Gatehouse: {why}"));
-                    client.send(fatal.to_frame()?).await?;
-                    server.send(Terminate.to_frame()?).await?;
-                    return Ok(Ended::UnsafeParameter);
-                }
-                let frame = on_server(frame, &mut pending, settings.metrics)?;
-                let reply = results.on_server(frame, settings.metrics)?;
-                if let Some(frame) = reply.to_server {
-                    bytes.to_server += frame.wire_len() as u64;
-                    server.send(frame).await?;
-                }
-                if let Some(frame) = reply.to_client {
-                    if let Some(tape) = tape.as_deref_mut() {
-                        tape.on_server(&frame);
+            let reading = self.backlog.len() < BACKLOG_FRAMES;
+            tokio::select! {
+                frame = self.client.next(), if reading => {
+                    let Some(frame) = frame else { return Ok(Ended::ClientClosed) };
+                    let frame = frame?;
+                    if self.holding.is_some() {
+                        if frame.tag() == tag::frontend::TERMINATE {
+                            // Leaving mid-hold: the hold is dropped, which withdraws it.
+                            self.server.send(frame).await?;
+                            return Ok(Ended::ClientClosed);
+                        }
+                        self.backlog.push_back(frame);
+                        continue;
                     }
-                    bytes.to_client += frame.wire_len() as u64;
-                    client.feed(frame).await?;
+                    if let Some(ended) = self.on_client(frame).await? {
+                        return Ok(ended);
+                    }
                 }
-                if server.read_buffer().is_empty() {
-                    SinkExt::<Frame>::flush(client).await?;
-                    bytes.flush();
-                    last_batch = Instant::now();
+                frame = self.server.next() => {
+                    let Some(frame) = frame else { return Ok(Ended::ServerClosed) };
+                    if let Some(ended) = self.on_server_frame(frame?).await? {
+                        return Ok(ended);
+                    }
                 }
-            }
-            () = &mut idle, if !idle_timeout.is_zero() => {
-                let now = Instant::now();
-                if deadline(last_batch, idle_timeout) > now {
-                    idle.as_mut().reset(deadline(last_batch, idle_timeout));
-                } else if pending.server_owes_answer() {
-                    // A long-running statement: look again a period later.
-                    idle.as_mut().reset(deadline(now, idle_timeout));
-                } else {
-                    close_idle(client, server, idle_timeout).await?;
-                    return Ok(Ended::IdleTimeout);
+                step = hold_step(&mut self.holding) => {
+                    self.on_hold_step(step).await?;
+                }
+                () = &mut idle, if !idle_timeout.is_zero() => {
+                    let now = Instant::now();
+                    if deadline(self.last_batch, idle_timeout) > now {
+                        idle.as_mut().reset(deadline(self.last_batch, idle_timeout));
+                    } else if self.pending.server_owes_answer() || self.holding.is_some() {
+                        // A long-running or held statement: look again a period later.
+                        idle.as_mut().reset(deadline(now, idle_timeout));
+                    } else {
+                        close_idle(self.client, self.server, idle_timeout).await?;
+                        return Ok(Ended::IdleTimeout);
+                    }
                 }
             }
         }
+    }
+
+    fn next_marker(&mut self) -> String {
+        self.counter += 1;
+        format!("gatehouse_refused_{}_{}", self.session_nonce, self.counter)
+    }
+
+    /// Judges and forwards (or holds) one client frame.
+    async fn on_client(&mut self, frame: Frame) -> Result<Option<Ended>, ProtocolError> {
+        let terminate = frame.tag() == tag::frontend::TERMINATE;
+        if !self.pending.server_owes_answer() && starts_segment(frame.tag()) {
+            // Between round trips: a changed masking takes effect.
+            self.results.set_masker(self.judge.masker());
+        }
+        match self.judged(frame)? {
+            Handled::Forward(before, outgoing) => {
+                self.forward(before, outgoing).await?;
+            }
+            Handled::Hold(mut holding) => {
+                if let Some(notify) = self.settings.cancel {
+                    let mut notified = Box::pin(notify.notified());
+                    // Registered now, so a cancel that comes before the
+                    // next poll still counts.
+                    notified.as_mut().enable();
+                    holding.cancelled = Some(notified);
+                }
+                // The server gets what came before the held frame now.
+                SinkExt::<Frame>::flush(self.server).await?;
+                self.holding = Some(holding);
+                return Ok(None);
+            }
+        }
+        if terminate {
+            SinkExt::<Frame>::flush(self.server).await?;
+            return Ok(Some(Ended::ClientClosed));
+        }
+        if self.client.read_buffer().is_empty() && self.backlog.is_empty() {
+            SinkExt::<Frame>::flush(self.server).await?;
+            self.bytes.flush();
+            self.last_batch = Instant::now();
+        }
+        Ok(None)
+    }
+
+    /// Sends a client frame (and the masking's frame before it) upstream,
+    /// without flushing.
+    async fn forward(&mut self, before: Option<Frame>, outgoing: Frame) -> Result<(), ProtocolError> {
+        if let Some(before) = before {
+            self.bytes.to_server += before.wire_len() as u64;
+            self.server.feed(before).await?;
+        }
+        self.bytes.to_server += outgoing.wire_len() as u64;
+        self.server.feed(outgoing).await
+    }
+
+    async fn on_server_frame(&mut self, frame: Frame) -> Result<Option<Ended>, ProtocolError> {
+        if let Some(why) = unsafe_parameter(&frame) {
+            tracing::warn!(reason = %why, "closing a session the policy can no longer read safely");
+            let fatal = ErrorResponse::new(Severity::Fatal, "0A000", format!("Gatehouse: {why}"));
+            self.client.send(fatal.to_frame()?).await?;
+            self.server.send(Terminate.to_frame()?).await?;
+            return Ok(Some(Ended::UnsafeParameter));
+        }
+        let frame = on_server(frame, &mut self.pending, self.settings.metrics)?;
+        let reply = self.results.on_server(frame, self.settings.metrics)?;
+        if let Some(frame) = reply.to_server {
+            self.bytes.to_server += frame.wire_len() as u64;
+            self.server.send(frame).await?;
+        }
+        if let Some(frame) = reply.to_client {
+            if let Some(tape) = self.tape.as_deref_mut() {
+                tape.on_server(&frame);
+            }
+            self.bytes.to_client += frame.wire_len() as u64;
+            self.client.feed(frame).await?;
+        }
+        if self.server.read_buffer().is_empty() {
+            SinkExt::<Frame>::flush(self.client).await?;
+            self.bytes.flush();
+            self.last_batch = Instant::now();
+        }
+        Ok(None)
+    }
+
+    async fn on_hold_step(&mut self, step: HoldStep) -> Result<(), ProtocolError> {
+        let outcome = match step {
+            HoldStep::Event(HoldEvent::Waiting {
+                name,
+                namespace,
+                reused,
+                hold_timeout,
+            }) => {
+                let Some(holding) = self.holding.as_mut() else {
+                    return Ok(());
+                };
+                holding.request = Some(name.clone());
+                let (message, detail, hint) = approval::waiting_notice(
+                    &name,
+                    &namespace,
+                    &holding.need.policy,
+                    &holding.need.rule,
+                    &holding.need.approvers,
+                    hold_timeout,
+                );
+                let message = if reused {
+                    format!("{message} (the request was made earlier for this same statement)")
+                } else {
+                    message
+                };
+                let notice = NoticeResponse::notice(message)
+                    .with_detail(detail)
+                    .with_hint(hint)
+                    .to_frame()?;
+                if let Some(tape) = self.tape.as_deref_mut() {
+                    tape.on_server(&notice);
+                }
+                self.bytes.to_client += notice.wire_len() as u64;
+                self.client.send(notice).await?;
+                return Ok(());
+            }
+            HoldStep::Event(HoldEvent::Decided(outcome)) => outcome,
+            HoldStep::Cancelled => Outcome::Cancelled {
+                name: self.holding.as_ref().and_then(|h| h.request.clone()),
+            },
+        };
+        let Some(holding) = self.holding.take() else {
+            return Ok(());
+        };
+        // Dropping the receiver withdraws a request still pending.
+        drop(holding.events);
+        if let Some(tape) = self.tape.as_deref_mut() {
+            tape.approval(holding.prepared.as_deref(), &outcome);
+        }
+        let simple = holding.frame.tag() == tag::frontend::QUERY;
+        let (outgoing, classification) = match outcome.refusal() {
+            None => (holding.frame, holding.classification),
+            Some(refusal) => {
+                let marker = self.refuse(refusal);
+                let frame = if simple {
+                    Query::new(marker_sql(&marker)).to_frame()?
+                } else {
+                    // A Bind's stand-in: a Parse of the marker under its own
+                    // name, failing where the Bind would have run.
+                    Parse {
+                        statement: marker.clone(),
+                        sql: marker_sql(&marker),
+                        param_types: Vec::new(),
+                    }
+                    .to_frame()?
+                };
+                (frame, None)
+            }
+        };
+        let before = self.results.on_client(&outgoing, classification.as_deref())?;
+        if let Some(tape) = self.tape.as_deref_mut() {
+            tape.on_client(&outgoing);
+        }
+        if simple {
+            self.pending.close_segment();
+        }
+        self.forward(before, outgoing).await?;
+        SinkExt::<Frame>::flush(self.server).await?;
+        self.bytes.flush();
+        self.last_batch = Instant::now();
+        Ok(())
+    }
+
+    /// The frame to forward for a client frame (a refused statement's
+    /// marker in place of the statement, the masking's Describe before an
+    /// Execute), or the hold of a statement that needs approval.
+    fn judged(&mut self, frame: Frame) -> Result<Handled<'s>, ProtocolError> {
+        if self.pending.open_since.is_none() && starts_segment(frame.tag()) {
+            self.pending.open_since = Some(Instant::now());
+        }
+        let (frame, classification) = match frame.tag() {
+            tag::frontend::QUERY => {
+                let query = Query::decode(&frame)?;
+                let verdict = self.judge.judge_sql(&query.sql);
+                let out = match verdict {
+                    Verdict::Run(classification) => {
+                        self.record_statement(None, &query.sql, Ok(()));
+                        (frame, Some(classification))
+                    }
+                    Verdict::Hold(classification, need) => {
+                        if let Some(tape) = self.tape.as_deref_mut() {
+                            tape.held(None, &query.sql);
+                        }
+                        let events = self.judge.hold(&need, &query.sql, None);
+                        return Ok(Handled::Hold(Holding {
+                            frame,
+                            classification: Some(classification),
+                            prepared: None,
+                            need,
+                            events,
+                            request: None,
+                            cancelled: None,
+                        }));
+                    }
+                    Verdict::Refuse(refusal) => {
+                        self.record_statement(None, &query.sql, Err(&refusal));
+                        (Query::new(marker_sql(&self.refuse(refusal))).to_frame()?, None)
+                    }
+                };
+                // A simple Query is a segment of its own.
+                self.pending.close_segment();
+                out
+            }
+            tag::frontend::PARSE => {
+                let parse = Parse::decode(&frame)?;
+                match self.judge.judge_sql(&parse.sql) {
+                    Verdict::Run(classification) => {
+                        self.held_statements.remove(&parse.statement);
+                        self.record_statement(Some(&parse.statement), &parse.sql, Ok(()));
+                        (frame, Some(classification))
+                    }
+                    Verdict::Hold(classification, need) => {
+                        // Parsing runs nothing: the hold comes at each Bind,
+                        // with the values.
+                        if let Some(tape) = self.tape.as_deref_mut() {
+                            tape.held(Some(&parse.statement), &parse.sql);
+                        }
+                        self.held_statements
+                            .insert(parse.statement.clone(), (parse.sql.clone(), need));
+                        (frame, Some(classification))
+                    }
+                    Verdict::Refuse(refusal) => {
+                        self.held_statements.remove(&parse.statement);
+                        self.record_statement(Some(&parse.statement), &parse.sql, Err(&refusal));
+                        let marker = self.refuse(refusal);
+                        let marker = Parse {
+                            statement: parse.statement,
+                            sql: marker_sql(&marker),
+                            param_types: Vec::new(),
+                        }
+                        .to_frame()?;
+                        (marker, None)
+                    }
+                }
+            }
+            tag::frontend::BIND if !self.held_statements.is_empty() => {
+                let bind = Bind::decode(&frame)?;
+                if let Some((sql, need)) = self.held_statements.get(&bind.statement).cloned() {
+                    let events = self.judge.hold(&need, &sql, Some(&bind));
+                    return Ok(Handled::Hold(Holding {
+                        frame,
+                        classification: None,
+                        prepared: Some(bind.statement),
+                        need,
+                        events,
+                        request: None,
+                        cancelled: None,
+                    }));
+                }
+                (frame, None)
+            }
+            tag::frontend::FUNCTION_CALL => {
+                let out = match self.judge.judge_function_call() {
+                    Ok(()) => frame,
+                    // A FunctionCall answers with a result and ReadyForQuery; a
+                    // failing Query answers with an error and ReadyForQuery.
+                    Err(refusal) => Query::new(marker_sql(&self.refuse(refusal))).to_frame()?,
+                };
+                self.pending.close_segment();
+                (out, None)
+            }
+            tag::frontend::SYNC => {
+                self.pending.close_segment();
+                (frame, None)
+            }
+            _ => (frame, None),
+        };
+        let before = self.results.on_client(&frame, classification.as_deref())?;
+        if let Some(tape) = self.tape.as_deref_mut() {
+            tape.on_client(&frame);
+        }
+        Ok(Handled::Forward(before, frame))
+    }
+
+    fn record_statement(&mut self, prepared: Option<&str>, sql: &str, verdict: Result<(), &Refusal>) {
+        if let Some(tape) = self.tape.as_deref_mut() {
+            tape.statement(prepared, sql, verdict);
+        }
+    }
+
+    /// Puts a refusal in place: its marker, remembered until the server's
+    /// error for it comes back.
+    fn refuse(&mut self, refusal: Refusal) -> String {
+        let marker = self.next_marker();
+        self.pending.markers.insert(marker.clone(), refusal);
+        self.pending.open.push(marker.clone());
+        marker
     }
 }
 
@@ -309,99 +730,6 @@ where
 
 fn marker_sql(marker: &str) -> String {
     format!("SELECT {marker}()")
-}
-
-/// The frame to forward for a client frame, and one to send before it
-/// (the masking's Describe before an Execute).
-fn on_client(
-    frame: Frame,
-    judge: &mut impl Judge,
-    pending: &mut Pending,
-    results: &mut ResultMasking,
-    mut tape: Option<&mut Tape>,
-    next_marker: impl FnMut() -> String,
-) -> Result<(Option<Frame>, Frame), ProtocolError> {
-    let (frame, classification) = judged(frame, judge, pending, tape.as_deref_mut(), next_marker)?;
-    let before = results.on_client(&frame, classification.as_deref())?;
-    if let Some(tape) = tape {
-        tape.on_client(&frame);
-    }
-    Ok((before, frame))
-}
-
-/// The frame to forward for a client frame (a refused statement's marker
-/// in place of the statement), with the policy's classification of an
-/// allowed Query or Parse.
-fn judged(
-    frame: Frame,
-    judge: &mut impl Judge,
-    pending: &mut Pending,
-    mut tape: Option<&mut Tape>,
-    mut next_marker: impl FnMut() -> String,
-) -> Result<(Frame, Option<Arc<Classification>>), ProtocolError> {
-    if pending.open_since.is_none() && starts_segment(frame.tag()) {
-        pending.open_since = Some(Instant::now());
-    }
-    let mut refuse = |refusal: Refusal, pending: &mut Pending| {
-        let marker = next_marker();
-        pending.markers.insert(marker.clone(), refusal);
-        pending.open.push(marker.clone());
-        marker
-    };
-    match frame.tag() {
-        tag::frontend::QUERY => {
-            let query = Query::decode(&frame)?;
-            let verdict = judge.judge_sql(&query.sql);
-            if let Some(tape) = tape.as_deref_mut() {
-                tape.statement(None, &query.sql, verdict.as_ref().map(drop));
-            }
-            let out = match verdict {
-                Ok(classification) => (frame, Some(classification)),
-                Err(refusal) => (
-                    Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
-                    None,
-                ),
-            };
-            // A simple Query is a segment of its own.
-            pending.close_segment();
-            Ok(out)
-        }
-        tag::frontend::PARSE => {
-            let parse = Parse::decode(&frame)?;
-            let verdict = judge.judge_sql(&parse.sql);
-            if let Some(tape) = tape {
-                tape.statement(Some(&parse.statement), &parse.sql, verdict.as_ref().map(drop));
-            }
-            match verdict {
-                Ok(classification) => Ok((frame, Some(classification))),
-                Err(refusal) => {
-                    let marker = refuse(refusal, pending);
-                    let marker = Parse {
-                        statement: parse.statement,
-                        sql: marker_sql(&marker),
-                        param_types: Vec::new(),
-                    }
-                    .to_frame()?;
-                    Ok((marker, None))
-                }
-            }
-        }
-        tag::frontend::FUNCTION_CALL => {
-            let out = match judge.judge_function_call() {
-                Ok(()) => frame,
-                // A FunctionCall answers with a result and ReadyForQuery; a
-                // failing Query answers with an error and ReadyForQuery.
-                Err(refusal) => Query::new(marker_sql(&refuse(refusal, pending))).to_frame()?,
-            };
-            pending.close_segment();
-            Ok((out, None))
-        }
-        tag::frontend::SYNC => {
-            pending.close_segment();
-            Ok((frame, None))
-        }
-        _ => Ok((frame, None)),
-    }
 }
 
 /// Whether a client message begins a response segment when none is open.
@@ -457,8 +785,8 @@ mod tests {
     struct AllowAll;
 
     impl Judge for AllowAll {
-        fn judge_sql(&mut self, _: &str) -> Result<Arc<Classification>, Refusal> {
-            Ok(Arc::default())
+        fn judge_sql(&mut self, _: &str) -> Verdict {
+            Verdict::Run(Arc::default())
         }
         fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())
@@ -483,6 +811,7 @@ mod tests {
         Settings {
             idle_timeout: idle,
             metrics,
+            cancel: None,
         }
     }
 
@@ -647,5 +976,348 @@ mod tests {
             ended = relaying => panic!("the relay ended: {ended:?}"),
             () = tokio::time::sleep(Duration::from_secs(24 * 3600)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod hold_tests {
+    use bytes::Bytes;
+    use tokio::io::{DuplexStream, duplex};
+
+    use super::*;
+    use crate::pg::messages::{CommandComplete, Execute, Format, ReadyForQuery, Sync, TransactionStatus};
+
+    /// A hold asked for: the statement, the Bind's values, and where the
+    /// test sends the approver's events.
+    type Asked = (String, Option<Vec<Option<Bytes>>>, mpsc::Sender<HoldEvent>);
+
+    /// Holds every statement that mentions `held`; the test decides.
+    struct Holder {
+        asked: mpsc::UnboundedSender<Asked>,
+    }
+
+    impl Judge for Holder {
+        fn judge_sql(&mut self, sql: &str) -> Verdict {
+            if sql.contains("held") {
+                Verdict::Hold(
+                    Arc::default(),
+                    Need {
+                        policy: "writes".into(),
+                        rule: "deletes".into(),
+                        approvers: Approvers {
+                            users: vec!["alice".into()],
+                            groups: Vec::new(),
+                            required: 1,
+                        },
+                    },
+                )
+            } else {
+                Verdict::Run(Arc::default())
+            }
+        }
+        fn judge_function_call(&mut self) -> Result<(), Refusal> {
+            Ok(())
+        }
+        fn hold(&mut self, _: &Need, sql: &str, bind: Option<&Bind>) -> mpsc::Receiver<HoldEvent> {
+            let (tx, rx) = mpsc::channel(2);
+            self.asked
+                .send((sql.to_owned(), bind.map(|b| b.params.clone()), tx))
+                .unwrap();
+            rx
+        }
+    }
+
+    type End = Framed<DuplexStream, FrameCodec>;
+
+    fn link() -> (End, End, End, End) {
+        let (a, b) = duplex(1 << 16);
+        let (c, d) = duplex(1 << 16);
+        (
+            Framed::new(a, FrameCodec::frontend()),
+            Framed::new(b, FrameCodec::backend()),
+            Framed::new(c, FrameCodec::backend()),
+            Framed::new(d, FrameCodec::frontend()),
+        )
+    }
+
+    fn waiting(name: &str) -> HoldEvent {
+        HoldEvent::Waiting {
+            name: name.into(),
+            namespace: "shop".into(),
+            reused: false,
+            hold_timeout: Duration::from_secs(300),
+        }
+    }
+
+    fn sql_of(frame: &Frame) -> String {
+        Query::decode(frame).unwrap().sql
+    }
+
+    async fn answer(server: &mut End, tag: &str) {
+        server
+            .feed(CommandComplete::new(tag).to_frame().unwrap())
+            .await
+            .unwrap();
+        server
+            .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_held_query_waits_and_runs_once_approved_with_what_came_after_it_in_order() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, mut asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: None,
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            client
+                .feed(Query::new("DELETE FROM held WHERE id = 1").to_frame().unwrap())
+                .await
+                .unwrap();
+            client
+                .send(Query::new("SELECT 2").to_frame().unwrap())
+                .await
+                .unwrap();
+            let (sql, bind, decide) = asks.recv().await.unwrap();
+            assert_eq!((sql.as_str(), bind), ("DELETE FROM held WHERE id = 1", None));
+            decide.send(waiting("orders-db-abc")).await.unwrap();
+            // The client hears which request holds it, and the server nothing yet.
+            let notice = NoticeResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
+            let message = notice.fields.message().unwrap().into_owned();
+            assert!(
+                message.contains("ApprovalRequest orders-db-abc in namespace shop"),
+                "{message}"
+            );
+            assert!(
+                notice
+                    .fields
+                    .hint()
+                    .unwrap()
+                    .contains("kubectl patch approvalrequest orders-db-abc -n shop")
+            );
+            assert!(
+                tokio::time::timeout(Duration::from_millis(50), server.next())
+                    .await
+                    .is_err(),
+                "nothing reaches the server while the statement is held"
+            );
+            decide
+                .send(HoldEvent::Decided(Outcome::Approved {
+                    name: "orders-db-abc".into(),
+                    message: "approved by alice".into(),
+                }))
+                .await
+                .unwrap();
+            // Then the held statement and what followed it, in order.
+            assert_eq!(
+                sql_of(&server.next().await.unwrap().unwrap()),
+                "DELETE FROM held WHERE id = 1"
+            );
+            assert_eq!(sql_of(&server.next().await.unwrap().unwrap()), "SELECT 2");
+            answer(&mut server, "DELETE 1").await;
+            answer(&mut server, "SELECT 1").await;
+            let complete = client.next().await.unwrap().unwrap();
+            assert_eq!(complete.tag(), tag::backend::COMMAND_COMPLETE);
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::ClientClosed);
+    }
+
+    #[tokio::test]
+    async fn a_denied_or_cancelled_hold_is_refused_and_never_reaches_the_server() {
+        let metrics = Metrics::new();
+        let cancel = Notify::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, mut asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: Some(&cancel),
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            // Denied: the marker goes to the server, the reviewer's reason to the client.
+            client
+                .send(Query::new("DELETE FROM held").to_frame().unwrap())
+                .await
+                .unwrap();
+            let (_, _, decide) = asks.recv().await.unwrap();
+            decide
+                .send(HoldEvent::Decided(Outcome::Denied {
+                    name: "orders-db-d".into(),
+                    message: "denied by alice: not during the freeze".into(),
+                }))
+                .await
+                .unwrap();
+            let marker = sql_of(&server.next().await.unwrap().unwrap());
+            assert!(marker.starts_with("SELECT gatehouse_refused_t_"), "{marker}");
+            let name = marker
+                .trim_start_matches("SELECT ")
+                .trim_end_matches("()")
+                .to_owned();
+            server
+                .feed(
+                    ErrorResponse::new(
+                        Severity::Error,
+                        "42883",
+                        format!("function {name}() does not exist"),
+                    )
+                    .to_frame()
+                    .unwrap(),
+                )
+                .await
+                .unwrap();
+            server
+                .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
+                .await
+                .unwrap();
+            let error = ErrorResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
+            assert_eq!(error.fields.code().as_deref(), Some("42501"));
+            let message = error.fields.message().unwrap().into_owned();
+            assert!(
+                message.contains("orders-db-d") && message.contains("not during the freeze"),
+                "{message}"
+            );
+            assert_eq!(
+                client.next().await.unwrap().unwrap().tag(),
+                tag::backend::READY_FOR_QUERY
+            );
+
+            // Cancelled: the approver's channel closes (which withdraws the request).
+            client
+                .send(Query::new("DELETE FROM held").to_frame().unwrap())
+                .await
+                .unwrap();
+            let (_, _, decide) = asks.recv().await.unwrap();
+            decide.send(waiting("orders-db-c")).await.unwrap();
+            let _notice = client.next().await.unwrap().unwrap();
+            cancel.notify_waiters();
+            decide.closed().await;
+            let marker = sql_of(&server.next().await.unwrap().unwrap());
+            let name = marker
+                .trim_start_matches("SELECT ")
+                .trim_end_matches("()")
+                .to_owned();
+            server
+                .feed(
+                    ErrorResponse::new(
+                        Severity::Error,
+                        "42883",
+                        format!("function {name}() does not exist"),
+                    )
+                    .to_frame()
+                    .unwrap(),
+                )
+                .await
+                .unwrap();
+            server
+                .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
+                .await
+                .unwrap();
+            let error = ErrorResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
+            assert_eq!(error.fields.code().as_deref(), Some("57014"));
+            assert!(
+                error
+                    .fields
+                    .hint()
+                    .unwrap()
+                    .contains("withdrew ApprovalRequest orders-db-c")
+            );
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::ClientClosed);
+    }
+
+    #[tokio::test]
+    async fn a_prepared_statement_is_parsed_at_once_and_held_at_each_bind_with_its_values() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, mut asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: None,
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            let parse = Parse {
+                statement: "d".into(),
+                sql: "DELETE FROM held WHERE id = $1".into(),
+                param_types: Vec::new(),
+            };
+            let bind = Bind {
+                portal: String::new(),
+                statement: "d".into(),
+                param_formats: vec![Format::Text],
+                params: vec![Some(Bytes::from_static(b"7"))],
+                result_formats: Vec::new(),
+            };
+            let execute = Execute {
+                portal: String::new(),
+                max_rows: 0,
+            };
+            client.feed(parse.to_frame().unwrap()).await.unwrap();
+            client.feed(bind.to_frame().unwrap()).await.unwrap();
+            client.feed(execute.to_frame().unwrap()).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            assert_eq!(server.next().await.unwrap().unwrap().tag(), tag::frontend::PARSE);
+            let (sql, values, decide) = asks.recv().await.unwrap();
+            assert_eq!(sql, "DELETE FROM held WHERE id = $1");
+            assert_eq!(values, Some(vec![Some(Bytes::from_static(b"7"))]));
+            decide
+                .send(HoldEvent::Decided(Outcome::Approved {
+                    name: "r".into(),
+                    message: "approved by alice".into(),
+                }))
+                .await
+                .unwrap();
+            let tags: Vec<u8> = [
+                server.next().await.unwrap().unwrap(),
+                server.next().await.unwrap().unwrap(),
+                server.next().await.unwrap().unwrap(),
+            ]
+            .iter()
+            .map(Frame::tag)
+            .collect();
+            assert_eq!(
+                tags,
+                [tag::frontend::BIND, tag::frontend::EXECUTE, tag::frontend::SYNC]
+            );
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::ClientClosed);
     }
 }

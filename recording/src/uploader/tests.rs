@@ -75,7 +75,6 @@ fn statement(id: u64) -> Body {
         text: format!("SELECT {id} /* {} */", "x".repeat(100)),
         decision: "allow".into(),
         reason: None,
-        approval: None,
     }
 }
 
