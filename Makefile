@@ -23,7 +23,8 @@ help: ## List the targets
 
 test: deps tools fmt lint unit e2e ## Every check: format, clippy, unit tests, end-to-end suite
 
-demo: deps tools ## Bring up the control plane, PostgreSQL and S3 with the CRDs and samples; Ctrl-C stops
+demo: deps tools ## The whole story live: control plane, PostgreSQL, S3, operator, an agent held for approval, the replay; Ctrl-C stops
+	$(CARGO) build --locked -q -p gatehouse-proxy -p kubectl-gatehouse --bins
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q -p gatehouse-e2e --bin demo
 
 bench: deps ## pgbench -S (policy; + recording; + masking + recording) and masking figures against direct and pgbouncer; ~5 min once built

@@ -204,7 +204,7 @@ pub fn role(connection: &Connection, names: &Names, settings: &ProxySettings) ->
                 gatehouse_crds::GROUP,
                 "approvalrequests",
                 None,
-                &["create", "get", "list", "watch", "delete"],
+                &["create", "get", "list", "watch"],
             ),
             rule(
                 gatehouse_crds::GROUP,

@@ -1,25 +1,38 @@
-//! `make demo`: brings up the real control plane, PostgreSQL and S3, installs
-//! the Gatehouse CRDs, RBAC and samples, prints what to type, and keeps
-//! everything running until Ctrl-C.
+//! `make demo`: the whole story, live, on loopback: the real control plane,
+//! PostgreSQL and S3; the CRDs, roles and admission policy; the operator;
+//! a Connection and the sample Policies applied with kubectl; the proxy the
+//! operator's Deployment describes (the demo plays the kubelet); an agent
+//! whose reads come back masked, whose DROP is denied and whose DELETE waits
+//! until alice approves it with `kubectl patch`; then the session's
+//! recording replayed and verified. Each step prints the command a user
+//! would type. Everything keeps running until Ctrl-C.
 
-use std::{path::Path, process::ExitCode};
+use std::{path::Path, process::ExitCode, time::Duration};
 
-use anyhow::Context as _;
-use gatehouse_proxy::config::{NamedPolicy, ProxyConfig};
-use sha2::{Digest, Sha256};
-
+use anyhow::{Context as _, bail};
+use ed25519_dalek::{
+    SigningKey,
+    pkcs8::{EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding},
+};
+use gatehouse_crds::{ApprovalRequest, Connection};
 use gatehouse_e2e::{
-    TestEnv, User, gateway,
+    TestEnv, User,
     kube::{run, write_private},
+    pki::random_hex,
     postgres::{APP_USER, DATABASE},
     repo_root,
-    s3::BUCKET,
+    s3::{BUCKET, REGION},
 };
+use kube::Api;
+use sha2::{Digest, Sha256};
 
 const NAMESPACE: &str = "team-a";
+/// The recordings' key prefix in the bucket.
+const PREFIX: &str = "sessions";
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match demo().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -33,11 +46,45 @@ fn say(step: &str) {
     println!("\n\x1b[1m==> {step}\x1b[0m");
 }
 
+/// Prints a command as a user would type it.
+fn typed(command: &str) {
+    println!("    $ {command}");
+}
+
+fn indent(text: &str) {
+    for line in text.lines() {
+        println!("    {line}");
+    }
+}
+
+async fn kubectl(env: &TestEnv, user: User, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut command = env.kube.kubectl(user);
+    command
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn()?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or_default().as_bytes()).await?;
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
 async fn demo() -> anyhow::Result<()> {
     say("Starting etcd, kube-apiserver, PostgreSQL and an S3 server (versitygw) on loopback");
     let env = TestEnv::start().await?;
     let kube = &env.kube;
-    let kubeconfig = kube.kubeconfig(User::Admin);
+    let root = repo_root();
     println!("    API server  {}", kube.url);
     println!(
         "    PostgreSQL  127.0.0.1:{} (database {DATABASE})",
@@ -45,10 +92,10 @@ async fn demo() -> anyhow::Result<()> {
     );
     println!("    S3          {} (bucket {BUCKET})", env.s3.endpoint);
 
-    say("Installing the Gatehouse CRDs: kubectl apply --server-side -k config/crd");
+    say("Installing Gatehouse: CRDs, roles for people, and the admission policy that decides who may review");
+    typed("kubectl apply --server-side -k config/crd");
     kube.install_crds().await?;
-    let root = repo_root();
-    say("Installing the approver and editor roles: kubectl apply --server-side -k config/rbac");
+    typed("kubectl apply --server-side -k config/rbac");
     run(
         "install RBAC",
         kube.kubectl(User::Admin)
@@ -56,39 +103,30 @@ async fn demo() -> anyhow::Result<()> {
             .arg(root.join("config/rbac")),
     )
     .await?;
-    say(&format!(
-        "Applying the samples into namespace {NAMESPACE}: kubectl apply --server-side -n {NAMESPACE} -k config/samples"
-    ));
-    run(
-        "create the namespace",
-        kube.kubectl(User::Admin).args(["create", "namespace", NAMESPACE]),
-    )
-    .await?;
-    run(
-        "apply the samples",
-        kube.kubectl(User::Admin)
-            .args(["apply", "--server-side", "-n", NAMESPACE, "-k"])
-            .arg(root.join("config/samples")),
-    )
-    .await?;
-    let table = run(
-        "list",
-        kube.kubectl(User::Admin)
-            .args(["get", "gatehouse", "-n", NAMESPACE]),
-    )
-    .await?;
-    say(&format!("kubectl get gatehouse -n {NAMESPACE}"));
-    print!("{table}");
+    typed("kubectl apply --server-side -k config/admission");
+    kube.install_admission().await?;
 
-    // Credentials go into files, never onto the screen.
-    let pgpass = env.path().join("pgpass");
-    write_private(
-        &pgpass,
-        &format!(
-            "127.0.0.1:{}:{DATABASE}:{APP_USER}:{}\n",
-            env.postgres.port, env.postgres.app_password
-        ),
-    )?;
+    say("Starting the operator (in a cluster: its Deployment from the Helm chart; here in this process)");
+    let admin = kube.client(User::Admin).await?;
+    let settings = gatehouse_operator::Settings {
+        proxy: gatehouse_operator::ProxySettings {
+            image: "gatehouse-proxy:demo".into(),
+            recording_secret: "gatehouse-recording".into(),
+            recording_s3: Some(gatehouse_operator::RecordingS3 {
+                bucket: BUCKET.into(),
+                endpoint: Some(env.s3.endpoint.clone()),
+                region: REGION.into(),
+                path_style: true,
+                prefix: PREFIX.into(),
+            }),
+        },
+        approval_retention: Duration::from_secs(24 * 3600),
+    };
+    tokio::spawn(gatehouse_operator::run(
+        admin.clone(),
+        settings,
+        std::future::pending(),
+    ));
 
     say("Adding a table of integrations that holds credentials, as real databases do");
     env.postgres
@@ -104,33 +142,182 @@ async fn demo() -> anyhow::Result<()> {
         .await
         .context("create the integrations table")?;
 
-    say("Starting a Gatehouse proxy for the database, with the sample Policies");
-    let proxy = start_proxy(&env, &root).await?;
-    let agent_pgpass = env.path().join("agent-pgpass");
-    write_private(&agent_pgpass, &format!("127.0.0.1:{proxy}:*:*:{AGENT_TOKEN}\n"))?;
-    println!(
-        "    The agent is ServiceAccount agents/planner with a token (static here, TokenReview in a cluster); the database credential stays with the proxy."
+    say(&format!(
+        "A platform team applies the Connection, its Secrets and the sample Policies into {NAMESPACE}"
+    ));
+    // The signing key and the credential go through stdin, never onto the screen.
+    let seed: [u8; 32] = Sha256::digest(random_hex(32)).into();
+    let signing = SigningKey::from_bytes(&seed);
+    let public_key = env.path().join("recording-public-key.pem");
+    write_private(
+        &public_key,
+        &signing.verifying_key().to_public_key_pem(LineEnding::LF)?,
+    )?;
+    let key_pem = signing.to_pkcs8_pem(LineEnding::LF)?;
+    let key_yaml: String = key_pem.lines().map(|l| format!("    {l}\n")).collect();
+    let connection = std::fs::read_to_string(root.join("config/samples/connection.yaml"))?
+        .replace("host: orders.db.svc", "host: 127.0.0.1")
+        .replace("port: 5432", &format!("port: {}", env.postgres.port))
+        .replace("database: orders", &format!("database: {DATABASE}"))
+        .replace("mode: require\n", "mode: disable\n");
+    let secrets = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: orders-db-creds}}
+stringData: {{username: {APP_USER}, password: "{password}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: gatehouse-recording}}
+stringData:
+  access-key-id: "{access}"
+  secret-access-key: "{secret}"
+  signing-key.pem: |
+{key_yaml}"#,
+        password = env.postgres.app_password,
+        access = env.s3.access_key,
+        secret = env.s3.secret_key,
     );
-    for (why, sql) in [
+    for (command, args) in [
         (
-            "a read: allowed by agents-readonly/reads",
-            "SELECT count(*) AS orders FROM orders",
+            format!("kubectl create namespace {NAMESPACE}; kubectl create namespace agents"),
+            vec![
+                vec!["create", "namespace", NAMESPACE],
+                vec!["create", "namespace", "agents"],
+            ],
         ),
         (
-            "credentials in a result: the api_key column is redacted by agents-readonly's column rule, the AWS key in notes by its detectors",
-            "SELECT name, api_key, notes FROM integrations",
+            "kubectl create serviceaccount planner -n agents     # the agent".to_owned(),
+            vec![vec!["create", "serviceaccount", "planner", "-n", "agents"]],
         ),
         (
-            "a schema change: denied by agents-readonly/no-ddl",
-            "DROP TABLE orders",
-        ),
-        (
-            "a write to public.orders: requireApproval in writes-need-approval (holding it for approval arrives with the operator)",
-            "DELETE FROM orders WHERE id = 1",
+            format!(
+                "kubectl create rolebinding dba-approves --clusterrole=gatehouse-approver --group=dba -n {NAMESPACE}"
+            ),
+            vec![vec![
+                "create",
+                "rolebinding",
+                "dba-approves",
+                "--clusterrole=gatehouse-approver",
+                "--group=dba",
+                "-n",
+                NAMESPACE,
+            ]],
         ),
     ] {
-        say(&format!("Agent session, {why}: {sql}"));
-        let out = tokio::process::Command::new("psql")
+        typed(&command);
+        for a in args {
+            kubectl(&env, User::Admin, &a, None).await?;
+        }
+    }
+    typed(&format!(
+        "kubectl apply --server-side -n {NAMESPACE} -f secrets.yaml     # the database credential and the recording key"
+    ));
+    kubectl(
+        &env,
+        User::Admin,
+        &["apply", "--server-side", "-n", NAMESPACE, "-f", "-"],
+        Some(&secrets),
+    )
+    .await?;
+    typed(&format!(
+        "kubectl apply --server-side -n {NAMESPACE} -f config/samples/connection.yaml     # target: the local PostgreSQL"
+    ));
+    kubectl(
+        &env,
+        User::Admin,
+        &["apply", "--server-side", "-n", NAMESPACE, "-f", "-"],
+        Some(&connection),
+    )
+    .await?;
+    for policy in ["policy-readonly-agents.yaml", "policy-writes-need-approval.yaml"] {
+        typed(&format!(
+            "kubectl apply --server-side -n {NAMESPACE} -f config/samples/{policy}"
+        ));
+        let path = root.join("config/samples").join(policy);
+        kubectl(
+            &env,
+            User::Admin,
+            &[
+                "apply",
+                "--server-side",
+                "-n",
+                NAMESPACE,
+                "-f",
+                path.to_str().context("path")?,
+            ],
+            None,
+        )
+        .await?;
+    }
+
+    say("The operator renders the proxy: ServiceAccount, Role, ConfigMap, Deployment, Service");
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(admin.clone(), NAMESPACE);
+    wait_for(|| async { Ok(deployments.get_opt("gatehouse-orders-db").await?.is_some()) }).await?;
+    typed(&format!(
+        "kubectl get deployment,service,configmap,serviceaccount,role -n {NAMESPACE} -l app.kubernetes.io/managed-by=gatehouse-operator"
+    ));
+    indent(
+        &kubectl(
+            &env,
+            User::Admin,
+            &[
+                "get",
+                "deployment,service,configmap,serviceaccount,role",
+                "-n",
+                NAMESPACE,
+                "-l",
+                "app.kubernetes.io/managed-by=gatehouse-operator",
+            ],
+            None,
+        )
+        .await?,
+    );
+
+    say(
+        "The kubelet's part (played here): the proxy starts with the Deployment's args, as its ServiceAccount",
+    );
+    let pod = gatehouse_e2e::kubelet::run_deployment(&env, NAMESPACE, "gatehouse-orders-db").await?;
+    let proxy = pod.port("postgres")?;
+    let connections: Api<Connection> = Api::namespaced(admin.clone(), NAMESPACE);
+    wait_for(|| async {
+        Ok(connections.get("orders-db").await?.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        }))
+    })
+    .await?;
+    typed(&format!("kubectl get gatehouse -n {NAMESPACE}"));
+    indent(&kubectl(&env, User::Admin, &["get", "gatehouse", "-n", NAMESPACE], None).await?);
+
+    say("The agent gets a short-lived token for the gateway: nothing else to leak");
+    typed("kubectl create token planner -n agents --audience gatehouse --duration 1h");
+    let token = kubectl(
+        &env,
+        User::Admin,
+        &[
+            "create",
+            "token",
+            "planner",
+            "-n",
+            "agents",
+            "--audience",
+            "gatehouse",
+            "--duration",
+            "1h",
+        ],
+        None,
+    )
+    .await?;
+    let agent_pgpass = env.path().join("agent-pgpass");
+    write_private(
+        &agent_pgpass,
+        &format!("127.0.0.1:{proxy}:*:*:{}\n", token.trim()),
+    )?;
+    let psql = |sql: &str| {
+        let mut command = tokio::process::Command::new("psql");
+        command
             .args([
                 "-X",
                 "-h",
@@ -145,86 +332,247 @@ async fn demo() -> anyhow::Result<()> {
             ])
             .env("PGPASSFILE", &agent_pgpass)
             .env("PGSSLMODE", "disable")
-            .output()
-            .await
-            .context("run psql")?;
-        print!(
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    };
+    for (why, sql) in [
+        (
+            "a read, allowed by agents-readonly/reads",
+            "SELECT count(*) AS orders FROM orders",
+        ),
+        (
+            "credentials in a result: api_key redacted by agents-readonly's column rule, the AWS key in notes by its detectors",
+            "SELECT name, api_key, notes FROM integrations",
+        ),
+        (
+            "a schema change, denied by agents-readonly/no-ddl",
+            "DROP TABLE orders",
+        ),
+    ] {
+        say(&format!("Agent: {why}"));
+        typed(&format!("psql -h <proxy> -U planner {DATABASE} -c \"{sql}\""));
+        let out = psql(sql).output().await.context("run psql")?;
+        indent(&format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        ));
+    }
+
+    say("Agent: a write to public.orders, which writes-need-approval holds until a dba approves it");
+    let delete = "DELETE FROM orders WHERE id = 1";
+    typed(&format!(
+        "psql -h <proxy> -U planner {DATABASE} -c \"{delete}\"     # waits"
+    ));
+    let held = psql(delete).spawn().context("run psql")?;
+    let requests: Api<ApprovalRequest> = Api::namespaced(admin.clone(), NAMESPACE);
+    wait_for(|| async { Ok(!requests.list(&Default::default()).await?.items.is_empty()) }).await?;
+    let name = requests
+        .list(&Default::default())
+        .await?
+        .items
+        .first()
+        .map(kube::ResourceExt::name_any)
+        .context("the request vanished")?;
+    typed(&format!("kubectl get approvalrequests -n {NAMESPACE} -o wide"));
+    indent(
+        &kubectl(
+            &env,
+            User::Admin,
+            &["get", "approvalrequests", "-n", NAMESPACE, "-o", "wide"],
+            None,
+        )
+        .await?,
+    );
+
+    say("bob tries to approve as alice: the API server refuses it");
+    let patch_as = |user: &str, reason: &str| {
+        serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": user, "decision": "Approved", "reason": reason}}])
+            .to_string()
+    };
+    let forged = patch_as("alice", "looks fine");
+    typed(&format!(
+        "kubectl patch approvalrequest {name} -n {NAMESPACE} --type=json -p '{forged}'     # as bob"
+    ));
+    match kubectl(
+        &env,
+        User::Bob,
+        &[
+            "patch",
+            "approvalrequest",
+            &name,
+            "-n",
+            NAMESPACE,
+            "--type=json",
+            "-p",
+            &forged,
+        ],
+        None,
+    )
+    .await
+    {
+        Ok(_) => bail!("bob's forged review was let in"),
+        Err(e) => {
+            let e = e.to_string();
+            indent(e.split_once(" failed: ").map_or(e.as_str(), |(_, why)| why));
+        }
+    }
+
+    say("alice (group dba) approves: the DELETE runs, once");
+    let approve = patch_as("alice", "ticket OPS-1234");
+    typed(&format!(
+        "kubectl patch approvalrequest {name} -n {NAMESPACE} --type=json -p '{approve}'     # as alice"
+    ));
+    indent(
+        &kubectl(
+            &env,
+            User::Alice,
+            &[
+                "patch",
+                "approvalrequest",
+                &name,
+                "-n",
+                NAMESPACE,
+                "--type=json",
+                "-p",
+                &approve,
+            ],
+            None,
+        )
+        .await?,
+    );
+    let out = tokio::time::timeout(Duration::from_secs(30), held.wait_with_output())
+        .await
+        .context("the approved DELETE did not finish within 30 s")??;
+    println!("    the agent's psql printed:");
+    indent(&format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    typed(&format!("kubectl get approvalrequest {name} -n {NAMESPACE}"));
+    indent(
+        &kubectl(
+            &env,
+            User::Admin,
+            &["get", "approvalrequest", &name, "-n", NAMESPACE],
+            None,
+        )
+        .await?,
+    );
+    typed(&format!(
+        "kubectl get events -n {NAMESPACE} --field-selector involvedObject.name={name}"
+    ));
+    indent(
+        &kubectl(
+            &env,
+            User::Admin,
+            &[
+                "get",
+                "events",
+                "-n",
+                NAMESPACE,
+                "--field-selector",
+                &format!("involvedObject.name={name}"),
+            ],
+            None,
+        )
+        .await?,
+    );
+
+    say("A security engineer replays the agent's sessions from S3 and verifies them");
+    let cli = gatehouse_e2e::workspace_binary("kubectl-gatehouse")?;
+    let recordings = |args: &[&str]| {
+        let mut command = tokio::process::Command::new(&cli);
+        command
+            .args([
+                "--s3-bucket",
+                BUCKET,
+                "--s3-endpoint",
+                &env.s3.endpoint,
+                "--s3-path-style",
+                "--s3-prefix",
+                PREFIX,
+            ])
+            .args(args)
+            .env("AWS_ACCESS_KEY_ID", &env.s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &env.s3.secret_key)
+            .env("GATEHOUSE_RECORDING_PUBLIC_KEY", &public_key);
+        command
+    };
+    let connection_ref = format!("{NAMESPACE}/orders-db");
+    let mut listing = String::new();
+    for _ in 0..100 {
+        let out = recordings(&["sessions", "--connection", &connection_ref])
+            .output()
+            .await?;
+        listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The held DELETE's session is the last of four.
+        if listing.lines().skip(1).count() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    typed(&format!(
+        "kubectl gatehouse sessions --connection {connection_ref}"
+    ));
+    indent(&listing);
+    let last = listing
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .context("no session recorded")?
+        .to_owned();
+    for sub in ["replay", "verify"] {
+        typed(&format!("kubectl gatehouse {sub} {last}"));
+        let out = recordings(&[sub, &last]).output().await?;
+        indent(&format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
 
     say("Try it (in another terminal)");
     println!(
-        "    export PATH={}:$PATH KUBECONFIG={}",
+        "    export PATH={}:{}:$PATH KUBECONFIG={}",
         gatehouse_e2e::tools::Tools::get()?.bin.display(),
-        kubeconfig.display()
+        cli.parent().map(Path::display).context("bin folder")?,
+        kube.kubeconfig(User::Admin).display()
     );
     println!("    kubectl get gatehouse -n {NAMESPACE}");
-    println!("    kubectl explain connection.spec.target");
+    println!("    kubectl explain connection.spec.approval");
     println!("    kubectl describe policy writes-need-approval -n {NAMESPACE}");
-    println!("    kubectl get approvalrequests -n {NAMESPACE} -o wide");
-    println!(
-        "    kubectl --kubeconfig {} auth whoami     # approver alice, group dba",
-        kube.kubeconfig(User::Alice).display()
-    );
-    println!(
-        "    PGPASSFILE={} psql -h 127.0.0.1 -p {} -U {APP_USER} {DATABASE}",
-        pgpass.display(),
-        env.postgres.port
-    );
     println!(
         "    PGPASSFILE={} psql -h 127.0.0.1 -p {proxy} -U planner {DATABASE}     # the agent, through Gatehouse",
         agent_pgpass.display()
+    );
+    println!(
+        "    kubectl --kubeconfig {} get approvalrequests -n {NAMESPACE}     # approver alice, group dba",
+        kube.kubeconfig(User::Alice).display()
     );
     println!("\n    Logs and kubeconfigs: {}", env.path().display());
     println!("\nRunning. Press Ctrl-C to stop everything.");
     tokio::signal::ctrl_c().await?;
     say("Stopping");
+    drop(pod);
     drop(env);
     Ok(())
 }
 
-/// The demo agent's token; only its SHA-256 is in the proxy's configuration.
-const AGENT_TOKEN: &str = "demo-agent-token-change-me";
-
-/// Starts an in-process proxy in front of the demo database, with the
-/// Policies of `config/samples` as the operator would select them, and
-/// returns its port.
-async fn start_proxy(env: &TestEnv, root: &Path) -> anyhow::Result<u16> {
-    let mut policies = Vec::new();
-    for file in ["policy-readonly-agents.yaml", "policy-writes-need-approval.yaml"] {
-        let path = root.join("config/samples").join(file);
-        let policy: gatehouse_crds::Policy = serde_norway::from_str(&std::fs::read_to_string(&path)?)
-            .with_context(|| format!("read {}", path.display()))?;
-        policies.push(NamedPolicy {
-            name: policy.metadata.name.unwrap_or_default(),
-            spec: policy.spec,
-        });
+/// Polls `check` every 100 ms for up to 30 s.
+async fn wait_for<F, Fut>(mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    for _ in 0..300 {
+        if check().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let hash = hex::encode(Sha256::digest(AGENT_TOKEN.as_bytes()));
-    let proxy = gateway::start_proxy(env, "proxy", |port, creds| {
-        let mut config = ProxyConfig::from_yaml(&format!(
-            r#"connection: {{namespace: {NAMESPACE}, name: orders-db}}
-listen: {{address: "127.0.0.1:{port}", allowPlaintext: true}}
-admin: {{address: "127.0.0.1:0"}}
-upstream:
-  host: 127.0.0.1
-  port: {pg}
-  database: {DATABASE}
-  tls: {{mode: disable}}
-  credentials: {{usernameFile: {creds}/username, passwordFile: {creds}/password}}
-auth:
-  staticTokens:
-    - {{sha256: {hash}, username: "system:serviceaccount:agents:planner", groups: [system:serviceaccounts, "system:serviceaccounts:agents"]}}
-"#,
-            pg = env.postgres.port,
-            creds = creds.display(),
-        ))?;
-        config.policies = policies;
-        Ok(serde_norway::to_string(&config)?)
-    })
-    .await?;
-    Ok(proxy.port)
+    bail!("timed out after 30 s")
 }
