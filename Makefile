@@ -27,9 +27,9 @@ demo: deps tools ## The whole story live: control plane, PostgreSQL, S3, operato
 	$(CARGO) build --locked -q -p gatehouse-proxy -p kubectl-gatehouse --bins
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q -p gatehouse-e2e --bin demo
 
-bench: deps ## pgbench -S (policy; + recording; + masking + recording) and masking figures against direct and pgbouncer; ~5 min once built
-	$(CARGO) build --locked -q --release -p gatehouse-proxy
-	$(CARGO) run --locked -q --release -p gatehouse-e2e --bin bench
+bench: deps tools ## pgbench -S (policy; + recording; + masking + recording), masking, and the operator (1,000 Connections, Policy edit and approval latency) against direct and pgbouncer; ~10 min once built
+	$(CARGO) build --locked -q --release -p gatehouse-proxy -p gatehouse-operator --bins
+	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) run --locked -q --release -p gatehouse-e2e --bin bench
 
 deps: ## Install missing system packages (PostgreSQL, setpriv), rustup components and the e2e client drivers (cached)
 	@e2e/tools/deps.sh

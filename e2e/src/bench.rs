@@ -11,6 +11,7 @@
 
 pub mod corpus;
 pub mod masking;
+pub mod operator;
 
 use std::{
     fmt::Write as _,

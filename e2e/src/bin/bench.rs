@@ -228,9 +228,28 @@ async fn run(dir: &Path, seconds: u32, warm_up: u32, scale: u32, mask_rows: u32)
 
     let masking = masking::run(dir, &proxy_binary, &postgres, &direct, u64::from(mask_rows)).await?;
     println!("\n{}", masking.render());
+    drop(postgres);
+    let connections = env_number("BENCH_CONNECTIONS", 1000)?;
+    let operator = if connections == 0 {
+        None
+    } else {
+        println!(
+            "\nOperator: {connections} Connections, then Policy edits and approvals on a proxy the harness runs"
+        );
+        let bin = proxy_binary.parent().context("the proxy binary has no folder")?;
+        let report = gatehouse_e2e::bench::operator::run(
+            bin,
+            connections as usize,
+            env_number("BENCH_ROUNDS", 20)? as usize,
+        )
+        .await?;
+        println!("\n{}", report.render());
+        Some(report)
+    };
     let json = write_json(&LastRun {
         pgbench: &report,
         masking: &masking,
+        operator: operator.as_ref(),
     })?;
     println!(
         "Written to {}; the whole bench took {:.0} s.",
@@ -391,6 +410,7 @@ struct LastRun<'a> {
     #[serde(flatten)]
     pgbench: &'a Report,
     masking: &'a MaskingReport,
+    operator: Option<&'a gatehouse_e2e::bench::operator::OperatorReport>,
 }
 
 fn write_json(report: &LastRun<'_>) -> anyhow::Result<PathBuf> {
