@@ -112,12 +112,45 @@ label!(
         Allow => "allow",
         /// Refused by a rule, the default deny or a statement the classifier refuses.
         Deny => "deny",
-        /// Refused for want of an approval.
+        /// Held for approval (refused where the proxy cannot ask: standalone).
         RequireApproval => "require_approval",
         /// Refused because PostgreSQL's parser rejects the text.
         Unparseable => "unparseable",
     }
 );
+
+label!(
+    /// How the hold of a statement that needs approval ended.
+    ApprovalOutcome, "outcome" {
+        /// Approved: the statement ran.
+        Approved => "approved",
+        /// A reviewer denied it.
+        Denied => "denied",
+        /// The request lapsed.
+        Expired => "expired",
+        /// `holdTimeout` passed; the request stays open.
+        TimedOut => "timed_out",
+        /// The client cancelled or left; the request was withdrawn.
+        Cancelled => "cancelled",
+        /// The request could not be made or read.
+        Failed => "failed",
+    }
+);
+
+impl ApprovalOutcome {
+    /// The label of `outcome`.
+    pub fn of(outcome: &crate::approval::Outcome) -> Self {
+        use crate::approval::Outcome;
+        match outcome {
+            Outcome::Approved { .. } => Self::Approved,
+            Outcome::Denied { .. } => Self::Denied,
+            Outcome::Expired { .. } => Self::Expired,
+            Outcome::TimedOut { .. } => Self::TimedOut,
+            Outcome::Cancelled { .. } => Self::Cancelled,
+            Outcome::Failed(_) => Self::Failed,
+        }
+    }
+}
 
 label!(
     /// Which way bytes crossed the proxy.
@@ -318,6 +351,8 @@ pub struct Metrics {
     pub sessions_ended: Counters<SessionEnd>,
     /// Statements by decision.
     pub statements: Counters<StatementDecision>,
+    /// Holds for approval by how they ended.
+    pub approvals: Counters<ApprovalOutcome>,
     /// Classifications answered from the cache.
     pub parse_cache_hits: Counter,
     /// Classifications that ran the parser.
@@ -374,6 +409,11 @@ impl Metrics {
             &mut registry,
             "gatehouse_statements",
             "Statements judged by the policy, by decision",
+        );
+        let approvals = Counters::register(
+            &mut registry,
+            "gatehouse_approvals",
+            "Statements held for approval, by how the hold ended",
         );
         let parse_cache_hits = Counter::default();
         registry.register(
@@ -458,6 +498,7 @@ impl Metrics {
             recording_sessions_refused.clone(),
         );
         Metrics {
+            approvals,
             masking,
             recording,
             recording_events_dropped,

@@ -41,11 +41,12 @@ pub use crate::policy::Refusal;
 use crate::{
     approval::{self, HoldEvent, Outcome},
     mask::{rows::Masker, stream::ResultMasking},
-    metrics::{ByteDirection, Metrics},
+    metrics::{ApprovalOutcome, ByteDirection, Metrics},
     pg::{
         Frame, FrameCodec, ProtocolError,
         messages::{
-            Bind, ErrorResponse, Message, NoticeResponse, ParameterStatus, Parse, Query, Severity, Terminate,
+            Bind, Close, ErrorResponse, Message, NoticeResponse, ParameterStatus, Parse, Query, Severity,
+            Target, Terminate,
         },
         sqlstate, tag,
     },
@@ -531,6 +532,7 @@ where
         let Some(holding) = self.holding.take() else {
             return Ok(());
         };
+        self.settings.metrics.approvals.inc(ApprovalOutcome::of(&outcome));
         // Dropping the receiver withdraws a request still pending.
         drop(holding.events);
         if let Some(tape) = self.tape.as_deref_mut() {
@@ -655,6 +657,13 @@ where
                         request: None,
                         cancelled: None,
                     }));
+                }
+                (frame, None)
+            }
+            tag::frontend::CLOSE if !self.held_statements.is_empty() => {
+                let close = Close::decode(&frame)?;
+                if close.target == Target::Statement {
+                    self.held_statements.remove(&close.name);
                 }
                 (frame, None)
             }
