@@ -34,7 +34,7 @@ bench: deps tools ## pgbench -S (policy; + recording; + masking + recording), ma
 deps: ## Install missing system packages (PostgreSQL, setpriv), rustup components and the e2e client drivers (cached)
 	@e2e/tools/deps.sh
 
-tools: deps ## Build kube-apiserver, etcd, kubectl and versitygw at their pinned versions (cached)
+tools: deps ## Build kube-apiserver, etcd, kubectl, versitygw and helm at their pinned versions (cached)
 	@e2e/tools/build.sh >/dev/null
 
 crds: ## Regenerate the CRD YAML from crds/src

@@ -1,6 +1,6 @@
-//! The real components' binaries: kube-apiserver, etcd and kubectl built from
-//! their Go modules (pinned in `e2e/tools/versions.env`), versitygw for S3, and
-//! Debian's PostgreSQL server.
+//! The real components' binaries: kube-apiserver, etcd, kubectl and helm built
+//! from their Go modules (pinned in `e2e/tools/versions.env`), versitygw for
+//! S3, and Debian's PostgreSQL server.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 /// Where the binaries are.
 #[derive(Debug, Clone)]
 pub struct Tools {
-    /// Folder holding `etcd`, `kube-apiserver`, `kubectl` and `versitygw`.
+    /// Folder holding `etcd`, `kube-apiserver`, `kubectl`, `versitygw` and `helm`.
     pub bin: PathBuf,
     /// Folder holding PostgreSQL's `initdb` and `postgres`.
     pub pg_bin: PathBuf,
@@ -40,7 +40,7 @@ impl Tools {
             bin,
             pg_bin: postgres_bin()?,
         };
-        for name in ["etcd", "kube-apiserver", "kubectl", "versitygw"] {
+        for name in ["etcd", "kube-apiserver", "kubectl", "versitygw", "helm"] {
             tools.require(&tools.bin, name)?;
         }
         for name in ["initdb", "postgres"] {

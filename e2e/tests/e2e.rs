@@ -16,6 +16,7 @@ mod identity;
 mod masking;
 mod operator;
 mod ops;
+mod packaging;
 mod proxy;
 mod recording;
 mod session;
@@ -114,6 +115,11 @@ fn main() -> ExitCode {
         admission::an_expired_or_consumed_request_takes_no_review,
         admission::metadata_updates_pass_even_after_a_decision,
         admission::the_chart_installs_the_same_policy_as_config_admission,
+        packaging::the_chart_lints_and_renders_its_values_into_the_operators_flags,
+        packaging::kustomize_builds_config_default_with_the_charts_rbac_and_deployment,
+        packaging::the_rendered_chart_applies_to_the_api_server,
+        packaging::the_operators_account_applies_a_connections_children_and_nothing_more,
+        packaging::each_dockerfile_builds_a_binary_of_the_workspace,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

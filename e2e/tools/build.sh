@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real components the e2e harness runs (kube-apiserver, kubectl,
-# etcd, the S3 server) from their Go modules into a cache outside the repo,
-# keyed by version: a second run with the same pins does nothing.
+# etcd, the S3 server, helm) from their Go modules into a cache outside the
+# repo, keyed by version: a second run with the same pins does nothing.
 #
 #   e2e/tools/build.sh            # prints the bin folder on its last line
 #
@@ -40,5 +40,14 @@ build etcd "$here/etcd" go.etcd.io/etcd/server/v3
 build kube-apiserver "$here/kube" k8s.io/kubernetes/cmd/kube-apiserver "$kver $cver"
 build kubectl "$here/kube" k8s.io/kubernetes/cmd/kubectl "$kver $cver"
 build versitygw "$here/s3" github.com/versity/versitygw/cmd/versitygw
+# helm is keyed by its own version inside the folder (so a new helm pin does
+# not rebuild the control plane); `helm` points at the pinned build.
+helm_k8s=$(sed -n 's|^\s*k8s.io/client-go v0\.\([0-9]*\)\..*|\1|p' "$here/helm/go.mod")
+[ -n "$helm_k8s" ] || die "step 'read helm's client-go version': no k8s.io/client-go in $here/helm/go.mod"
+hver="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+hver="$hver -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$helm_k8s"
+hver="$hver -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$helm_k8s"
+build "helm-$HELM_VERSION" "$here/helm" helm.sh/helm/v3/cmd/helm "$hver"
+ln -sfn "helm-$HELM_VERSION" "$bin/helm"
 
 echo "$bin"
