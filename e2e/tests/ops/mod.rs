@@ -283,7 +283,18 @@ pub async fn admin_endpoint_reports_health_readiness_and_counters(env: Arc<TestE
         let err = client.batch_execute(sql).await.err().context(sql)?;
         ensure!(err.code() == Some(&code), "{sql}: {err}");
     }
-    let during = Scrape::take(&proxy).await?;
+    // A statement's duration is observed when its ReadyForQuery passes the
+    // proxy, which may be just after the client has its error: wait for it.
+    let mut during = Scrape::take(&proxy).await?;
+    for _ in 0..100 {
+        let done = during.value("gatehouse_statement_duration_seconds_count")?
+            - before.value("gatehouse_statement_duration_seconds_count")?;
+        if done >= 6.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        during = Scrape::take(&proxy).await?;
+    }
     let delta = |series: &str| -> anyhow::Result<f64> { Ok(during.value(series)? - before.value(series)?) };
     for (series, expected) in [
         (r#"gatehouse_statements_total{decision="allow"}"#, 3.0),
