@@ -1,6 +1,8 @@
 //! `gatehouse-operator`: reconciles Connections, Policies and ApprovalRequests while it holds
 //! the Lease `--lease-name` in `--lease-namespace` (two replicas are safe:
-//! the other waits), serves `/healthz`, `/readyz` and `/metrics` on `--health-address`,
+//! the other waits), serves `/healthz`, `/readyz` and `/metrics` on
+//! `--health-address` and `/metrics` on `--metrics-address` (the `metrics`
+//! port of the chart and `config/manager`),
 //! logs JSON, and on SIGTERM lets reconciles in flight finish and releases
 //! the Lease.
 
@@ -43,6 +45,9 @@ struct Args {
     /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "GATEHOUSE_HEALTH_ADDRESS", default_value = "0.0.0.0:8081")]
     health_address: SocketAddr,
+    /// `/metrics` for a scraper (the health address serves it too).
+    #[arg(long, env = "GATEHOUSE_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
     /// How long a finished ApprovalRequest (denied, expired or consumed) is
     /// kept after its `expiresAt`, for `kubectl get` and audits.
     #[arg(long, env = "GATEHOUSE_APPROVAL_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -98,6 +103,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let health = tokio::net::TcpListener::bind(args.health_address).await?;
     tokio::spawn(gatehouse_operator::health::serve(health, metrics.clone()));
+    // The same answers on both: one server, two ports the manifests name.
+    let scrape = tokio::net::TcpListener::bind(args.metrics_address).await?;
+    tokio::spawn(gatehouse_operator::health::serve(scrape, metrics.clone()));
 
     let identity = args
         .identity

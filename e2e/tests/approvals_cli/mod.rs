@@ -9,7 +9,7 @@
 //! `spec.reviews`, never at the phase.
 //!
 //! The operator binary itself runs with its own Lease in a namespace of its
-//! own; `/metrics` on its health address counts what it did.
+//! own; `/metrics` on its metrics and health addresses counts what it did.
 
 use std::{path::PathBuf, process::Output, sync::Arc, time::Duration};
 
@@ -392,6 +392,7 @@ pub async fn deny_needs_a_reason_records_it_and_decides(env: Arc<TestEnv>) -> an
 struct OperatorProcess {
     process: Process,
     health: u16,
+    metrics: u16,
 }
 
 impl OperatorProcess {
@@ -400,6 +401,7 @@ impl OperatorProcess {
     /// the same objects, and its Lease in `namespace`.
     fn start(env: &TestEnv, namespace: &str) -> anyhow::Result<OperatorProcess> {
         let health = gatehouse_e2e::net::free_port()?;
+        let metrics = gatehouse_e2e::net::free_port()?;
         let admin = env.kube.kubeconfig(User::Admin);
         let process = Spawn::new(
             "gatehouse-operator",
@@ -414,6 +416,7 @@ impl OperatorProcess {
         .args(["--recording-s3-path-style", "--recording-s3-prefix", "sessions"])
         .args(["--approval-retention", "2s"])
         .args(["--health-address", &format!("127.0.0.1:{health}")])
+        .args(["--metrics-address", &format!("127.0.0.1:{metrics}")])
         .args([
             "--lease-namespace",
             namespace,
@@ -423,15 +426,19 @@ impl OperatorProcess {
         .args(["--identity", "metrics-e2e"])
         .env("KUBECONFIG", admin.to_str().context("kubeconfig path")?)
         .start("start gatehouse-operator")?;
-        Ok(OperatorProcess { process, health })
+        Ok(OperatorProcess {
+            process,
+            health,
+            metrics,
+        })
     }
 
-    /// A scrape of `/metrics`, once the health address answers.
+    /// A scrape of `/metrics` on the metrics address, once it answers.
     async fn scrape(&mut self) -> anyhow::Result<Scrape> {
         let mut last = None;
         for _ in 0..100 {
             self.process.ensure_running("scrape the operator's /metrics")?;
-            match Scrape::from_admin(self.health).await {
+            match Scrape::from_admin(self.metrics).await {
                 Ok(scrape) => return Ok(scrape),
                 Err(e) => last = Some(e),
             }
@@ -472,6 +479,12 @@ pub async fn the_operator_serves_metrics_counting_reconciles_while_it_leads(
     let scrape = operator
         .eventually("leading", |s| Ok(s.value("gatehouse_operator_leader")? == 1.0))
         .await?;
+    // The health address serves the same metrics.
+    let on_health = Scrape::from_admin(operator.health).await?;
+    ensure!(
+        on_health.value("gatehouse_operator_leader")? == 1.0,
+        "the health address's /metrics"
+    );
     for series in [
         r#"gatehouse_operator_reconcile_errors_total{controller="connection",reason="conflict"}"#,
         r#"gatehouse_operator_reconcile_duration_seconds_count{controller="policy"}"#,
