@@ -51,5 +51,5 @@ unit:
 	$(CARGO) test --locked -p gatehouse-e2e --lib
 
 e2e: tools
-	$(CARGO) build --locked -q -p gatehouse-proxy -p kubectl-gatehouse --bins
+	$(CARGO) build --locked -q -p gatehouse-proxy -p kubectl-gatehouse -p gatehouse-operator --bins
 	GATEHOUSE_TOOLS_BIN=$(TOOLS_BIN) $(CARGO) test --locked -p gatehouse-e2e --test e2e

@@ -2,20 +2,33 @@
 
 use std::{io::Write, path::PathBuf, time::SystemTime};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gatehouse_crds::Decision;
 use gatehouse_recording::store::{S3Settings, Store};
+use k8s_openapi::jiff::Timestamp;
 
-use crate::{Error, Result, recordings::Recordings, replay, sessions, time, verify};
+use crate::{
+    Error, Result,
+    approvals::{self, Scope},
+    recordings::Recordings,
+    replay, sessions, time, verify,
+};
 
-/// Gatehouse session recordings: list, replay and verify what AI agents did
-/// through the gateway.
+/// Gatehouse for approvers and security teams: review held statements;
+/// list, replay and verify what AI agents did through the gateway.
 #[derive(Debug, Parser)]
 #[command(
     name = "kubectl-gatehouse",
     bin_name = "kubectl gatehouse",
     version,
     about,
-    long_about = "Gatehouse session recordings: list, replay and verify what AI agents did through the gateway.
+    long_about = "Gatehouse for approvers and security teams: review held statements; list, replay and verify \
+what AI agents did through the gateway.
+
+Approvals (pending, approve, deny) talk to the Kubernetes API as you: your kubeconfig \
+(KUBECONFIG honoured) and its context's namespace unless -n is given. A review is added under \
+the username the API server knows you by; whether you may add it is the API server's decision, \
+and its refusal is printed as it gives it.
 
 Recordings are read from a local folder (--dir) or an S3 bucket (--s3-bucket), the store the \
 proxies write to (recording.* in their configuration). S3 credentials come from \
@@ -25,11 +38,11 @@ Recordings are evidence only once verified: `verify` (or `replay --public-key`) 
 gateway's signature, every chunk's digest and the chain of events, with the gateway's public key \
 (SPKI PEM: `openssl pkey -in signing-key.pem -pubout`).
 
-Exit codes: 0 success; 1 a session did not verify; 2 usage errors, unreadable keys, unreachable \
-stores, sessions not found."
+Exit codes: 0 success; 1 a session did not verify, or the API server refused a review or has no \
+such request; 2 usage errors, unreadable keys, unreachable stores or API server, sessions not found."
 )]
 pub struct Cli {
-    /// Where the recordings are.
+    /// Where the recordings are (the recording commands).
     #[command(flatten)]
     pub store: StoreArgs,
     /// What to do.
@@ -76,6 +89,26 @@ pub struct StoreArgs {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// List the ApprovalRequests waiting for reviews, newest first: name,
+    /// connection, requester, statement (secrets masked, on one line),
+    /// approvals so far of those required, and time left before it expires.
+    Pending(PendingArgs),
+    /// Approve a held statement: add your review, decision Approved, to the
+    /// ApprovalRequest NAME.
+    ///
+    /// The review names you as the API server authenticates you (a
+    /// SelfSubjectReview) and is added with a JSON patch appending to
+    /// /spec/reviews, as the README's `kubectl patch` does. The API server
+    /// decides whether you may: its refusal (you sent the statement, you are
+    /// not among the approvers, the request is already decided) is printed as
+    /// it gives it, with exit code 1.
+    Approve(ApproveArgs),
+    /// Deny a held statement: add your review, decision Denied, to the
+    /// ApprovalRequest NAME, with a reason the requester is shown.
+    ///
+    /// One denial decides the request. Like `approve`, the API server decides
+    /// whether you may, and its refusal is printed with exit code 1.
+    Deny(DenyArgs),
     /// List recorded sessions, oldest first: id, start, connection, user,
     /// how it ended (`open` without a manifest yet), events, chunks.
     ///
@@ -98,6 +131,72 @@ pub enum Command {
     /// Prints `verified: ...` and exits 0, or `NOT VERIFIED: ...` naming the
     /// chunk, line and event that failed and exits 1.
     Verify(VerifyArgs),
+}
+
+/// The namespace of the approval commands.
+#[derive(Debug, Clone, Args)]
+pub struct NamespaceArgs {
+    /// The namespace of the requests; the kubeconfig context's namespace by default.
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl NamespaceArgs {
+    /// The namespace given, or the client's default (its kubeconfig context's).
+    pub fn or_default(&self, client: &kube::Client) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned())
+    }
+}
+
+/// How `pending` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The requests as a Kubernetes List, as `kubectl get -o json` prints it.
+    Json,
+}
+
+/// `pending` options.
+#[derive(Debug, Clone, Args)]
+pub struct PendingArgs {
+    /// Where to look.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    /// Every namespace you may list, with a NAMESPACE column.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// The output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// `approve` options.
+#[derive(Debug, Clone, Args)]
+pub struct ApproveArgs {
+    /// The ApprovalRequest's name.
+    pub name: String,
+    /// Where it is.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    /// Why, for the record (a ticket, a change number).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+}
+
+/// `deny` options.
+#[derive(Debug, Clone, Args)]
+pub struct DenyArgs {
+    /// The ApprovalRequest's name.
+    pub name: String,
+    /// Where it is.
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    /// Why; the requester is shown it.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
 }
 
 /// `sessions` options.
@@ -194,9 +293,42 @@ impl StoreArgs {
 /// Runs a command, writing what it shows to `out`. Errors are for the
 /// caller to print; [`Error::exit_code`] says how to exit.
 pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
-    let recordings = cli.store.recordings(|name| std::env::var(name).ok())?;
+    let env = |name: &str| std::env::var(name).ok();
     match cli.command {
+        Command::Pending(args) => {
+            let client = approvals::connect().await?;
+            let scope = if args.all_namespaces {
+                Scope::All
+            } else {
+                Scope::Namespace(args.namespace.or_default(&client))
+            };
+            let requests = approvals::pending(&client, &scope).await?;
+            match args.output {
+                Output::Table => approvals::print_table(&requests, &scope, Timestamp::now(), out)?,
+                Output::Json => approvals::print_json(&requests, out)?,
+            }
+        }
+        Command::Approve(args) => {
+            let reason = args.reason.as_deref().filter(|r| !r.trim().is_empty());
+            review(&args.name, &args.namespace, Decision::Approved, reason, out).await?;
+        }
+        Command::Deny(args) => {
+            if args.reason.trim().is_empty() {
+                return Err(Error::Usage(
+                    "deny needs a --reason: the requester is shown why".into(),
+                ));
+            }
+            review(
+                &args.name,
+                &args.namespace,
+                Decision::Denied,
+                Some(&args.reason),
+                out,
+            )
+            .await?;
+        }
         Command::Sessions(args) => {
+            let recordings = cli.store.recordings(env)?;
             let filter = sessions::Filter {
                 connection: args.connection,
                 user: args.user,
@@ -207,6 +339,7 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             sessions::print(&found, out)?;
         }
         Command::Replay(args) => {
+            let recordings = cli.store.recordings(env)?;
             replay::run(
                 &recordings,
                 &args.session,
@@ -216,9 +349,27 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             )
             .await?;
         }
-        Command::Verify(args) => verify::run(&recordings, &args.session, &args.public_key, out).await?,
+        Command::Verify(args) => {
+            let recordings = cli.store.recordings(env)?;
+            verify::run(&recordings, &args.session, &args.public_key, out).await?;
+        }
     }
     out.flush()?;
+    Ok(())
+}
+
+/// `approve` and `deny`: adds the caller's review and says what happened.
+async fn review(
+    name: &str,
+    namespace: &NamespaceArgs,
+    decision: Decision,
+    reason: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let client = approvals::connect().await?;
+    let namespace = namespace.or_default(&client);
+    let reviewed = approvals::review(&client, &namespace, name, decision, reason).await?;
+    writeln!(out, "{reviewed}")?;
     Ok(())
 }
 
@@ -276,6 +427,44 @@ mod tests {
                 .all(|f| !f.contains("secret") && !f.contains("key-id")),
             "{flags:?}"
         );
+    }
+
+    #[test]
+    fn approvals_take_a_namespace_and_deny_needs_a_reason() {
+        let cli = parse(&["approve", "orders-db-x7k2p", "-n", "team-a"]);
+        let Command::Approve(args) = cli.command else {
+            panic!("not approve")
+        };
+        assert_eq!(args.namespace.namespace.as_deref(), Some("team-a"));
+        assert_eq!(args.reason, None);
+        let cli = parse(&["deny", "orders-db-x7k2p", "--reason", "not during the freeze"]);
+        let Command::Deny(args) = cli.command else {
+            panic!("not deny")
+        };
+        assert_eq!(args.namespace.namespace, None);
+        assert_eq!(args.reason, "not during the freeze");
+        let e = Cli::try_parse_from(["kubectl-gatehouse", "deny", "orders-db-x7k2p"]).unwrap_err();
+        assert!(e.to_string().contains("--reason <TEXT>"), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        let cli = parse(&["pending", "-A", "-o", "json"]);
+        let Command::Pending(args) = cli.command else {
+            panic!("not pending")
+        };
+        assert!(args.all_namespaces);
+        assert_eq!(args.output, Output::Json);
+        let e = Cli::try_parse_from(["kubectl-gatehouse", "pending", "-A", "-n", "team-a"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict, "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_denial_reason_is_a_usage_error_before_any_connection() {
+        // Checked before the API server is asked anything (none is reachable here).
+        let cli = parse(&["deny", "orders-db-x7k2p", "--reason", "  "]);
+        let mut out = Vec::new();
+        let e = run(cli, &mut out).await.unwrap_err();
+        assert!(matches!(e, Error::Usage(_)), "{e}");
+        assert_eq!(e.exit_code(), 2);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! `kubectl gatehouse`: the kubectl plugin for approvers and security teams.
 //!
+//! [`approvals`] holds the approver's commands, against the Kubernetes API:
+//! `pending` lists the ApprovalRequests waiting for reviews, `approve` and
+//! `deny` add the caller's review.
+//!
 //! The recording commands read what the gateway recorded (see
 //! `docs/recording-format.md`), from a local folder or an S3 bucket:
 //!
@@ -15,6 +19,7 @@
 
 pub use gatehouse_crds as api;
 
+pub mod approvals;
 pub mod cli;
 pub mod recordings;
 pub mod replay;
@@ -72,17 +77,39 @@ pub enum Error {
          pass --unverified to read it anyway."
     )]
     Refused(Box<Error>),
+    /// The Kubernetes API could not be asked: no kubeconfig, no answer,
+    /// credentials refused.
+    #[error("{0}")]
+    Kubernetes(String),
+    /// The API server refused what was asked (RBAC, the admission policy,
+    /// the CRD's validation); its message is written for people and shown as is.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// No ApprovalRequest of that name.
+    #[error("ApprovalRequest {name} not found in namespace {namespace}")]
+    RequestNotFound {
+        /// The request asked for.
+        name: String,
+        /// Where it was looked for.
+        namespace: String,
+    },
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }
 
 impl Error {
-    /// The process's exit code: 1 when a session does not verify, 2 for
-    /// everything else (usage, key, store, a session that is not there).
+    /// The process's exit code: 1 when a session does not verify, or the
+    /// API server refused a request or has no such ApprovalRequest; 2 for
+    /// everything else (usage, key, store, a session that is not there, the
+    /// Kubernetes API out of reach).
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::NotVerified(_) | Error::Misfiled { .. } | Error::Refused(_) => 1,
+            Error::NotVerified(_)
+            | Error::Misfiled { .. }
+            | Error::Refused(_)
+            | Error::NotAllowed(_)
+            | Error::RequestNotFound { .. } => 1,
             _ => 2,
         }
     }

@@ -1,6 +1,7 @@
 //! `kubectl-gatehouse`: found on PATH by kubectl as `kubectl gatehouse`.
 //! Parses the command line, runs the command, and exits 0 (success), 1 (a
-//! session did not verify) or 2 (anything else, clap's usage errors too).
+//! session did not verify; the API server refused a review or has no such
+//! request) or 2 (anything else, clap's usage errors too).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,9 @@ use kubectl_gatehouse::{
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Cli::parse();
+    // The Kubernetes client's TLS: ring, the provider the rest of the build
+    // uses (the S3 client brings another, so rustls cannot pick one itself).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let mut out = std::io::stdout().lock();
     match cli::run(args, &mut out).await {
         Ok(()) => ExitCode::SUCCESS,

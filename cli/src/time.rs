@@ -1,4 +1,4 @@
-//! Times on the command line and in recordings.
+//! Times on the command line, in recordings and in the approvals table.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -68,6 +68,29 @@ pub fn micros(us: u64) -> String {
     }
 }
 
+/// A duration as kubectl shows ages, to the second and in its two largest
+/// units: `45s`, `4m12s`, `2h5m`, `3d4h`.
+pub fn short(d: Duration) -> String {
+    let s = d.as_secs();
+    let (days, hours, minutes, seconds) = (s / 86_400, s / 3_600 % 24, s / 60 % 60, s % 60);
+    let pair = |big: u64, big_unit: &str, small: u64, small_unit: &str| {
+        if small == 0 {
+            format!("{big}{big_unit}")
+        } else {
+            format!("{big}{big_unit}{small}{small_unit}")
+        }
+    };
+    if days > 0 {
+        pair(days, "d", hours, "h")
+    } else if hours > 0 {
+        pair(hours, "h", minutes, "m")
+    } else if minutes > 0 {
+        pair(minutes, "m", seconds, "s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,5 +127,17 @@ mod tests {
         assert_eq!(micros(850), "850 us");
         assert_eq!(micros(12_340), "12.3 ms");
         assert_eq!(micros(4_200_000), "4.20 s");
+    }
+
+    #[test]
+    fn short_durations_read_like_kubectl_ages() {
+        let s = Duration::from_secs;
+        assert_eq!(short(s(0)), "0s");
+        assert_eq!(short(s(45)), "45s");
+        assert_eq!(short(s(252)), "4m12s");
+        assert_eq!(short(s(300)), "5m");
+        assert_eq!(short(s(2 * 3_600 + 5 * 60 + 59)), "2h5m");
+        assert_eq!(short(s(3 * 86_400 + 4 * 3_600 + 7)), "3d4h");
+        assert_eq!(short(s(86_400)), "1d");
     }
 }

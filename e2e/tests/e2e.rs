@@ -10,6 +10,7 @@ use gatehouse_e2e::TestEnv;
 use libtest_mimic::{Arguments, Failed, Trial};
 
 mod admission;
+mod approvals_cli;
 mod drivers;
 mod harness;
 mod identity;
@@ -120,6 +121,10 @@ fn main() -> ExitCode {
         packaging::the_rendered_chart_applies_to_the_api_server,
         packaging::the_operators_account_applies_a_connections_children_and_nothing_more,
         packaging::each_dockerfile_builds_a_binary_of_the_workspace,
+        approvals_cli::pending_lists_what_waits_and_approve_adds_the_callers_own_review,
+        approvals_cli::the_requester_and_users_outside_the_approvers_are_refused_with_the_api_servers_message,
+        approvals_cli::deny_needs_a_reason_records_it_and_decides,
+        approvals_cli::the_operator_serves_metrics_counting_reconciles_while_it_leads,
     ];
     let tracing = tracing_subscriber::fmt().with_env_filter(
         tracing_subscriber::EnvFilter::try_from_default_env()

@@ -11,7 +11,8 @@
 //! - [`approval`]: an ApprovalRequest's phase from its reviews and the
 //!   clock, an Event per decision, removal after the retention.
 //!
-//! [`run`] starts the three controllers on one [`Context`].
+//! [`run`] starts the three controllers on one [`Context`]; [`metrics`]
+//! counts and times their reconciles.
 #![forbid(unsafe_code)]
 
 pub mod approval;
@@ -19,6 +20,7 @@ pub mod conditions;
 pub mod config;
 pub mod connection;
 pub mod health;
+pub mod metrics;
 pub mod policy;
 pub mod render;
 
@@ -32,10 +34,11 @@ use k8s_openapi::api::{
     rbac::v1::{Role, RoleBinding},
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
     runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
+use metrics::{ControllerKind, ErrorReason, Metrics};
 
 pub use gatehouse_crds as api;
 pub use render::{ProxySettings, RecordingS3};
@@ -77,6 +80,8 @@ pub struct Context {
     pub approval_retention: Duration,
     /// Records a Kubernetes Event for each decision.
     pub recorder: kube::runtime::events::Recorder,
+    /// Counts and times the reconciles.
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Context {
@@ -87,14 +92,70 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// The error policy of `controller`: logs, counts the failure, retries in 5 s.
+fn error_policy<K: Resource>(controller: ControllerKind) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |object, error, ctx| {
+        let reason = ErrorReason::of(error);
+        tracing::warn!(controller = controller.as_str(), reason = reason.as_str(), %error, "reconcile failed; retrying");
+        ctx.metrics
+            .reconcile_failed(controller, reason, key(object.as_ref()));
+        Action::requeue(Duration::from_secs(5))
+    }
 }
 
-/// Runs the Connection and Policy controllers until `shutdown` completes,
-/// then lets reconciles in flight finish.
+/// Runs `reconcile` on `object`, counted and timed as `controller`'s.
+async fn counted<K, F, Fut>(
+    controller: ControllerKind,
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    reconcile: F,
+) -> Result<Action, Error>
+where
+    K: Resource,
+    F: FnOnce(Arc<K>, Arc<Context>) -> Fut,
+    Fut: Future<Output = Result<Action, Error>>,
+{
+    let _reconciling = ctx.metrics.reconcile_started(controller, &key(object.as_ref()));
+    reconcile(object, ctx).await
+}
+
+/// What one of `controller`'s reconciles came to, past the error policy: an
+/// object that is gone before its retry no longer waits.
+fn outcome<K: Resource, E: std::error::Error + 'static>(
+    controller: ControllerKind,
+    metrics: &Metrics,
+    result: Result<(ObjectRef<K>, Action), kube::runtime::controller::Error<Error, E>>,
+) -> std::future::Ready<()> {
+    match result {
+        Ok(_) => {}
+        Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+            let namespace = object.namespace.as_deref().unwrap_or_default();
+            metrics.forget(controller, &format!("{namespace}/{}", object.name));
+        }
+        Err(error) => tracing::debug!(controller = controller.as_str(), %error, "reconcile"),
+    }
+    std::future::ready(())
+}
+
+/// How the metrics know an object while it waits: `namespace/name`.
+fn key<K: Resource>(object: &K) -> String {
+    format!("{}/{}", object.namespace().unwrap_or_default(), object.name_any())
+}
+
+/// Runs the Connection, Policy and ApprovalRequest controllers until
+/// `shutdown` completes, then lets reconciles in flight finish; their
+/// metrics go nowhere (see [`run_with_metrics`]).
 pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Output = ()> + Send + 'static) {
+    run_with_metrics(client, settings, Arc::new(Metrics::new()), shutdown).await;
+}
+
+/// [`run`], counting the reconciles in `metrics`.
+pub async fn run_with_metrics(
+    client: Client,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -126,6 +187,7 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Outpu
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
+        metrics: metrics.clone(),
     });
 
     // A Policy change re-renders every Connection of its namespace (a
@@ -155,12 +217,12 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Outpu
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(stopped(shutdown_rx.clone()))
-        .run(connection::reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "Connection reconcile");
-            }
-        });
+        .run(
+            |object, ctx| counted(ControllerKind::Connection, object, ctx, connection::reconcile),
+            error_policy(ControllerKind::Connection),
+            ctx.clone(),
+        )
+        .for_each(|result| outcome(ControllerKind::Connection, &metrics, result));
 
     // A Connection's labels decide which Policies select it: the Policies
     // of its namespace look again.
@@ -179,23 +241,23 @@ pub async fn run(client: Client, settings: Settings, shutdown: impl Future<Outpu
             },
         )
         .graceful_shutdown_on(stopped(shutdown_rx.clone()))
-        .run(policy::reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "Policy reconcile");
-            }
-        });
+        .run(
+            |object, ctx| counted(ControllerKind::Policy, object, ctx, policy::reconcile),
+            error_policy(ControllerKind::Policy),
+            ctx.clone(),
+        )
+        .for_each(|result| outcome(ControllerKind::Policy, &metrics, result));
     let approval_run = Controller::new(
         Api::<ApprovalRequest>::all(client.clone()),
         watcher::Config::default(),
     )
     .graceful_shutdown_on(stopped(shutdown_rx.clone()))
-    .run(approval::reconcile, error_policy, ctx.clone())
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "ApprovalRequest reconcile");
-        }
-    });
+    .run(
+        |object, ctx| counted(ControllerKind::ApprovalRequest, object, ctx, approval::reconcile),
+        error_policy(ControllerKind::ApprovalRequest),
+        ctx.clone(),
+    )
+    .for_each(|result| outcome(ControllerKind::ApprovalRequest, &metrics, result));
     tokio::join!(connection_run, policy_run, approval_run);
 }
 

@@ -1,13 +1,15 @@
 //! `gatehouse-operator`: reconciles Connections, Policies and ApprovalRequests while it holds
 //! the Lease `--lease-name` in `--lease-namespace` (two replicas are safe:
-//! the other waits), serves `/healthz` and `/readyz` on `--health-address`,
+//! the other waits), serves `/healthz`, `/readyz` and `/metrics` on
+//! `--health-address` and `/metrics` on `--metrics-address` (the `metrics`
+//! port of the chart and `config/manager`),
 //! logs JSON, and on SIGTERM lets reconciles in flight finish and releases
 //! the Lease.
 
-use std::{net::SocketAddr, process::ExitCode};
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
 
 use clap::Parser;
-use gatehouse_operator::{ProxySettings, RecordingS3};
+use gatehouse_operator::{ProxySettings, RecordingS3, metrics::Metrics};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 
 /// The Gatehouse operator.
@@ -40,9 +42,12 @@ struct Args {
     /// The key prefix of recordings.
     #[arg(long, env = "GATEHOUSE_RECORDING_S3_PREFIX", default_value = "")]
     recording_s3_prefix: String,
-    /// `/healthz` and `/readyz`.
+    /// `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "GATEHOUSE_HEALTH_ADDRESS", default_value = "0.0.0.0:8081")]
     health_address: SocketAddr,
+    /// `/metrics` for a scraper (the health address serves it too).
+    #[arg(long, env = "GATEHOUSE_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
     /// How long a finished ApprovalRequest (denied, expired or consumed) is
     /// kept after its `expiresAt`, for `kubectl get` and audits.
     #[arg(long, env = "GATEHOUSE_APPROVAL_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
@@ -95,8 +100,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         proxy,
         approval_retention: args.approval_retention,
     };
+    let metrics = Arc::new(Metrics::new());
     let health = tokio::net::TcpListener::bind(args.health_address).await?;
-    tokio::spawn(gatehouse_operator::health::serve(health));
+    tokio::spawn(gatehouse_operator::health::serve(health, metrics.clone()));
+    // The same answers on both: one server, two ports the manifests name.
+    let scrape = tokio::net::TcpListener::bind(args.metrics_address).await?;
+    tokio::spawn(gatehouse_operator::health::serve(scrape, metrics.clone()));
 
     let identity = args
         .identity
@@ -114,11 +123,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         changed = leading.wait_for(|leading| *leading) => { changed?; }
         () = shutdown_signal() => return Ok(()),
     }
-    tracing::info!(%identity, "leading: reconciling Connections and Policies");
+    tracing::info!(%identity, "leading: reconciling Connections, Policies and ApprovalRequests");
+    metrics.leader.set(1);
     let lost = {
         let mut leading = leading.clone();
+        let metrics = metrics.clone();
         async move {
             let _ = leading.wait_for(|leading| !*leading).await;
+            metrics.leader.set(0);
         }
     };
     let stop = async move {
@@ -127,8 +139,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             () = lost => tracing::warn!("lost the Lease; stopping"),
         }
     };
-    gatehouse_operator::run(client, settings, stop).await;
+    gatehouse_operator::run_with_metrics(client, settings, metrics.clone(), stop).await;
     // Dropping the receiver ends the lease task, which releases the Lease.
+    metrics.leader.set(0);
     drop(leading);
     let _ = lease_task.await;
     Ok(())

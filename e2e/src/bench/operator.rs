@@ -141,6 +141,8 @@ pub async fn run(bin: &Path, connections: usize, rounds: usize) -> anyhow::Resul
         "gatehouse-proxy:bench",
         "--health-address",
         "127.0.0.1:0",
+        "--metrics-address",
+        "127.0.0.1:0",
         "--lease-namespace",
         "gatehouse-system",
     ])
