@@ -168,7 +168,8 @@ impl ControlPlane {
             format!("--service-account-key-file={}", sa_pub.display()),
             format!("--service-account-signing-key-file={}", sa_key.display()),
             "--api-audiences=https://kubernetes.default.svc".into(),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            // Room for a Service per Connection in `make bench`'s 1,000.
+            "--service-cluster-ip-range=10.0.0.0/16".into(),
             "--enable-priority-and-fairness=false".into(),
             "--profiling=false".into(),
             "--v=1".into(),
