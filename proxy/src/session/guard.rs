@@ -76,18 +76,13 @@ impl Guard {
                 None
             }
         };
-        {
-            {
-                // Record PREPARE/DEALLOCATE as the statement is forwarded. A
-                // PREPARE that then fails on the server leaves a name the
-                // server does not have; its EXECUTE fails there, so nothing
-                // runs unjudged.
-                for statement in &classification.statements {
-                    self.prepared.commit(statement);
-                }
-                Ok(need)
-            }
+        // Record PREPARE/DEALLOCATE as the statement is forwarded. A
+        // PREPARE that then fails on the server leaves a name the server
+        // does not have; its EXECUTE fails there, so nothing runs unjudged.
+        for statement in &classification.statements {
+            self.prepared.commit(statement);
         }
+        Ok(need)
     }
 
     /// The refusal of a statement that could not be classified or resolved,
