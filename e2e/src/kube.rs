@@ -243,6 +243,34 @@ impl ControlPlane {
         command
     }
 
+    /// Runs `kubectl args` as `user`, with `input` on its stdin: its
+    /// stdout, or an error naming the command with its stderr.
+    pub async fn kubectl_run(&self, user: User, args: &[&str], input: Option<&str>) -> Result<String> {
+        use tokio::io::AsyncWriteExt as _;
+        let step = format!("kubectl {}", args.join(" "));
+        let mut command = self.kubectl(user);
+        command
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().step(&step)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(input.unwrap_or_default().as_bytes())
+                .await
+                .step(&step)?;
+        }
+        let out = child.wait_with_output().await.step(&step)?;
+        if !out.status.success() {
+            return Err(Error::step(
+                &step,
+                format!("failed: {}", String::from_utf8_lossy(&out.stderr).trim_end()),
+            ));
+        }
+        String::from_utf8(out.stdout).step(&step)
+    }
+
     /// Installs the Gatehouse CRDs as a user does (`kubectl apply --server-side
     /// -k config/crd`) and waits until they are Established.
     pub async fn install_crds(&self) -> Result<()> {

@@ -13,6 +13,7 @@
 //! Every failure names its step, the command and its log ([`error::Error`]).
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod bench;
 pub mod env;
 pub mod error;

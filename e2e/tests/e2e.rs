@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         operator::a_connection_gets_its_proxy_children_and_a_ready_status,
         operator::an_invalid_policy_is_reported_and_applied_nowhere,
         operator::a_missing_secret_or_key_is_named_no_proxy_is_deployed_and_deletion_cleans_up,
+        operator::a_name_someone_else_holds_is_reported_and_left_alone,
         operator::a_restarted_operator_changes_nothing_and_gitops_sees_no_diff,
         operator::the_operators_proxy_serves_an_agent_follows_a_policy_edit_and_a_rotated_secret,
         operator::a_held_statement_runs_once_when_approved_and_only_as_approved,

@@ -18,7 +18,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, ObjectMeta, Patch, PatchParams, Preconditions},
     runtime::{
         controller::Action,
         finalizer::{Event as FinalizerEvent, finalizer},
@@ -29,6 +29,7 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     Context, Error, FIELD_MANAGER,
+    applied::{self, Applied},
     conditions::{Verdict, merge, ready},
     config, policy,
     render::{self, Names},
@@ -44,6 +45,9 @@ pub const PROXY_AVAILABLE: &str = "ProxyAvailable";
 /// How often a Connection is looked at again without a change.
 const RESYNC: Duration = Duration::from_secs(300);
 
+/// How often a Connection whose child's name someone else holds looks again.
+const NAME_TAKEN_RETRY: Duration = Duration::from_secs(10);
+
 /// The finalizer that removes a deleted Connection's cluster-wide binding,
 /// which no owner reference can reach (a namespaced owner cannot own a
 /// cluster-scoped object).
@@ -58,10 +62,31 @@ pub async fn reconcile(connection: Arc<Connection>, ctx: Arc<Context>) -> Result
             FinalizerEvent::Apply(connection) => apply_connection(connection, ctx.clone()).await,
             FinalizerEvent::Cleanup(connection) => {
                 let names = Names::new(&namespace, &connection.name_any());
+                let children = [&names.proxy, &names.connection].map(|name| format!("/{namespace}/{name}"));
+                ctx.applied
+                    .forget(|key| !children.iter().any(|child| key.ends_with(child.as_str())));
                 let bindings: Api<ClusterRoleBinding> = Api::all(ctx.client.clone());
-                match bindings.delete(&names.auth_delegator, &Default::default()).await {
+                // Only the binding this Connection made: one of that name
+                // that someone else made stays.
+                let Some(binding) = bindings
+                    .get_metadata_opt(&names.auth_delegator)
+                    .await
+                    .map_err(Error::Kube)?
+                    .filter(|b| render::is_cluster_child(&b.metadata, &names))
+                else {
+                    return Ok(Action::await_change());
+                };
+                let delete = DeleteParams {
+                    preconditions: binding.metadata.uid.map(|uid| Preconditions {
+                        uid: Some(uid),
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                match bindings.delete(&names.auth_delegator, &delete).await {
                     Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    // Gone, or replaced by someone else's meanwhile.
+                    Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
                     Err(e) => return Err(Error::Kube(e)),
                 }
                 Ok(Action::await_change())
@@ -114,35 +139,25 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
         ),
     });
 
-    // The identity and permissions first: the proxy needs them to start.
-    apply(client, &namespace, &render::service_account(&connection, &names)).await?;
-    apply(
-        client,
-        &namespace,
-        &render::role(&connection, &names, &ctx.settings),
-    )
-    .await?;
-    apply(client, &namespace, &render::role_binding(&connection, &names)).await?;
-    apply_cluster(client, &render::auth_delegator(&names)).await?;
-    apply(client, &namespace, &render::service(&connection, &names)).await?;
     let healthy = verdicts.iter().all(|v| v.ok);
-    if let (true, Ok(config)) = (healthy, rendered) {
-        apply(
-            client,
-            &namespace,
-            &render::config_map(&connection, &names, config),
-        )
-        .await?;
-        apply(
-            client,
-            &namespace,
-            &render::deployment(&connection, &names, &ctx.settings),
-        )
-        .await?;
-    }
-
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    verdicts.push(availability(&deployments, &names, connection.spec.replicas).await?);
+    let config = rendered.ok().filter(|_| healthy);
+    let applied = apply_children(&ctx, &connection, &names, config).await;
+    // Someone else's object does not tell when it goes: look again soon.
+    let resync = match applied {
+        Err(Stop::Taken(_)) => NAME_TAKEN_RETRY,
+        _ => RESYNC,
+    };
+    verdicts.push(match applied {
+        Err(Stop::Taken(taken)) => Verdict::failed(PROXY_AVAILABLE, "NameTaken", taken.to_string()),
+        Err(Stop::Failed(error)) => return Err(error),
+        // The Deployment as the apply answered it, status included.
+        Ok(Some(deployment)) => availability(Some(deployment), &names, connection.spec.replicas),
+        Ok(None) => {
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+            let deployment = deployments.get_opt(&names.proxy).await.map_err(Error::Kube)?;
+            availability(deployment, &names, connection.spec.replicas)
+        }
+    });
     let ready = ready(&verdicts, &format!("agents connect to {}", names.endpoint()));
     verdicts.insert(0, ready);
 
@@ -169,7 +184,186 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
             .await
             .map_err(Error::Kube)?;
     }
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(resync))
+}
+
+/// Applies the Connection's children: the identity and permissions first
+/// (the proxy needs them to start), then, when the Secrets and the
+/// configuration are in order (`config`), the ConfigMap and the Deployment.
+/// The first name someone else holds stops the rest: a proxy without its
+/// permissions or its Service serves nobody. The Deployment, when applied,
+/// as the API server answered.
+async fn apply_children(
+    ctx: &Context,
+    connection: &Connection,
+    names: &Names,
+    config: Option<String>,
+) -> Result<Option<Deployment>, Stop> {
+    let (client, settings, cache) = (&ctx.client, &ctx.settings, Some(ctx.applied.as_ref()));
+    let uid = connection.uid().unwrap_or_default();
+    let owned = |meta: &ObjectMeta| meta.owner_references.iter().flatten().any(|o| o.uid == uid);
+    let ns = &names.namespace;
+    apply_owned(
+        Api::namespaced(client.clone(), ns),
+        &render::service_account(connection, names),
+        owned,
+        cache,
+    )
+    .await?;
+    apply_owned(
+        Api::namespaced(client.clone(), ns),
+        &render::role(connection, names, settings),
+        owned,
+        cache,
+    )
+    .await?;
+    apply_owned(
+        Api::namespaced(client.clone(), ns),
+        &render::role_binding(connection, names),
+        owned,
+        cache,
+    )
+    .await?;
+    // Not cached: no watch sees someone else's edit to it.
+    apply_owned(
+        Api::all(client.clone()),
+        &render::auth_delegator(names),
+        |meta| render::is_cluster_child(meta, names),
+        None,
+    )
+    .await?;
+    apply_owned(
+        Api::namespaced(client.clone(), ns),
+        &render::service(connection, names),
+        owned,
+        cache,
+    )
+    .await?;
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    apply_owned(
+        Api::namespaced(client.clone(), ns),
+        &render::config_map(connection, names, config),
+        owned,
+        cache,
+    )
+    .await?;
+    let deployment = apply_owned(
+        Api::namespaced(client.clone(), ns),
+        &render::deployment(connection, names, settings),
+        owned,
+        cache,
+    )
+    .await?;
+    Ok(deployment)
+}
+
+/// Why applying the children stopped.
+enum Stop {
+    /// A child's name belongs to an object that is not this Connection's.
+    Taken(Taken),
+    /// The API server refused or could not be reached: retried.
+    Failed(Error),
+}
+
+impl From<kube::Error> for Stop {
+    fn from(error: kube::Error) -> Stop {
+        Stop::Failed(Error::Kube(error))
+    }
+}
+
+/// An object that holds a child's name and is someone else's.
+#[derive(Debug)]
+struct Taken {
+    kind: String,
+    namespace: Option<String>,
+    name: String,
+}
+
+impl std::fmt::Display for Taken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Taken { kind, name, .. } = self;
+        let object = match &self.namespace {
+            Some(namespace) => format!("{namespace}/{name}"),
+            None => name.clone(),
+        };
+        write!(
+            f,
+            "{kind} {object} already exists and is not this Connection's; the proxy needs that name: \
+             delete or rename that {kind}, or give the Connection another name"
+        )
+    }
+}
+
+/// Applies `object` server-side with the operator's field manager, without
+/// taking any field from another manager. When another manager holds a
+/// field (409) or a field cannot change (422, a binding's roleRef), the
+/// object is looked at: one that is the operator's (`ours`) is taken back by
+/// force, so an edit to a child is undone; one that is someone else's is
+/// left as it is and reported, never overwritten. An object of the same
+/// name whose fields agree with the operator's is adopted.
+///
+/// With a `cache`, a patch already applied that nobody has touched since is
+/// not sent again ([`Applied`]). Returns the object as the API server
+/// answered, or `None` when it was not sent.
+async fn apply_owned<K>(
+    api: Api<K>,
+    object: &K,
+    ours: impl Fn(&ObjectMeta) -> bool,
+    cache: Option<&Applied>,
+) -> Result<Option<K>, Stop>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    let body = typed(object);
+    let key = applied::key(
+        &K::kind(&K::DynamicType::default()),
+        object.meta().namespace.as_deref(),
+        &name,
+    );
+    let hash = applied::hash(&body);
+    if cache.is_some_and(|c| c.unchanged(&key, hash)) {
+        return Ok(None);
+    }
+    let epoch = cache.map(|c| c.epoch(&key));
+    let applied = apply_or_take_back(&api, &name, &Patch::Apply(body), ours).await?;
+    if let (Some(cache), Some(epoch)) = (cache, epoch) {
+        cache.record(key, hash, epoch);
+    }
+    Ok(Some(applied))
+}
+
+/// [`apply_owned`]'s apply, without the cache.
+async fn apply_or_take_back<K>(
+    api: &Api<K>,
+    name: &str,
+    patch: &Patch<serde_json::Value>,
+    ours: impl Fn(&ObjectMeta) -> bool,
+) -> Result<K, Stop>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let error = match api.patch(name, &PatchParams::apply(FIELD_MANAGER), patch).await {
+        Ok(applied) => return Ok(applied),
+        Err(kube::Error::Api(e)) if e.code == 409 || e.code == 422 => e,
+        Err(e) => return Err(e.into()),
+    };
+    match api.get_metadata_opt(name).await? {
+        Some(current) if ours(&current.metadata) && error.code == 409 => {
+            Ok(api.patch(name, &apply_params(), patch).await?)
+        }
+        Some(current) if !ours(&current.metadata) => Err(Stop::Taken(Taken {
+            kind: K::kind(&K::DynamicType::default()).into_owned(),
+            namespace: current.metadata.namespace,
+            name: name.to_owned(),
+        })),
+        // Ours and refused, or gone meanwhile: retried with backoff.
+        _ => Err(kube::Error::Api(error).into()),
+    }
 }
 
 /// Whether the Secrets the proxy reads exist with their keys.
@@ -249,16 +443,16 @@ async fn credentials(
 }
 
 /// Whether the proxy Deployment has its replicas available.
-async fn availability(deployments: &Api<Deployment>, names: &Names, replicas: i32) -> Result<Verdict, Error> {
-    let Some(deployment) = deployments.get_opt(&names.proxy).await.map_err(Error::Kube)? else {
-        return Ok(Verdict::failed(
+fn availability(deployment: Option<Deployment>, names: &Names, replicas: i32) -> Verdict {
+    let Some(deployment) = deployment else {
+        return Verdict::failed(
             PROXY_AVAILABLE,
             "NotDeployed",
             format!(
                 "Deployment {} is not created until the Secrets and configuration are in order",
                 names.proxy
             ),
-        ));
+        );
     };
     let available = deployment
         .status
@@ -266,68 +460,32 @@ async fn availability(deployments: &Api<Deployment>, names: &Names, replicas: i3
         .and_then(|s| s.available_replicas)
         .unwrap_or(0);
     if replicas == 0 {
-        return Ok(Verdict::failed(
+        return Verdict::failed(
             PROXY_AVAILABLE,
             "ScaledToZero",
             "spec.replicas is 0: no proxy serves; set it to 1 or more",
-        ));
+        );
     }
     if available >= 1 {
-        Ok(Verdict::ok(
+        Verdict::ok(
             PROXY_AVAILABLE,
             "Available",
             format!("{available} of {replicas} proxy replicas are available"),
-        ))
+        )
     } else {
-        Ok(Verdict::failed(
+        Verdict::failed(
             PROXY_AVAILABLE,
             "Unavailable",
             format!(
                 "0 of {replicas} proxy replicas are available; see `kubectl describe deployment {}` and its pods' logs",
                 names.proxy
             ),
-        ))
+        )
     }
 }
 
 pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply(FIELD_MANAGER).force()
-}
-
-/// Applies a namespaced object server-side with the operator's field manager.
-pub(crate) async fn apply<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &apply_params(), &Patch::Apply(typed(object)))
-        .await
-        .map_err(Error::Kube)?;
-    Ok(())
-}
-
-/// Applies a cluster-scoped object server-side.
-pub(crate) async fn apply_cluster<K>(client: &kube::Client, object: &K) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::ClusterResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::all(client.clone());
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(&name, &apply_params(), &Patch::Apply(typed(object)))
-        .await
-        .map_err(Error::Kube)?;
-    Ok(())
 }
 
 /// The object with its apiVersion and kind, as an apply patch needs.

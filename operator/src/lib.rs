@@ -15,6 +15,7 @@
 //! counts and times their reconciles.
 #![forbid(unsafe_code)]
 
+pub mod applied;
 pub mod approval;
 pub mod conditions;
 pub mod config;
@@ -24,9 +25,9 @@ pub mod metrics;
 pub mod policy;
 pub mod render;
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
+use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use gatehouse_crds::{ApprovalRequest, Connection, Policy};
 use k8s_openapi::api::{
     apps::v1::Deployment,
@@ -36,9 +37,16 @@ use k8s_openapi::api::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     core::PartialObjectMeta,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{
+        Controller, Predicate as _, WatchStreamExt as _,
+        controller::Action,
+        predicates,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
 };
 use metrics::{ControllerKind, ErrorReason, Metrics};
+use serde::de::DeserializeOwned;
 
 pub use gatehouse_crds as api;
 pub use render::{ProxySettings, RecordingS3};
@@ -82,6 +90,8 @@ pub struct Context {
     pub recorder: kube::runtime::events::Recorder,
     /// Counts and times the reconciles.
     pub metrics: Arc<Metrics>,
+    /// What was last applied to each child.
+    pub applied: Arc<applied::Applied>,
 }
 
 impl std::fmt::Debug for Context {
@@ -96,11 +106,30 @@ impl std::fmt::Debug for Context {
 fn error_policy<K: Resource>(controller: ControllerKind) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
     move |object, error, ctx| {
         let reason = ErrorReason::of(error);
-        tracing::warn!(controller = controller.as_str(), reason = reason.as_str(), %error, "reconcile failed; retrying");
         ctx.metrics
             .reconcile_failed(controller, reason, key(object.as_ref()));
+        if stale_finalizers(error) {
+            tracing::debug!(controller = controller.as_str(), %error, "the cache lagged a finalizer change; retrying");
+            return Action::requeue(Duration::from_millis(200));
+        }
+        tracing::warn!(controller = controller.as_str(), reason = reason.as_str(), %error, "reconcile failed; retrying");
         Action::requeue(Duration::from_secs(5))
     }
+}
+
+/// Whether a finalizer patch failed because the object it started from was
+/// older than the API server's: the patch tests the finalizers it saw, and
+/// the watch has the newer ones a moment later.
+fn stale_finalizers(error: &Error) -> bool {
+    use kube::runtime::finalizer::Error as Finalizer;
+    let Error::Finalizer(error) = error else {
+        return false;
+    };
+    matches!(
+        error.as_ref(),
+        Finalizer::AddFinalizer(kube::Error::Api(status)) | Finalizer::RemoveFinalizer(kube::Error::Api(status))
+            if status.code == 422 || status.code == 409
+    )
 }
 
 /// Runs `reconcile` on `object`, counted and timed as `controller`'s.
@@ -165,17 +194,42 @@ pub async fn run_with_metrics(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let policy_controller = Controller::new(Api::<Policy>::all(client.clone()), watcher::Config::default());
+    let policy_controller = Controller::new(Api::<Policy>::all(client.clone()), watcher::Config::default())
+        .with_config(controller_config());
     let policy_store = policy_controller.store();
-    let connection_controller =
-        Controller::new(Api::<Connection>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<Deployment>::all(client.clone()), label_config())
-            .owns(Api::<ConfigMap>::all(client.clone()), label_config())
-            .owns(Api::<Service>::all(client.clone()), label_config())
-            .owns(Api::<ServiceAccount>::all(client.clone()), label_config())
-            .owns(Api::<Role>::all(client.clone()), label_config())
-            .owns(Api::<RoleBinding>::all(client.clone()), label_config());
-    let connection_store = connection_controller.store();
+    // A Connection's reconcile is due when what it asks for changes (spec,
+    // labels, finalizers, deletion), not when its own status is written.
+    let (connection_store, connection_writer) = reflector::store();
+    let connection_changes = watcher(Api::<Connection>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        // The store keeps every Connection; their managedFields it never reads.
+        .modify(|c| c.managed_fields_mut().clear())
+        .reflect(connection_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::labels)
+                .combine(predicates::finalizers),
+            Default::default(),
+        );
+    let applied = Arc::new(applied::Applied::default());
+    let connection_controller = Controller::for_stream(connection_changes, connection_store.clone())
+        .with_config(controller_config())
+        .owns_stream(touched_by_others(
+            Api::<Deployment>::all(client.clone()),
+            &applied,
+        ))
+        .owns_stream(touched_by_others(Api::<ConfigMap>::all(client.clone()), &applied))
+        .owns_stream(touched_by_others(Api::<Service>::all(client.clone()), &applied))
+        .owns_stream(touched_by_others(
+            Api::<ServiceAccount>::all(client.clone()),
+            &applied,
+        ))
+        .owns_stream(touched_by_others(Api::<Role>::all(client.clone()), &applied))
+        .owns_stream(touched_by_others(
+            Api::<RoleBinding>::all(client.clone()),
+            &applied,
+        ));
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.proxy,
@@ -188,6 +242,7 @@ pub async fn run_with_metrics(
             },
         ),
         metrics: metrics.clone(),
+        applied: applied.clone(),
     });
 
     // A Policy change re-renders every Connection of its namespace (a
@@ -198,10 +253,13 @@ pub async fn run_with_metrics(
     let recording_secret = ctx.settings.recording_secret.clone();
     // Secrets by their metadata only: the operator never reads their values here.
     let secrets = Api::<PartialObjectMeta<Secret>>::all(client.clone());
+    // A Policy's spec change or deletion, not its status (which its own
+    // controller writes as Connections come and go).
     let connection_run = connection_controller
-        .watches(
-            Api::<Policy>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            changes(Api::<Policy>::all(client.clone()), |p| {
+                predicates::generation(p).unwrap_or_default()
+            }),
             move |policy| connection::connections_of_policy(&policy, &by_policy.state()),
         )
         .watches(secrets, watcher::Config::default(), move |secret| {
@@ -228,9 +286,10 @@ pub async fn run_with_metrics(
     // of its namespace look again.
     let of_namespace = policy_store;
     let policy_run = policy_controller
-        .watches(
-            Api::<Connection>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            changes(Api::<Connection>::all(client.clone()), |c| {
+                predicates::labels(c).unwrap_or_default()
+            }),
             move |connection| {
                 of_namespace
                     .state()
@@ -251,6 +310,7 @@ pub async fn run_with_metrics(
         Api::<ApprovalRequest>::all(client.clone()),
         watcher::Config::default(),
     )
+    .with_config(controller_config())
     .graceful_shutdown_on(stopped(shutdown_rx.clone()))
     .run(
         |object, ctx| counted(ControllerKind::ApprovalRequest, object, ctx, approval::reconcile),
@@ -259,6 +319,116 @@ pub async fn run_with_metrics(
     )
     .for_each(|result| outcome(ControllerKind::ApprovalRequest, &metrics, result));
     tokio::join!(connection_run, policy_run, approval_run);
+}
+
+/// `api`'s objects as they come, go, or change in what `key` hashes.
+///
+/// Written here rather than with kube's `predicate_filter`, which sees
+/// objects without their event and so can drop a deletion whose key is
+/// unchanged: a deleted Policy must still leave every configuration.
+fn changes<K>(
+    api: Api<K>,
+    key: fn(&K) -> u64,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    // The keys seen, and during a re-list the ones seen before it.
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    let mut before: HashMap<String, u64> = HashMap::new();
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .try_filter_map(move |event| {
+            let uid = |object: &K| object.meta().uid.clone().unwrap_or_default();
+            let passed = match event {
+                watcher::Event::Init => {
+                    before = std::mem::take(&mut seen);
+                    None
+                }
+                watcher::Event::InitApply(object) => {
+                    let hash = key(&object);
+                    seen.insert(uid(&object), hash);
+                    (before.get(&uid(&object)) != Some(&hash)).then_some(object)
+                }
+                // Deleted while the watch was down: their last state is
+                // gone with the re-list, and the resync catches up.
+                watcher::Event::InitDone => {
+                    before.clear();
+                    None
+                }
+                watcher::Event::Apply(object) => {
+                    let hash = key(&object);
+                    (seen.insert(uid(&object), hash) != Some(hash)).then_some(object)
+                }
+                watcher::Event::Delete(object) => {
+                    seen.remove(&uid(&object));
+                    Some(object)
+                }
+            };
+            std::future::ready(Ok(passed))
+        })
+}
+
+/// The operator's children (by its labels) when someone else wrote to them
+/// (an edit to undo, a kubelet's or a controller's status) or they went;
+/// not when the operator's own apply created or changed them, which would
+/// only start a reconcile that finds nothing to do. Each one passed is
+/// marked touched in `applied`, so that its next reconcile applies it.
+fn touched_by_others<K>(
+    api: Api<K>,
+    applied: &Arc<applied::Applied>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let applied = applied.clone();
+    let kind = K::kind(&K::DynamicType::default()).into_owned();
+    let touched = move |event: watcher::Event<K>| {
+        let object = match event {
+            watcher::Event::Init => {
+                applied.touched_all(&kind);
+                return None;
+            }
+            watcher::Event::InitDone => return None,
+            watcher::Event::Apply(object)
+            | watcher::Event::InitApply(object)
+            | watcher::Event::Delete(object) => object,
+        };
+        let meta = object.meta();
+        applied.touched(applied::key(
+            &kind,
+            meta.namespace.as_deref(),
+            meta.name.as_deref().unwrap_or_default(),
+        ));
+        Some(object)
+    };
+    let others = |object: &K| {
+        object
+            .meta()
+            .managed_fields
+            .iter()
+            .flatten()
+            .any(|entry| entry.manager.as_deref() != Some(FIELD_MANAGER))
+    };
+    watcher(api, label_config())
+        .default_backoff()
+        .try_filter_map(move |event| {
+            std::future::ready(Ok(match &event {
+                watcher::Event::Apply(object) | watcher::Event::InitApply(object) if !others(object) => None,
+                _ => touched(event),
+            }))
+        })
+}
+
+/// How many reconciles each controller runs at once. Unbounded, a burst of
+/// Connections (1,000 applied together) starts a reconcile for each, each
+/// holding its requests and answers in memory, and the API server serves
+/// them no faster.
+const CONCURRENCY: u16 = 16;
+
+fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default().concurrency(CONCURRENCY)
 }
 
 /// Children carry the operator's labels: watch only those.

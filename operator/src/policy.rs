@@ -84,13 +84,15 @@ pub async fn reconcile(policy: Arc<Policy>, ctx: Arc<Context>) -> Result<Action,
     let namespace = policy.namespace().ok_or(Error::NotNamespaced)?;
     let name = policy.name_any();
     let problem = problem(&name, &policy);
+    // Their names and labels are all it needs: metadata only.
     let connections = Api::<Connection>::namespaced(ctx.client.clone(), &namespace)
-        .list(&Default::default())
+        .list_metadata(&Default::default())
         .await
         .map_err(Error::Kube)?;
+    let selector = selector(&policy);
     let mut matched: Vec<String> = connections
         .iter()
-        .filter(|c| problem.is_none() && selects(&policy, c))
+        .filter(|c| problem.is_none() && selector.as_ref().is_ok_and(|s| s.matches(c.labels())))
         .map(|c| c.name_any())
         .collect();
     matched.sort();

@@ -140,6 +140,15 @@ pub fn cluster_labels(names: &Names) -> BTreeMap<String, String> {
     labels
 }
 
+/// Whether a cluster-scoped object is the one the operator made for the
+/// Connection `names` name: it carries that Connection's [`cluster_labels`].
+pub fn is_cluster_child(meta: &ObjectMeta, names: &Names) -> bool {
+    let wanted = cluster_labels(names);
+    meta.labels
+        .as_ref()
+        .is_some_and(|labels| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
 fn owner(connection: &Connection) -> Option<OwnerReference> {
     connection.controller_owner_ref(&())
 }

@@ -57,29 +57,6 @@ fn indent(text: &str) {
     }
 }
 
-async fn kubectl(env: &TestEnv, user: User, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut command = env.kube.kubectl(user);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn()?;
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.unwrap_or_default().as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8(out.stdout)?)
-}
-
 async fn demo() -> anyhow::Result<()> {
     say("Starting etcd, kube-apiserver, PostgreSQL and an S3 server (versitygw) on loopback");
     let env = TestEnv::start().await?;
@@ -207,48 +184,48 @@ stringData:
     ] {
         typed(&command);
         for a in args {
-            kubectl(&env, User::Admin, &a, None).await?;
+            env.kube.kubectl_run(User::Admin, &a, None).await?;
         }
     }
     typed(&format!(
         "kubectl apply --server-side -n {NAMESPACE} -f secrets.yaml     # the database credential and the recording key"
     ));
-    kubectl(
-        &env,
-        User::Admin,
-        &["apply", "--server-side", "-n", NAMESPACE, "-f", "-"],
-        Some(&secrets),
-    )
-    .await?;
+    env.kube
+        .kubectl_run(
+            User::Admin,
+            &["apply", "--server-side", "-n", NAMESPACE, "-f", "-"],
+            Some(&secrets),
+        )
+        .await?;
     typed(&format!(
         "kubectl apply --server-side -n {NAMESPACE} -f config/samples/connection.yaml     # target: the local PostgreSQL"
     ));
-    kubectl(
-        &env,
-        User::Admin,
-        &["apply", "--server-side", "-n", NAMESPACE, "-f", "-"],
-        Some(&connection),
-    )
-    .await?;
+    env.kube
+        .kubectl_run(
+            User::Admin,
+            &["apply", "--server-side", "-n", NAMESPACE, "-f", "-"],
+            Some(&connection),
+        )
+        .await?;
     for policy in ["policy-readonly-agents.yaml", "policy-writes-need-approval.yaml"] {
         typed(&format!(
             "kubectl apply --server-side -n {NAMESPACE} -f config/samples/{policy}"
         ));
         let path = root.join("config/samples").join(policy);
-        kubectl(
-            &env,
-            User::Admin,
-            &[
-                "apply",
-                "--server-side",
-                "-n",
-                NAMESPACE,
-                "-f",
-                path.to_str().context("path")?,
-            ],
-            None,
-        )
-        .await?;
+        env.kube
+            .kubectl_run(
+                User::Admin,
+                &[
+                    "apply",
+                    "--server-side",
+                    "-n",
+                    NAMESPACE,
+                    "-f",
+                    path.to_str().context("path")?,
+                ],
+                None,
+            )
+            .await?;
     }
 
     say("The operator renders the proxy: ServiceAccount, Role, ConfigMap, Deployment, Service");
@@ -258,20 +235,20 @@ stringData:
         "kubectl get deployment,service,configmap,serviceaccount,role -n {NAMESPACE} -l app.kubernetes.io/managed-by=gatehouse-operator"
     ));
     indent(
-        &kubectl(
-            &env,
-            User::Admin,
-            &[
-                "get",
-                "deployment,service,configmap,serviceaccount,role",
-                "-n",
-                NAMESPACE,
-                "-l",
-                "app.kubernetes.io/managed-by=gatehouse-operator",
-            ],
-            None,
-        )
-        .await?,
+        &env.kube
+            .kubectl_run(
+                User::Admin,
+                &[
+                    "get",
+                    "deployment,service,configmap,serviceaccount,role",
+                    "-n",
+                    NAMESPACE,
+                    "-l",
+                    "app.kubernetes.io/managed-by=gatehouse-operator",
+                ],
+                None,
+            )
+            .await?,
     );
 
     say(
@@ -289,27 +266,32 @@ stringData:
     })
     .await?;
     typed(&format!("kubectl get gatehouse -n {NAMESPACE}"));
-    indent(&kubectl(&env, User::Admin, &["get", "gatehouse", "-n", NAMESPACE], None).await?);
+    indent(
+        &env.kube
+            .kubectl_run(User::Admin, &["get", "gatehouse", "-n", NAMESPACE], None)
+            .await?,
+    );
 
     say("The agent gets a short-lived token for the gateway: nothing else to leak");
     typed("kubectl create token planner -n agents --audience gatehouse --duration 1h");
-    let token = kubectl(
-        &env,
-        User::Admin,
-        &[
-            "create",
-            "token",
-            "planner",
-            "-n",
-            "agents",
-            "--audience",
-            "gatehouse",
-            "--duration",
-            "1h",
-        ],
-        None,
-    )
-    .await?;
+    let token = env
+        .kube
+        .kubectl_run(
+            User::Admin,
+            &[
+                "create",
+                "token",
+                "planner",
+                "-n",
+                "agents",
+                "--audience",
+                "gatehouse",
+                "--duration",
+                "1h",
+            ],
+            None,
+        )
+        .await?;
     let agent_pgpass = env.path().join("agent-pgpass");
     write_private(
         &agent_pgpass,
@@ -377,13 +359,13 @@ stringData:
         .context("the request vanished")?;
     typed(&format!("kubectl get approvalrequests -n {NAMESPACE} -o wide"));
     indent(
-        &kubectl(
-            &env,
-            User::Admin,
-            &["get", "approvalrequests", "-n", NAMESPACE, "-o", "wide"],
-            None,
-        )
-        .await?,
+        &env.kube
+            .kubectl_run(
+                User::Admin,
+                &["get", "approvalrequests", "-n", NAMESPACE, "-o", "wide"],
+                None,
+            )
+            .await?,
     );
 
     say("bob tries to approve as alice: the API server refuses it");
@@ -395,22 +377,23 @@ stringData:
     typed(&format!(
         "kubectl patch approvalrequest {name} -n {NAMESPACE} --type=json -p '{forged}'     # as bob"
     ));
-    match kubectl(
-        &env,
-        User::Bob,
-        &[
-            "patch",
-            "approvalrequest",
-            &name,
-            "-n",
-            NAMESPACE,
-            "--type=json",
-            "-p",
-            &forged,
-        ],
-        None,
-    )
-    .await
+    match env
+        .kube
+        .kubectl_run(
+            User::Bob,
+            &[
+                "patch",
+                "approvalrequest",
+                &name,
+                "-n",
+                NAMESPACE,
+                "--type=json",
+                "-p",
+                &forged,
+            ],
+            None,
+        )
+        .await
     {
         Ok(_) => bail!("bob's forged review was let in"),
         Err(e) => {
@@ -425,22 +408,22 @@ stringData:
         "kubectl patch approvalrequest {name} -n {NAMESPACE} --type=json -p '{approve}'     # as alice"
     ));
     indent(
-        &kubectl(
-            &env,
-            User::Alice,
-            &[
-                "patch",
-                "approvalrequest",
-                &name,
-                "-n",
-                NAMESPACE,
-                "--type=json",
-                "-p",
-                &approve,
-            ],
-            None,
-        )
-        .await?,
+        &env.kube
+            .kubectl_run(
+                User::Alice,
+                &[
+                    "patch",
+                    "approvalrequest",
+                    &name,
+                    "-n",
+                    NAMESPACE,
+                    "--type=json",
+                    "-p",
+                    &approve,
+                ],
+                None,
+            )
+            .await?,
     );
     let out = tokio::time::timeout(Duration::from_secs(30), held.wait_with_output())
         .await
@@ -454,32 +437,32 @@ stringData:
     tokio::time::sleep(Duration::from_millis(500)).await;
     typed(&format!("kubectl get approvalrequest {name} -n {NAMESPACE}"));
     indent(
-        &kubectl(
-            &env,
-            User::Admin,
-            &["get", "approvalrequest", &name, "-n", NAMESPACE],
-            None,
-        )
-        .await?,
+        &env.kube
+            .kubectl_run(
+                User::Admin,
+                &["get", "approvalrequest", &name, "-n", NAMESPACE],
+                None,
+            )
+            .await?,
     );
     typed(&format!(
         "kubectl get events -n {NAMESPACE} --field-selector involvedObject.name={name}"
     ));
     indent(
-        &kubectl(
-            &env,
-            User::Admin,
-            &[
-                "get",
-                "events",
-                "-n",
-                NAMESPACE,
-                "--field-selector",
-                &format!("involvedObject.name={name}"),
-            ],
-            None,
-        )
-        .await?,
+        &env.kube
+            .kubectl_run(
+                User::Admin,
+                &[
+                    "get",
+                    "events",
+                    "-n",
+                    NAMESPACE,
+                    "--field-selector",
+                    &format!("involvedObject.name={name}"),
+                ],
+                None,
+            )
+            .await?,
     );
 
     say("A security engineer replays the agent's sessions from S3 and verifies them");

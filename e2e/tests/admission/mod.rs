@@ -49,8 +49,7 @@ fn ok(out: &Output, what: &str) -> anyhow::Result<String> {
 }
 
 async fn kubectl_ok(env: &TestEnv, user: User, args: &[&str]) -> anyhow::Result<String> {
-    let out = output(env.kube.kubectl(user).args(args)).await?;
-    ok(&out, &format!("kubectl {}", args.join(" ")))
+    Ok(env.kube.kubectl_run(user, args, None).await?)
 }
 
 /// Fails unless the API server let `out`'s request through.

@@ -81,14 +81,7 @@ fn kubeconfig_in(env: &TestEnv, user: User, namespace: &str) -> anyhow::Result<P
 }
 
 async fn kubectl(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
-    let out = env.kube.kubectl(User::Admin).args(args).output().await?;
-    ensure!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(env.kube.kubectl_run(User::Admin, args, None).await?)
 }
 
 /// `spec.reviews` of `request`, as the API server holds them.

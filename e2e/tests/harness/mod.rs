@@ -23,14 +23,7 @@ async fn kubectl(env: &TestEnv, user: User, args: &[&str]) -> anyhow::Result<Out
 
 /// Runs kubectl as `user`; fails unless it exits 0. Returns stdout.
 async fn kubectl_ok(env: &TestEnv, user: User, args: &[&str]) -> anyhow::Result<String> {
-    let out = kubectl(env, user, args).await?;
-    ensure!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    Ok(env.kube.kubectl_run(user, args, None).await?)
 }
 
 /// Creates a namespace for one test.

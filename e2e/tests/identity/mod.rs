@@ -50,14 +50,12 @@ struct IdentityProxy {
 static PROXY: OnceCell<IdentityProxy> = OnceCell::const_new();
 
 async fn kubectl_ok(env: &TestEnv, args: &[&str]) -> anyhow::Result<String> {
-    let out = env.kube.kubectl(User::Admin).args(args).output().await?;
-    ensure!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    Ok(env
+        .kube
+        .kubectl_run(User::Admin, args, None)
+        .await?
+        .trim()
+        .to_owned())
 }
 
 /// A token of ServiceAccount `sa` for `audience` (the API server's own when `None`).

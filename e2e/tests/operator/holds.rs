@@ -11,12 +11,13 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
-use futures::StreamExt as _;
 use gatehouse_crds::{ApprovalRequest, Connection, Phase};
-use gatehouse_e2e::{TestEnv, User};
+use gatehouse_e2e::{
+    TestEnv, User,
+    agent::{self, Notices},
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use tokio::sync::mpsc;
 
 use super::{condition, eventually, kubectl};
 
@@ -24,58 +25,6 @@ const NS: &str = "operator-holds";
 const ROLE: &str = "holds_app";
 const PASSWORD: &str = "holds-7d1c";
 const AGENT: &str = "system:serviceaccount:operator-holds:planner";
-
-/// The notices of an agent's session, and the task that reads its connection.
-struct Notices {
-    notices: mpsc::UnboundedReceiver<String>,
-    connection: tokio::task::JoinHandle<()>,
-}
-
-async fn agent(port: u16, token: &str) -> anyhow::Result<(tokio_postgres::Client, Notices)> {
-    let (client, mut connection) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("planner")
-        .password(token)
-        .dbname(gatehouse_e2e::postgres::DATABASE)
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    let (tx, notices) = mpsc::unbounded_channel();
-    let connection = tokio::spawn(async move {
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(message) = messages.next().await {
-            match message {
-                Ok(tokio_postgres::AsyncMessage::Notice(notice)) => {
-                    let _ = tx.send(format!(
-                        "{}\nHINT: {}",
-                        notice.message(),
-                        notice.hint().unwrap_or_default()
-                    ));
-                }
-                Ok(_) => {}
-                Err(_) => break,
-            }
-        }
-    });
-    Ok((client, Notices { notices, connection }))
-}
-
-impl Notices {
-    /// The ApprovalRequest the next hold notice names.
-    async fn held(&mut self) -> anyhow::Result<(String, String)> {
-        let notice = tokio::time::timeout(Duration::from_secs(20), self.notices.recv())
-            .await
-            .context("no hold notice within 20 s")?
-            .context("the session ended")?;
-        let name = notice
-            .split("ApprovalRequest ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .with_context(|| format!("the notice names no request: {notice}"))?
-            .to_owned();
-        Ok((name, notice))
-    }
-}
 
 /// The SQLSTATE and message of a failed statement.
 fn db_error(error: &tokio_postgres::Error) -> (String, String) {
@@ -277,7 +226,7 @@ spec:
     let nobody = env.kube.kubeconfig(User::Nobody);
 
     // 1. A simple-protocol DELETE is held; the agent is told which request and how to approve it.
-    let (db, mut session) = agent(port, token.trim()).await?;
+    let (db, mut session) = agent::connect(port, "planner", token.trim()).await?;
     let first = "DELETE FROM holds.orders_2024_01 WHERE id = 1";
     let held = tokio::spawn(async move { db.simple_query(first).await.map(|_| db) });
     let (r1, notice) = session_held(&mut session, &held).await?;
@@ -442,7 +391,7 @@ spec:
     db.simple_query(third)
         .await
         .context("the approved statement sent again")?;
-    let (reused, notice) = session.held().await?;
+    let (reused, notice) = session.held(Duration::from_secs(20)).await?;
     ensure!(
         reused == r3 && notice.contains("made earlier"),
         "sent again, it used {reused}: {notice}"
@@ -489,7 +438,7 @@ spec:
     );
 
     // 6. An agent that hangs up mid-hold withdraws its request.
-    let (db6, mut other) = agent(port, token.trim()).await?;
+    let (db6, mut other) = agent::connect(port, "planner", token.trim()).await?;
     let held = tokio::spawn(async move {
         db6.simple_query("DELETE FROM holds.orders_2024_01 WHERE id = 6")
             .await
@@ -574,7 +523,7 @@ async fn session_held<T>(
     agent: &mut Notices,
     task: &tokio::task::JoinHandle<T>,
 ) -> anyhow::Result<(String, String)> {
-    let held = agent.held().await;
+    let held = agent.held(Duration::from_secs(20)).await;
     ensure!(
         !task.is_finished(),
         "the statement finished instead of being held"

@@ -153,26 +153,9 @@ async fn operator(env: &TestEnv) -> anyhow::Result<&'static Mutex<Operator>> {
         .await
 }
 
+/// `kubectl` as the admin.
 async fn kubectl(env: &TestEnv, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut command = env.kube.kubectl(User::Admin);
-    command
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn()?;
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.unwrap_or_default().as_bytes()).await?;
-    }
-    let out = child.wait_with_output().await?;
-    ensure!(
-        out.status.success(),
-        "kubectl {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout)?)
+    Ok(env.kube.kubectl_run(User::Admin, args, stdin).await?)
 }
 
 /// Waits up to 20 s for `check` to pass on the object `name`.
@@ -310,6 +293,30 @@ pub async fn a_connection_gets_its_proxy_children_and_a_ready_status(
             .map(|_| ())
     })
     .await?;
+    // A child edited or deleted by hand is set back.
+    kubectl(
+        &env,
+        &[
+            "patch",
+            "configmap",
+            "gatehouse-orders-db",
+            "-n",
+            NS,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"config.yaml":"tampered: true"}}"#,
+        ],
+        None,
+    )
+    .await?;
+    kubectl(&env, &["delete", "service", "orders-db", "-n", NS], None).await?;
+    eventually(&config, "gatehouse-orders-db", |cm| {
+        let text = cm.data.as_ref()?.get("config.yaml")?;
+        (text.contains("name: agents-readonly") && !text.contains("tampered")).then_some(())
+    })
+    .await?;
+    let services: Api<Service> = api(&env, &client);
+    eventually(&services, "orders-db", |_| Some(())).await?;
     // The printer columns show it.
     let listed = kubectl(&env, &["get", "gconn", "-n", NS, "orders-db"], None).await?;
     ensure!(
@@ -460,6 +467,158 @@ spec:
 }
 
 /// Every resourceVersion of the operator's objects in the namespace.
+pub async fn a_name_someone_else_holds_is_reported_and_left_alone(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    let _changing = QUIET.read().await;
+    operator(&env).await?;
+    let client = env.kube.client(User::Admin).await?;
+    let connection = |name: &str| {
+        format!(
+            "apiVersion: gatehouse.dev/v1alpha1
+kind: Connection
+metadata: {{name: {name}, namespace: {NS}}}
+spec:
+  type: postgres
+  target: {{host: taken.db.svc, database: taken}}
+  credentialsRef: {{name: orders-db-creds}}
+"
+        )
+    };
+    let connections: Api<Connection> = api(&env, &client);
+    let taken = |what: &'static str| {
+        move |c: &Connection| {
+            let ready = condition(&c.status.as_ref()?.conditions, "Ready")?;
+            (ready.status == "False" && ready.reason == "NameTaken" && ready.message.contains(what))
+                .then(|| ready.message.clone())
+        }
+    };
+    let delete = |name: &'static str| {
+        let env = env.clone();
+        async move {
+            kubectl(
+                &env,
+                &[
+                    "delete",
+                    "connection",
+                    name,
+                    "-n",
+                    NS,
+                    "--wait=true",
+                    "--timeout=20s",
+                ],
+                None,
+            )
+            .await
+        }
+    };
+    let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    let deployments: Api<Deployment> = api(&env, &client);
+
+    // Someone else's ClusterRoleBinding holds the name the proxy's needs.
+    let binding = "gatehouse-operator-e2e-taken-db-auth-delegator";
+    kubectl(
+        &env,
+        &[
+            "create",
+            "clusterrolebinding",
+            binding,
+            "--clusterrole=view",
+            "--user=carol",
+        ],
+        None,
+    )
+    .await?;
+    kubectl(
+        &env,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&connection("taken-db")),
+    )
+    .await?;
+    let message = eventually(&connections, "taken-db", taken("ClusterRoleBinding")).await?;
+    ensure!(
+        message.contains(&format!("ClusterRoleBinding {binding} already exists"))
+            && message.contains("give the Connection another name"),
+        "{message}"
+    );
+    let theirs = bindings.get(binding).await?;
+    ensure!(
+        theirs.role_ref.name == "view",
+        "their binding is left as it was: {theirs:?}"
+    );
+    ensure!(
+        deployments.get_opt("gatehouse-taken-db").await?.is_none(),
+        "no proxy without its permissions"
+    );
+    // The Connection deleted, the binding it never made stays.
+    delete("taken-db").await?;
+    ensure!(
+        bindings.get_opt(binding).await?.is_some(),
+        "the finalizer deleted someone else's ClusterRoleBinding"
+    );
+    kubectl(&env, &["delete", "clusterrolebinding", binding], None).await?;
+
+    // Someone else's Service holds a Connection's name.
+    kubectl(
+        &env,
+        &[
+            "create",
+            "service",
+            "clusterip",
+            "taken-svc",
+            "--tcp=80:8080",
+            "-n",
+            NS,
+        ],
+        None,
+    )
+    .await?;
+    kubectl(
+        &env,
+        &["apply", "--server-side", "-f", "-"],
+        Some(&connection("taken-svc")),
+    )
+    .await?;
+    let message = eventually(&connections, "taken-svc", taken("Service")).await?;
+    ensure!(
+        message.contains("Service operator-e2e/taken-svc already exists"),
+        "{message}"
+    );
+    let services: Api<Service> = api(&env, &client);
+    let theirs = services.get("taken-svc").await?;
+    ensure!(
+        theirs.metadata.owner_references.is_none()
+            && theirs
+                .spec
+                .as_ref()
+                .and_then(|s| s.ports.as_ref())
+                .is_some_and(|p| p.len() == 1 && p[0].port == 80),
+        "their Service is left as it was: {theirs:?}"
+    );
+    ensure!(deployments.get_opt("gatehouse-taken-svc").await?.is_none());
+
+    // The name freed, the Connection gets its children without a change of its own.
+    kubectl(&env, &["delete", "service", "taken-svc", "-n", NS], None).await?;
+    eventually(&deployments, "gatehouse-taken-svc", |_| Some(())).await?;
+    let uid = connections.get("taken-svc").await?.metadata.uid;
+    let ours = services.get("taken-svc").await?;
+    ensure!(
+        ours.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == uid.as_ref()),
+        "the Service is the Connection's now: {ours:?}"
+    );
+    delete("taken-svc").await?;
+    ensure!(
+        bindings
+            .get_opt("gatehouse-operator-e2e-taken-svc-auth-delegator")
+            .await?
+            .is_none(),
+        "the binding it made goes with it"
+    );
+    Ok(())
+}
+
 async fn versions(client: &kube::Client) -> anyhow::Result<BTreeMap<String, String>> {
     async fn of<K>(
         client: &kube::Client,
@@ -727,6 +886,29 @@ spec:
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     ensure!(allowed, "the restored Policy was not enforced within 10 s");
+
+    // Deleted, the Policy leaves the configuration: the open session is
+    // back to default deny. Applied again, as GitOps would, it returns.
+    kubectl(&env, &["delete", "policy", "planner-reads", "-n", STORY], None).await?;
+    let mut refused = false;
+    for _ in 0..500 {
+        if session.simple_query("SELECT 1").await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(refused, "the deleted Policy still allowed reads after 10 s");
+    kubectl(&env, &["apply", "--server-side", "-f", "-"], Some(&manifests)).await?;
+    let mut allowed = false;
+    for _ in 0..500 {
+        if session.simple_query("SELECT 1").await.is_ok() {
+            allowed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ensure!(allowed, "the Policy applied again was not enforced within 10 s");
 
     // The credential rotates: the database password changes and the Secret
     // follows. Open sessions go on; new ones use the new password.

@@ -1073,6 +1073,30 @@ mod hold_tests {
             .unwrap();
     }
 
+    /// Answers the marker the relay sends in place of a refused statement
+    /// as PostgreSQL does (no such function); the marker's SQL.
+    async fn answer_marker(server: &mut End) -> String {
+        let marker = sql_of(&server.next().await.unwrap().unwrap());
+        let function = marker.trim_start_matches("SELECT ").trim_end_matches("()");
+        server
+            .feed(
+                ErrorResponse::new(
+                    Severity::Error,
+                    "42883",
+                    format!("function {function}() does not exist"),
+                )
+                .to_frame()
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        server
+            .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
+            .await
+            .unwrap();
+        marker
+    }
+
     #[tokio::test]
     async fn a_held_query_waits_and_runs_once_approved_with_what_came_after_it_in_order() {
         let metrics = Metrics::new();
@@ -1181,28 +1205,8 @@ mod hold_tests {
                 }))
                 .await
                 .unwrap();
-            let marker = sql_of(&server.next().await.unwrap().unwrap());
+            let marker = answer_marker(&mut server).await;
             assert!(marker.starts_with("SELECT gatehouse_refused_t_"), "{marker}");
-            let name = marker
-                .trim_start_matches("SELECT ")
-                .trim_end_matches("()")
-                .to_owned();
-            server
-                .feed(
-                    ErrorResponse::new(
-                        Severity::Error,
-                        "42883",
-                        format!("function {name}() does not exist"),
-                    )
-                    .to_frame()
-                    .unwrap(),
-                )
-                .await
-                .unwrap();
-            server
-                .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
-                .await
-                .unwrap();
             let error = ErrorResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
             assert_eq!(error.fields.code().as_deref(), Some("42501"));
             let message = error.fields.message().unwrap().into_owned();
@@ -1225,27 +1229,7 @@ mod hold_tests {
             let _notice = client.next().await.unwrap().unwrap();
             cancel.notify_waiters();
             decide.closed().await;
-            let marker = sql_of(&server.next().await.unwrap().unwrap());
-            let name = marker
-                .trim_start_matches("SELECT ")
-                .trim_end_matches("()")
-                .to_owned();
-            server
-                .feed(
-                    ErrorResponse::new(
-                        Severity::Error,
-                        "42883",
-                        format!("function {name}() does not exist"),
-                    )
-                    .to_frame()
-                    .unwrap(),
-                )
-                .await
-                .unwrap();
-            server
-                .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
-                .await
-                .unwrap();
+            answer_marker(&mut server).await;
             let error = ErrorResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
             assert_eq!(error.fields.code().as_deref(), Some("57014"));
             assert!(
