@@ -976,6 +976,10 @@ async fn least_privilege(env: &TestEnv, operator: &str, home: &str, tenant: &str
         "patch approvalrequests.gatehouse.dev --subresource=status -n {tenant}",
         "watch secrets -A",
         "delete clusterrolebindings.rbac.authorization.k8s.io",
+        // Whether an object holding a child's name is the operator's.
+        "get clusterrolebindings.rbac.authorization.k8s.io",
+        "get services -n {tenant}",
+        "get rolebindings.rbac.authorization.k8s.io -n {tenant}",
         "bind clusterroles.rbac.authorization.k8s.io/system:auth-delegator",
         "create events.events.k8s.io -n {tenant}",
         "patch leases.coordination.k8s.io/gatehouse-operator -n {home}",
