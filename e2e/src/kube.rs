@@ -271,6 +271,27 @@ impl ControlPlane {
         String::from_utf8(out.stdout).step(&step)
     }
 
+    /// A one-hour token of the ServiceAccount `service_account` in
+    /// `namespace` for the audience `gatehouse`: what an agent shows the
+    /// proxy (`kubectl create token ... --audience gatehouse`).
+    pub async fn gateway_token(&self, namespace: &str, service_account: &str) -> Result<String> {
+        let args = [
+            "create",
+            "token",
+            service_account,
+            "-n",
+            namespace,
+            "--audience",
+            "gatehouse",
+            "--duration=1h",
+        ];
+        Ok(self
+            .kubectl_run(User::Admin, &args, None)
+            .await?
+            .trim()
+            .to_owned())
+    }
+
     /// Installs the Gatehouse CRDs as a user does (`kubectl apply --server-side
     /// -k config/crd`) and waits until they are Established.
     pub async fn install_crds(&self) -> Result<()> {

@@ -274,10 +274,31 @@ async fn reconcile_many(env: &TestEnv, count: usize, pid: u32) -> anyhow::Result
     Ok((elapsed, peak))
 }
 
+/// The namespace of the latency rounds.
+const LATENCY_NS: &str = "bench-latency";
+
+/// Sets the `planner` Policy's read rule to `action` (`allow` or `deny`), as
+/// a person would: `kubectl patch`.
+async fn set_reads(env: &TestEnv, action: &str) -> anyhow::Result<()> {
+    let patch = format!(r#"[{{"op":"replace","path":"/spec/rules/0/action","value":"{action}"}}]"#);
+    let args = [
+        "patch",
+        "policy",
+        "planner",
+        "-n",
+        LATENCY_NS,
+        "--type=json",
+        "-p",
+        &patch,
+    ];
+    env.kube.kubectl_run(User::Admin, &args, None).await?;
+    Ok(())
+}
+
 /// Policy edit → enforcement and approval patch → run, `rounds` each, on one
 /// Connection whose proxy the harness runs.
 async fn latencies(env: &TestEnv, rounds: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    const NS: &str = "bench-latency";
+    const NS: &str = LATENCY_NS;
     let superuser = env.postgres.superuser(crate::postgres::DATABASE).await?;
     superuser
         .batch_execute(&format!(
@@ -351,24 +372,8 @@ spec:
     }
     let pod = crate::kubelet::run_deployment(env, NS, "gatehouse-latency-db").await?;
     let port = pod.port("postgres")?;
-    let token = env
-        .kube
-        .kubectl_run(
-            User::Admin,
-            &[
-                "create",
-                "token",
-                "planner",
-                "-n",
-                NS,
-                "--audience",
-                "gatehouse",
-                "--duration=1h",
-            ],
-            None,
-        )
-        .await?;
-    let (db, mut notices) = crate::agent::connect(port, "planner", token.trim()).await?;
+    let token = env.kube.gateway_token(NS, "planner").await?;
+    let (db, mut notices) = crate::agent::connect(port, "planner", &token).await?;
 
     // Policy edits: reads flip between allow and deny; the open session's
     // next statement follows.
@@ -377,22 +382,7 @@ spec:
         let deny = round % 2 == 0;
         let action = if deny { "deny" } else { "allow" };
         let started = Instant::now();
-        env.kube
-            .kubectl_run(
-                User::Admin,
-                &[
-                    "patch",
-                    "policy",
-                    "planner",
-                    "-n",
-                    NS,
-                    "--type=json",
-                    "-p",
-                    &format!(r#"[{{"op":"replace","path":"/spec/rules/0/action","value":"{action}"}}]"#),
-                ],
-                None,
-            )
-            .await?;
+        set_reads(env, action).await?;
         loop {
             if db.simple_query("SELECT 1").await.is_err() == deny {
                 break;
@@ -406,22 +396,7 @@ spec:
     }
     if rounds % 2 == 1 {
         // Leave reads allowed.
-        env.kube
-            .kubectl_run(
-                User::Admin,
-                &[
-                    "patch",
-                    "policy",
-                    "planner",
-                    "-n",
-                    NS,
-                    "--type=json",
-                    "-p",
-                    r#"[{"op":"replace","path":"/spec/rules/0/action","value":"allow"}]"#,
-                ],
-                None,
-            )
-            .await?;
+        set_reads(env, "allow").await?;
     }
 
     // Approvals: a held DELETE, alice's patch, the statement's result.

@@ -274,29 +274,9 @@ stringData:
 
     say("The agent gets a short-lived token for the gateway: nothing else to leak");
     typed("kubectl create token planner -n agents --audience gatehouse --duration 1h");
-    let token = env
-        .kube
-        .kubectl_run(
-            User::Admin,
-            &[
-                "create",
-                "token",
-                "planner",
-                "-n",
-                "agents",
-                "--audience",
-                "gatehouse",
-                "--duration",
-                "1h",
-            ],
-            None,
-        )
-        .await?;
+    let token = env.kube.gateway_token("agents", "planner").await?;
     let agent_pgpass = env.path().join("agent-pgpass");
-    write_private(
-        &agent_pgpass,
-        &format!("127.0.0.1:{proxy}:*:*:{}\n", token.trim()),
-    )?;
+    write_private(&agent_pgpass, &format!("127.0.0.1:{proxy}:*:*:{token}\n"))?;
     let psql = |sql: &str| {
         let mut command = tokio::process::Command::new("psql");
         command

@@ -196,21 +196,7 @@ spec:
     })
     .await?;
     let requests: Api<ApprovalRequest> = Api::namespaced(admin.clone(), NS);
-    let token = kubectl(
-        &env,
-        &[
-            "create",
-            "token",
-            "planner",
-            "-n",
-            NS,
-            "--audience",
-            "gatehouse",
-            "--duration=1h",
-        ],
-        None,
-    )
-    .await?;
+    let token = env.kube.gateway_token(NS, "planner").await?;
     // The planner's own kubeconfig, with an API token (no gatehouse audience).
     let api_token = kubectl(
         &env,
@@ -226,7 +212,7 @@ spec:
     let nobody = env.kube.kubeconfig(User::Nobody);
 
     // 1. A simple-protocol DELETE is held; the agent is told which request and how to approve it.
-    let (db, mut session) = agent::connect(port, "planner", token.trim()).await?;
+    let (db, mut session) = agent::connect(port, "planner", &token).await?;
     let first = "DELETE FROM holds.orders_2024_01 WHERE id = 1";
     let held = tokio::spawn(async move { db.simple_query(first).await.map(|_| db) });
     let (r1, notice) = session_held(&mut session, &held).await?;
@@ -438,7 +424,7 @@ spec:
     );
 
     // 6. An agent that hangs up mid-hold withdraws its request.
-    let (db6, mut other) = agent::connect(port, "planner", token.trim()).await?;
+    let (db6, mut other) = agent::connect(port, "planner", &token).await?;
     let held = tokio::spawn(async move {
         db6.simple_query("DELETE FROM holds.orders_2024_01 WHERE id = 6")
             .await

@@ -710,25 +710,27 @@ const STORY_ROLE: &str = "story_app";
 const FIRST_PASSWORD: &str = "story-first-5b1e";
 const SECOND_PASSWORD: &str = "story-second-9c2d";
 
-/// A token for the ServiceAccount `planner` of the story, for the gatehouse audience.
-async fn agent_token(env: &TestEnv) -> anyhow::Result<String> {
-    Ok(kubectl(
-        env,
-        &[
-            "create",
-            "token",
-            "planner",
-            "-n",
-            STORY,
-            "--audience",
-            "gatehouse",
-            "--duration=1h",
-        ],
-        None,
-    )
-    .await?
-    .trim()
-    .to_owned())
+/// Whether `check` passes within 500 tries, 20 ms apart (10 s and more).
+async fn within_10s<F, Fut>(mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Whether a new session through the proxy on `port` connects and reads.
+async fn fresh_session_reads(port: u16, token: &str) -> bool {
+    match agent(port, token).await {
+        Ok(fresh) => fresh.simple_query("SELECT 1").await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
@@ -820,7 +822,7 @@ spec:
     })
     .await?;
 
-    let token = agent_token(&env).await?;
+    let token = env.kube.gateway_token(STORY, "planner").await?;
     let session = agent(port, &token).await?;
     let who: String = session.query_one("SELECT current_user::text", &[]).await?.get(0);
     ensure!(who == STORY_ROLE, "the proxy injects its credential: {who}");
@@ -875,40 +877,23 @@ spec:
         None,
     )
     .await?;
-    let mut allowed = false;
-    for _ in 0..500 {
-        if let Ok(fresh) = agent(port, &token).await
-            && fresh.simple_query("SELECT 1").await.is_ok()
-        {
-            allowed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(allowed, "the restored Policy was not enforced within 10 s");
+    ensure!(
+        within_10s(|| fresh_session_reads(port, &token)).await,
+        "the restored Policy was not enforced within 10 s"
+    );
 
     // Deleted, the Policy leaves the configuration: the open session is
     // back to default deny. Applied again, as GitOps would, it returns.
     kubectl(&env, &["delete", "policy", "planner-reads", "-n", STORY], None).await?;
-    let mut refused = false;
-    for _ in 0..500 {
-        if session.simple_query("SELECT 1").await.is_err() {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(refused, "the deleted Policy still allowed reads after 10 s");
+    ensure!(
+        within_10s(|| async { session.simple_query("SELECT 1").await.is_err() }).await,
+        "the deleted Policy still allowed reads after 10 s"
+    );
     kubectl(&env, &["apply", "--server-side", "-f", "-"], Some(&manifests)).await?;
-    let mut allowed = false;
-    for _ in 0..500 {
-        if session.simple_query("SELECT 1").await.is_ok() {
-            allowed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(allowed, "the Policy applied again was not enforced within 10 s");
+    ensure!(
+        within_10s(|| async { session.simple_query("SELECT 1").await.is_ok() }).await,
+        "the Policy applied again was not enforced within 10 s"
+    );
 
     // The credential rotates: the database password changes and the Secret
     // follows. Open sessions go on; new ones use the new password.
@@ -930,17 +915,10 @@ spec:
         None,
     )
     .await?;
-    let mut rotated = false;
-    for _ in 0..500 {
-        if let Ok(fresh) = agent(port, &token).await
-            && fresh.simple_query("SELECT 1").await.is_ok()
-        {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    ensure!(rotated, "no new session with the rotated credential within 10 s");
+    ensure!(
+        within_10s(|| fresh_session_reads(port, &token)).await,
+        "no new session with the rotated credential within 10 s"
+    );
     ensure!(
         session.simple_query("SELECT 2").await.is_ok(),
         "the session opened before the rotation goes on"
