@@ -13,7 +13,10 @@ pub mod common;
 pub mod connection;
 pub mod policy;
 
-pub use approval::{ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus, Decision, Phase, Review};
+pub use approval::{
+    ApprovalRequest, ApprovalRequestSpec, ApprovalRequestStatus, Decision, Parameter, ParameterFormat, Phase,
+    Review, Tally,
+};
 pub use common::{Approvers, SecretReference};
 pub use connection::{Connection, ConnectionSpec, ConnectionStatus};
 pub use policy::{Action, Operation, Policy, PolicySpec, PolicyStatus};

@@ -155,19 +155,25 @@ fn approval_request() -> ApprovalRequest {
         "metadata": { "name": "orders-db-7f3c9a2e" },
         "spec": {
             "connection": "orders-db",
+            "connectionUID": "6b1c1b7e-2f0a-4c3e-9d51-0b7a2e9c4f10",
             "requester": {
                 "username": "system:serviceaccount:agents:planner",
                 "groups": ["system:serviceaccounts", "system:serviceaccounts:agents"]
             },
             "sessionID": "3f9c2b7e-61a4-4d0b-9c55-0e8f2a1d7b40",
             "statement": "UPDATE public.orders SET status = $1 WHERE id = $2",
+            "parameters": [
+                { "type": "text", "format": "text", "value": "shipped" },
+                { "type": "int4", "format": "binary", "value": "42" }
+            ],
+            "statementHash": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+            "parametersHash": "fcde2b2edba56bf408601fb721fe9b5c338d10ee429ea04fae5511b68fbf8fb9",
             "fingerprint": "5d41402abc4b2a76b9719d911017c592",
-            "parametersHash": "9e107d9d372bb6826bd81d3542a419d6",
             "policy": "writes-need-approval",
             "rule": "orders-writes",
             "approvers": { "groups": ["dba"], "required": 1 },
             "expiresAt": "2030-01-15T10:05:00Z",
-            "reviews": [{ "user": "alice", "decision": "Approved", "reason": "ticket 812" }]
+            "reviews": [{ "user": "alice", "groups": ["dba"], "decision": "Approved", "reason": "ticket 812" }]
         }
     }))
 }
@@ -175,6 +181,7 @@ fn approval_request() -> ApprovalRequest {
 fn review(user: &str, decision: Decision, reason: Option<&str>) -> Review {
     Review {
         user: user.into(),
+        groups: vec!["dba".into()],
         decision,
         reason: reason.map(Into::into),
     }
@@ -710,6 +717,11 @@ fn approval_request_field_lengths() {
         "connection must be 1 to 253 characters",
     );
     check_length(
+        |a, v| a.spec.connection_uid = v,
+        128,
+        "connectionUID must be 1 to 128 characters",
+    );
+    check_length(
         |a, v| a.spec.requester.username = v,
         253,
         "requester.username must be 1 to 253 characters",
@@ -744,26 +756,42 @@ fn approval_request_field_lengths() {
 
 #[test]
 fn approval_request_optional_lengths() {
-    // parametersHash and reason may be empty or absent, but not too long.
+    // reason may be empty or absent, but not too long.
     let mut a = approval_request();
-    a.spec.parameters_hash = None;
     a.spec.reviews[0].reason = None;
+    a.spec.reviews[0].groups.clear();
+    a.spec.parameters.clear();
     assert_valid(&a);
     let mut a = approval_request();
-    a.spec.parameters_hash = Some(String::new());
     a.spec.reviews[0].reason = Some(String::new());
     assert_valid(&a);
     let mut a = approval_request();
-    a.spec.parameters_hash = Some("p".repeat(128));
     a.spec.reviews[0].reason = Some("r".repeat(1024));
     assert_valid(&a);
-
-    let mut a = approval_request();
-    a.spec.parameters_hash = Some("p".repeat(129));
-    assert_rejected(&a, "parametersHash must be at most 128 characters");
     let mut a = approval_request();
     a.spec.reviews[0].reason = Some("r".repeat(1025));
     assert_rejected(&a, "reviews[].reason must be at most 1024 characters");
+    let mut a = approval_request();
+    a.spec.reviews[0].groups = vec![String::new()];
+    assert_rejected(&a, "reviews[].groups must be 1 to 253 characters each");
+}
+
+#[test]
+fn approval_request_hashes_are_sha256_hex() {
+    for bad in [
+        String::new(),
+        "0".repeat(63),
+        "0".repeat(65),
+        "A".repeat(64),
+        "g".repeat(64),
+    ] {
+        let mut a = approval_request();
+        a.spec.statement_hash = bad.clone();
+        assert_rejected(&a, "statementHash must be a SHA-256 in 64 lowercase hex digits");
+        let mut a = approval_request();
+        a.spec.parameters_hash = bad;
+        assert_rejected(&a, "parametersHash must be a SHA-256 in 64 lowercase hex digits");
+    }
 }
 
 #[test]
@@ -817,7 +845,7 @@ fn status_and_metadata_may_change() {
 fn spec_is_immutable_except_reviews() {
     let message = "spec is immutable except spec.reviews";
     type Edit = fn(&mut ApprovalRequest);
-    let edits: [(&str, Edit); 12] = [
+    let edits: [(&str, Edit); 15] = [
         ("statement", |a| {
             a.spec.statement = "DELETE FROM public.orders".into()
         }),
@@ -828,10 +856,13 @@ fn spec_is_immutable_except_reviews() {
         ("requester.groups", |a| a.spec.requester.groups.push("dba".into())),
         ("sessionID", |a| a.spec.session_id = "other-session".into()),
         ("fingerprint", |a| a.spec.fingerprint = "0".repeat(32)),
-        ("parametersHash changed", |a| {
-            a.spec.parameters_hash = Some("0".repeat(32))
+        ("connectionUID", |a| a.spec.connection_uid = "0".into()),
+        ("statementHash", |a| a.spec.statement_hash = "0".repeat(64)),
+        ("parametersHash", |a| a.spec.parameters_hash = "0".repeat(64)),
+        ("a parameter's value", |a| {
+            a.spec.parameters[0].value = Some("cancelled".into())
         }),
-        ("parametersHash removed", |a| a.spec.parameters_hash = None),
+        ("parameters removed", |a| a.spec.parameters.clear()),
         ("policy", |a| a.spec.policy = "other".into()),
         ("rule", |a| a.spec.rule = "other".into()),
         ("approvers", |a| a.spec.approvers.required = 2),
@@ -848,11 +879,11 @@ fn spec_is_immutable_except_reviews() {
         assert_eq!(errors, [message], "changing {what}");
     }
 
-    // Adding parametersHash to a request that had none is a change too.
+    // Adding parameters to a request that had none is a change too.
     let mut old = approval_request();
-    old.spec.parameters_hash = None;
-    let mut new = old.clone();
-    new.spec.parameters_hash = Some("9e107d9d372bb6826bd81d3542a419d6".into());
+    old.spec.parameters.clear();
+    let mut new = approval_request();
+    new.spec.reviews = old.spec.reviews.clone();
     assert_update_rejected(&new, &old, message);
 }
 
