@@ -103,6 +103,11 @@ pub struct ConnectionName {
     pub namespace: String,
     /// Name of the Connection.
     pub name: String,
+    /// `metadata.uid` of the Connection (rendered by the operator):
+    /// ApprovalRequests are bound to it, so none carries over to a
+    /// Connection deleted and created again under the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// The client-facing listener.

@@ -114,13 +114,21 @@ async fn main() -> ExitCode {
     tracing::info!(%address, admin = %admin_address, "listening");
     let shared = Shared::new(runtime);
     if let Some(source) = &source {
-        // In a cluster, statements that need approval are held and asked for.
+        // In a cluster, statements that need approval are held and asked
+        // for, bound to the Connection's uid; without it (a configuration
+        // the operator did not render) they are refused.
         let connection = &shared.runtime().config.connection;
-        shared.set_approver(gatehouse_proxy::approval::ClusterApprover::new(
-            source.client.clone(),
-            &connection.namespace,
-            &connection.name,
-        ));
+        match &connection.uid {
+            Some(uid) => shared.set_approver(gatehouse_proxy::approval::ClusterApprover::new(
+                source.client.clone(),
+                &connection.namespace,
+                &connection.name,
+                uid,
+            )),
+            None => tracing::warn!(
+                "the configuration names no connection.uid; statements that need approval are refused"
+            ),
+        }
     }
     if let Err(e) = shared.start_recording() {
         eprintln!("gatehouse-proxy: {e}");

@@ -132,6 +132,12 @@ label!(
         TimedOut => "timed_out",
         /// The client cancelled or left; the request was withdrawn.
         Cancelled => "cancelled",
+        /// The statement could not be shown to an approver (too large,
+        /// or characters a person would not see); it was refused.
+        Unshowable => "unshowable",
+        /// The request said Approved, but its reviews or fields did not
+        /// approve this statement; it was refused.
+        Untrusted => "untrusted",
         /// The request could not be made or read.
         Failed => "failed",
     }
@@ -147,6 +153,8 @@ impl ApprovalOutcome {
             Outcome::Expired { .. } => Self::Expired,
             Outcome::TimedOut { .. } => Self::TimedOut,
             Outcome::Cancelled { .. } => Self::Cancelled,
+            Outcome::Unshowable(_) => Self::Unshowable,
+            Outcome::Untrusted { .. } => Self::Untrusted,
             Outcome::Failed(_) => Self::Failed,
         }
     }

@@ -241,7 +241,7 @@ impl Tape {
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        let reason = refusal.map(|r| crate::mask::statement_text(&r.message).into_owned());
+        let reason = refusal.map(|r| crate::mask::text(&r.message).into_owned());
         self.writer.record(Body::Statement {
             id,
             text: crate::mask::statement_text(sql).into_owned(),
@@ -278,7 +278,9 @@ impl Tape {
         let message = match outcome {
             Outcome::Approved { message, .. }
             | Outcome::Denied { message, .. }
+            | Outcome::Untrusted { message, .. }
             | Outcome::Expired { message, .. } => Some(message.clone()),
+            Outcome::Unshowable(refusal) => Some(refusal.message.clone()),
             Outcome::TimedOut { waited, .. } => Some(format!(
                 "not approved within {}",
                 humantime::format_duration(*waited)
@@ -290,7 +292,7 @@ impl Tape {
             statement,
             request: outcome.request().map(str::to_owned),
             outcome: outcome.kind().to_owned(),
-            message: message.map(|m| crate::mask::statement_text(&m).into_owned()),
+            message: message.map(|m| crate::mask::text(&m).into_owned()),
         });
     }
 

@@ -9,6 +9,7 @@
 pub mod detectors;
 pub mod policy;
 pub mod rows;
+pub mod sql;
 pub mod stream;
 
 use std::{borrow::Cow, ops::Range, sync::LazyLock};
@@ -17,6 +18,7 @@ use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 
 pub use detectors::{DETECTORS, Detector};
+pub use sql::{MaskedSql, masked_statement, statement_text};
 
 /// A Policy names a detector group that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -221,15 +223,29 @@ impl Scanner {
 static ALL_SECRETS: LazyLock<Scanner> =
     LazyLock::new(|| Scanner::with(DETECTORS.iter().filter(|d| !d.opt_in)));
 
-/// A statement's text as logs show it (and, through the same function,
-/// recordings and ApprovalRequests): every secret the built-in detectors
-/// find is masked, whatever the Policies' masking says, since a literal in
-/// an `UPDATE ... SET api_key = '...'` is as secret as the column.
-pub fn statement_text(sql: &str) -> Cow<'_, str> {
-    match ALL_SECRETS.mask(sql.as_bytes()) {
+/// A message's text as logs and recordings show it (a refusal's reason, an
+/// error): every secret the built-in detectors find is masked. SQL goes
+/// through [`statement_text`] instead, which keeps its syntax.
+pub fn text(message: &str) -> Cow<'_, str> {
+    match ALL_SECRETS.mask(message.as_bytes()) {
         Some(masked) => Cow::Owned(String::from_utf8_lossy(&masked).into_owned()),
-        None => Cow::Borrowed(sql),
+        None => Cow::Borrowed(message),
     }
+}
+
+/// The built-in detectors, for values the proxy itself shows (a held
+/// statement's parameters): every secret detector, whatever the Policies'
+/// masking says, since a value sent to the database is as secret as the
+/// column it lands in.
+pub fn value_text(value: &[u8]) -> Option<Vec<u8>> {
+    ALL_SECRETS.mask(value)
+}
+
+/// The secrets the built-in detectors find in `value`.
+pub fn secrets_in(value: &[u8]) -> Vec<Found> {
+    let mut found = Vec::new();
+    ALL_SECRETS.find(value, &mut found);
+    found
 }
 
 /// The text that replaces a secret: ASCII without quotes, backslashes or

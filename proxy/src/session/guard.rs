@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 
 use super::relay::{Judge, Need, Verdict};
 use crate::{
-    approval::{HoldEvent, Ticket},
+    approval::{self, HoldEvent, Outcome, Ticket},
     identity::Identity,
     mask::rows::Masker,
     metrics::StatementDecision,
-    pg::messages::{Bind, Format},
+    pg::messages::Bind,
     policy::{self, Classification, ClassifyError, Decision, PreparedStatements, Refusal},
     server::{Runtime, Shared},
 };
@@ -60,6 +60,18 @@ impl Guard {
             Decision::RequireApproval { .. } => StatementDecision::RequireApproval,
         });
         let need = match decision {
+            Decision::RequireApproval { policy, .. } if runs_prepared(classification) => {
+                return Err(Refusal {
+                    sqlstate: crate::pg::sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message: format!(
+                        "statement refused by Gatehouse: Policy {policy} holds it for approval, and its text runs a prepared statement (EXECUTE) an approver would not see"
+                    ),
+                    hint:
+                        "send the statement itself instead of EXECUTE, so that the approver reads what runs"
+                            .to_owned(),
+                    decision: "requireApproval",
+                });
+            }
             Decision::RequireApproval {
                 policy,
                 rule,
@@ -123,7 +135,7 @@ impl Judge for Guard {
             Err(refusal) => tracing::info!(
                 user = %self.identity.username,
                 sqlstate = refusal.sqlstate,
-                reason = %crate::mask::statement_text(&refusal.message),
+                reason = %crate::mask::text(&refusal.message),
                 statement = %crate::mask::statement_text(sql),
                 "statement refused"
             ),
@@ -135,18 +147,26 @@ impl Judge for Guard {
         }
     }
 
-    fn hold(&mut self, need: &Need, sql: &str, bind: Option<&Bind>) -> mpsc::Receiver<HoldEvent> {
+    fn hold(
+        &mut self,
+        need: &Need,
+        sql: &str,
+        param_types: &[u32],
+        bind: Option<&Bind>,
+    ) -> mpsc::Receiver<HoldEvent> {
         let Some(approver) = self.shared.approver() else {
             return super::relay::no_approver();
         };
-        let (fingerprint, parameters_hash) = crate::approval::binding(sql, bind);
+        let shown = match approval::shown(sql, param_types, bind) {
+            Ok(shown) => shown,
+            Err(refusal) => return super::relay::decided(Outcome::Unshowable(refusal)),
+        };
         let config = &self.shared.runtime().config.approval;
         let ticket = Ticket {
             requester: self.identity.clone(),
             session: self.session.clone(),
-            statement: approver_text(sql, bind),
-            fingerprint,
-            parameters_hash,
+            shown,
+            binding: approval::binding(sql, param_types, bind),
             policy: need.policy.clone(),
             rule: need.rule.clone(),
             approvers: need.approvers.clone(),
@@ -186,28 +206,9 @@ impl Judge for Guard {
     }
 }
 
-/// What approvers see: the statement, and a prepared statement's values,
-/// with secrets masked.
-fn approver_text(sql: &str, bind: Option<&Bind>) -> String {
-    let mut text = sql.to_owned();
-    if let Some(bind) = bind
-        && !bind.params.is_empty()
-    {
-        let values: Vec<String> = bind
-            .params
-            .iter()
-            .enumerate()
-            .map(|(i, value)| {
-                let shown = match value {
-                    None => "NULL".to_owned(),
-                    Some(v) if bind.param_format(i) == Format::Binary => format!("\\x{}", hex::encode(v)),
-                    Some(v) => format!("'{}'", String::from_utf8_lossy(v).replace('\'', "''")),
-                };
-                format!("${} = {shown}", i + 1)
-            })
-            .collect();
-        text.push_str("\n-- with ");
-        text.push_str(&values.join(", "));
-    }
-    crate::mask::statement_text(&text).into_owned()
+/// Whether `classification` runs a prepared statement by name (`EXECUTE`,
+/// `EXPLAIN EXECUTE`, `CREATE TABLE AS EXECUTE`): its text does not show
+/// what runs, so it is never held for approval.
+fn runs_prepared(classification: &Classification) -> bool {
+    classification.statements.iter().any(|s| !s.executes.is_empty())
 }

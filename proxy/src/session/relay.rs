@@ -86,20 +86,30 @@ pub trait Judge {
     fn masker(&mut self) -> Option<Arc<Masker>> {
         None
     }
-    /// Asks for approval of `sql` (with the Bind's values, for a prepared
-    /// statement); dropping the receiver withdraws the request.
-    fn hold(&mut self, need: &Need, sql: &str, bind: Option<&Bind>) -> mpsc::Receiver<HoldEvent> {
-        let _ = (need, sql, bind);
+    /// Asks for approval of `sql` (for a prepared statement, with the
+    /// parameter types its Parse fixed and the Bind's values); dropping the
+    /// receiver withdraws the request.
+    fn hold(
+        &mut self,
+        need: &Need,
+        sql: &str,
+        param_types: &[u32],
+        bind: Option<&Bind>,
+    ) -> mpsc::Receiver<HoldEvent> {
+        let _ = (need, sql, param_types, bind);
         no_approver()
     }
 }
 
 /// A hold that fails at once: there is no one to ask.
 pub fn no_approver() -> mpsc::Receiver<HoldEvent> {
+    decided(Outcome::Failed("this proxy cannot ask for approvals".to_owned()))
+}
+
+/// A hold that ends at once with `outcome`.
+pub fn decided(outcome: Outcome) -> mpsc::Receiver<HoldEvent> {
     let (tx, rx) = mpsc::channel(1);
-    let _ = tx.try_send(HoldEvent::Decided(Outcome::Failed(
-        "this proxy cannot ask for approvals".to_owned(),
-    )));
+    let _ = tx.try_send(HoldEvent::Decided(outcome));
     rx
 }
 
@@ -273,8 +283,19 @@ async fn hold_step(holding: &mut Option<Holding<'_>>) -> HoldStep {
     }
 }
 
-/// Prepared statements that need approval, by name: their text and why.
-type HeldStatements = HashMap<String, (String, Need)>;
+/// A prepared statement that needs approval at each Bind.
+#[derive(Debug, Clone)]
+struct HeldStatement {
+    /// Its text.
+    sql: String,
+    /// The parameter types its Parse fixed (0: the server's choice).
+    param_types: Vec<u32>,
+    /// Why it needs approval.
+    need: Need,
+}
+
+/// Prepared statements that need approval, by name.
+type HeldStatements = HashMap<String, HeldStatement>;
 
 /// One session's relay state.
 struct Relay<'a, 's, C, S, J> {
@@ -592,7 +613,7 @@ where
                         if let Some(tape) = self.tape.as_deref_mut() {
                             tape.held(None, &query.sql);
                         }
-                        let events = self.judge.hold(&need, &query.sql, None);
+                        let events = self.judge.hold(&need, &query.sql, &[], None);
                         return Ok(Handled::Hold(Holding {
                             frame,
                             classification: Some(classification),
@@ -626,8 +647,14 @@ where
                         if let Some(tape) = self.tape.as_deref_mut() {
                             tape.held(Some(&parse.statement), &parse.sql);
                         }
-                        self.held_statements
-                            .insert(parse.statement.clone(), (parse.sql.clone(), need));
+                        self.held_statements.insert(
+                            parse.statement.clone(),
+                            HeldStatement {
+                                sql: parse.sql.clone(),
+                                param_types: parse.param_types.clone(),
+                                need,
+                            },
+                        );
                         (frame, Some(classification))
                     }
                     Verdict::Refuse(refusal) => {
@@ -646,13 +673,15 @@ where
             }
             tag::frontend::BIND if !self.held_statements.is_empty() => {
                 let bind = Bind::decode(&frame)?;
-                if let Some((sql, need)) = self.held_statements.get(&bind.statement).cloned() {
-                    let events = self.judge.hold(&need, &sql, Some(&bind));
+                if let Some(held) = self.held_statements.get(&bind.statement).cloned() {
+                    let events = self
+                        .judge
+                        .hold(&held.need, &held.sql, &held.param_types, Some(&bind));
                     return Ok(Handled::Hold(Holding {
                         frame,
                         classification: None,
                         prepared: Some(bind.statement),
-                        need,
+                        need: held.need,
                         events,
                         request: None,
                         cancelled: None,
@@ -996,9 +1025,14 @@ mod hold_tests {
     use super::*;
     use crate::pg::messages::{CommandComplete, Execute, Format, ReadyForQuery, Sync, TransactionStatus};
 
-    /// A hold asked for: the statement, the Bind's values, and where the
-    /// test sends the approver's events.
-    type Asked = (String, Option<Vec<Option<Bytes>>>, mpsc::Sender<HoldEvent>);
+    /// A hold asked for: the statement, its parameter types, the Bind's
+    /// values, and where the test sends the approver's events.
+    type Asked = (
+        String,
+        Vec<u32>,
+        Option<Vec<Option<Bytes>>>,
+        mpsc::Sender<HoldEvent>,
+    );
 
     /// Holds every statement that mentions `held`; the test decides.
     struct Holder {
@@ -1027,10 +1061,21 @@ mod hold_tests {
         fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())
         }
-        fn hold(&mut self, _: &Need, sql: &str, bind: Option<&Bind>) -> mpsc::Receiver<HoldEvent> {
+        fn hold(
+            &mut self,
+            _: &Need,
+            sql: &str,
+            param_types: &[u32],
+            bind: Option<&Bind>,
+        ) -> mpsc::Receiver<HoldEvent> {
             let (tx, rx) = mpsc::channel(2);
             self.asked
-                .send((sql.to_owned(), bind.map(|b| b.params.clone()), tx))
+                .send((
+                    sql.to_owned(),
+                    param_types.to_vec(),
+                    bind.map(|b| b.params.clone()),
+                    tx,
+                ))
                 .unwrap();
             rx
         }
@@ -1125,7 +1170,7 @@ mod hold_tests {
                 .send(Query::new("SELECT 2").to_frame().unwrap())
                 .await
                 .unwrap();
-            let (sql, bind, decide) = asks.recv().await.unwrap();
+            let (sql, _, bind, decide) = asks.recv().await.unwrap();
             assert_eq!((sql.as_str(), bind), ("DELETE FROM held WHERE id = 1", None));
             decide.send(waiting("orders-db-abc")).await.unwrap();
             // The client hears which request holds it, and the server nothing yet.
@@ -1197,7 +1242,7 @@ mod hold_tests {
                 .send(Query::new("DELETE FROM held").to_frame().unwrap())
                 .await
                 .unwrap();
-            let (_, _, decide) = asks.recv().await.unwrap();
+            let (_, _, _, decide) = asks.recv().await.unwrap();
             decide
                 .send(HoldEvent::Decided(Outcome::Denied {
                     name: "orders-db-d".into(),
@@ -1224,7 +1269,7 @@ mod hold_tests {
                 .send(Query::new("DELETE FROM held").to_frame().unwrap())
                 .await
                 .unwrap();
-            let (_, _, decide) = asks.recv().await.unwrap();
+            let (_, _, _, decide) = asks.recv().await.unwrap();
             decide.send(waiting("orders-db-c")).await.unwrap();
             let _notice = client.next().await.unwrap().unwrap();
             cancel.notify_waiters();
@@ -1268,7 +1313,7 @@ mod hold_tests {
             let parse = Parse {
                 statement: "d".into(),
                 sql: "DELETE FROM held WHERE id = $1".into(),
-                param_types: Vec::new(),
+                param_types: vec![23],
             };
             let bind = Bind {
                 portal: String::new(),
@@ -1286,8 +1331,9 @@ mod hold_tests {
             client.feed(execute.to_frame().unwrap()).await.unwrap();
             client.send(Sync.to_frame().unwrap()).await.unwrap();
             assert_eq!(server.next().await.unwrap().unwrap().tag(), tag::frontend::PARSE);
-            let (sql, values, decide) = asks.recv().await.unwrap();
+            let (sql, types, values, decide) = asks.recv().await.unwrap();
             assert_eq!(sql, "DELETE FROM held WHERE id = $1");
+            assert_eq!(types, [23], "the Parse's types are bound too");
             assert_eq!(values, Some(vec![Some(Bytes::from_static(b"7"))]));
             decide
                 .send(HoldEvent::Decided(Outcome::Approved {
