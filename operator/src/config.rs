@@ -28,6 +28,9 @@ struct Document<'a> {
 struct ConnectionName<'a> {
     namespace: &'a str,
     name: &'a str,
+    /// Approvals are bound to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<&'a str>,
 }
 
 #[derive(Debug, Serialize)]
@@ -133,6 +136,7 @@ pub fn render(
         connection: ConnectionName {
             namespace: &names.namespace,
             name: &names.connection,
+            uid: connection.metadata.uid.as_deref(),
         },
         listen: Listen {
             address: format!("0.0.0.0:{PROXY_PORT}"),
@@ -188,6 +192,7 @@ mod tests {
         let spec: ConnectionSpec = serde_norway::from_str(yaml).expect("spec");
         let mut connection = Connection::new("orders-db", spec);
         connection.metadata.namespace = Some("team-a".into());
+        connection.metadata.uid = Some("6b1c1b7e-2f0a-4c3e-9d51-0b7a2e9c4f10".into());
         connection
     }
 
@@ -228,6 +233,7 @@ mod tests {
         assert_eq!(once, again);
         for expected in [
             "namespace: team-a",
+            "uid: 6b1c1b7e-2f0a-4c3e-9d51-0b7a2e9c4f10",
             "host: orders.db.svc",
             "port: 5432",
             "mode: verify-full",

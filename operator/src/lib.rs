@@ -9,12 +9,14 @@
 //! - [`policy`]: which Connections each Policy selects, and whether the
 //!   proxy compiles it.
 //! - [`approval`]: an ApprovalRequest's phase from its reviews and the
-//!   clock, an Event per decision, removal after the retention.
+//!   clock, an Event per decision, removal after the retention; nothing is
+//!   approved while the admission policy is not in force ([`admission`]).
 //!
 //! [`run`] starts the three controllers on one [`Context`]; [`metrics`]
 //! counts and times their reconciles.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod applied;
 pub mod approval;
 pub mod conditions;
@@ -30,6 +32,7 @@ use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 use futures::{Stream, StreamExt as _, TryStreamExt as _};
 use gatehouse_crds::{ApprovalRequest, Connection, Policy};
 use k8s_openapi::api::{
+    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
     apps::v1::Deployment,
     core::v1::{ConfigMap, Secret, Service, ServiceAccount},
     rbac::v1::{Role, RoleBinding},
@@ -92,6 +95,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// What was last applied to each child.
     pub applied: Arc<applied::Applied>,
+    /// Whether the ApprovalRequest admission policy is in force.
+    pub admission: admission::Admission,
 }
 
 impl std::fmt::Debug for Context {
@@ -230,6 +235,7 @@ pub async fn run_with_metrics(
             Api::<RoleBinding>::all(client.clone()),
             &applied,
         ));
+    let (admission, admission_changes) = watch_admission(&client, &metrics).await;
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings.proxy,
@@ -243,6 +249,7 @@ pub async fn run_with_metrics(
         ),
         metrics: metrics.clone(),
         applied: applied.clone(),
+        admission: admission.clone(),
     });
 
     // A Policy change re-renders every Connection of its namespace (a
@@ -306,11 +313,15 @@ pub async fn run_with_metrics(
             ctx.clone(),
         )
         .for_each(|result| outcome(ControllerKind::Policy, &metrics, result));
+    // Decisions wait until the admission policies are known, and every
+    // request is looked at again when they change.
+    admission.ready().await;
     let approval_run = Controller::new(
         Api::<ApprovalRequest>::all(client.clone()),
         watcher::Config::default(),
     )
     .with_config(controller_config())
+    .reconcile_all_on(admission_changes)
     .graceful_shutdown_on(stopped(shutdown_rx.clone()))
     .run(
         |object, ctx| counted(ControllerKind::ApprovalRequest, object, ctx, approval::reconcile),
@@ -319,6 +330,57 @@ pub async fn run_with_metrics(
     )
     .for_each(|result| outcome(ControllerKind::ApprovalRequest, &metrics, result));
     tokio::join!(connection_run, policy_run, approval_run);
+}
+
+/// Watches the ApprovalRequest admission policy and the bindings of
+/// admission policies: the state the approval controller asks, and a stream
+/// that ticks on every change. Learns the operator's own username first,
+/// which the policy must name.
+async fn watch_admission(
+    client: &Client,
+    metrics: &Arc<Metrics>,
+) -> (admission::Admission, impl Stream<Item = ()> + Send + 'static) {
+    let operator = admission::own_username(client).await.map_err(|e| {
+        format!("the operator could not learn its own username from the API server (SelfSubjectReview: {e})")
+    });
+    let (policies, policy_writer) = reflector::store();
+    let (bindings, binding_writer) = reflector::store();
+    let admission = admission::Admission::new(operator, policies, bindings);
+    let named = watcher::Config::default().fields(&format!("metadata.name={}", admission::POLICY_NAME));
+    let policy_events = watcher(Api::<ValidatingAdmissionPolicy>::all(client.clone()), named)
+        .default_backoff()
+        .reflect(policy_writer)
+        .map(|_| ());
+    let binding_events = watcher(
+        Api::<ValidatingAdmissionPolicyBinding>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(binding_writer)
+    .map(|_| ());
+    // Driven here, not by the controller: its start waits for the stores.
+    let (tick, ticks) = futures::channel::mpsc::channel(1);
+    let (state, metrics) = (admission.clone(), metrics.clone());
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(futures::stream::select(policy_events, binding_events));
+        let mut was = None;
+        while events.next().await.is_some() {
+            let now = state.in_force();
+            if was.as_ref() != Some(&now) {
+                metrics.admission_in_force(now.is_ok());
+                match &now {
+                    Ok(()) => tracing::info!("the ApprovalRequest admission policy is in force"),
+                    Err(why) => {
+                        tracing::error!(reason = %why, "the ApprovalRequest admission policy is not in force; approvals are suspended")
+                    }
+                }
+                was = Some(now);
+            }
+            // A full channel already holds a tick for this change.
+            let _ = tick.clone().try_send(());
+        }
+    });
+    (admission, ticks)
 }
 
 /// `api`'s objects as they come, go, or change in what `key` hashes.

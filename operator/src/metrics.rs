@@ -203,6 +203,9 @@ pub struct Metrics {
     controllers: Vec<PerController>,
     /// 1 while this replica holds the leader-election Lease, 0 otherwise.
     pub leader: Gauge,
+    /// 1 while the ApprovalRequest admission policy is in force, 0 while
+    /// approvals are suspended.
+    admission_in_force: Gauge,
 }
 
 impl Default for Metrics {
@@ -271,11 +274,24 @@ impl Metrics {
             "1 while this replica holds the leader-election Lease and reconciles, 0 while it waits",
             leader.clone(),
         );
+        let admission_in_force = Gauge::default();
+        registry.register(
+            "gatehouse_operator_admission_policy_in_force",
+            "1 while the ValidatingAdmissionPolicy gatehouse-approvalrequests is installed as shipped and \
+             bound with Deny; 0 while it is not, and the operator approves nothing",
+            admission_in_force.clone(),
+        );
         Metrics {
             registry,
             controllers,
             leader,
+            admission_in_force,
         }
+    }
+
+    /// Whether the ApprovalRequest admission policy is in force.
+    pub fn admission_in_force(&self, in_force: bool) {
+        self.admission_in_force.set(i64::from(in_force));
     }
 
     fn of(&self, controller: ControllerKind) -> &PerController {

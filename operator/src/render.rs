@@ -219,7 +219,7 @@ pub fn role(connection: &Connection, names: &Names, settings: &ProxySettings) ->
                 gatehouse_crds::GROUP,
                 "approvalrequests/status",
                 None,
-                &["get", "patch", "update"],
+                &["get", "patch"],
             ),
         ]),
     }
