@@ -8,7 +8,7 @@
 
 use std::{fmt, io::Write};
 
-use gatehouse_crds::{ApprovalRequest, Decision, Phase, Review};
+use gatehouse_crds::{ApprovalRequest, Decision, Phase, Review, Tally};
 use k8s_openapi::{api::authentication::v1::SelfSubjectReview, jiff::Timestamp};
 use kube::{
     Api, Client, ResourceExt as _,
@@ -84,19 +84,15 @@ pub fn newest_first(requests: &mut [ApprovalRequest]) {
     });
 }
 
-/// The distinct approvers who approved, never counting the requester (as
-/// the operator counts them).
+/// The distinct approvers who approved, counted as the operator and the
+/// proxy count them: never the requester, never a reviewer outside the
+/// request's approvers.
 pub fn approvals(request: &ApprovalRequest) -> usize {
-    let spec = &request.spec;
-    let mut users: Vec<&str> = spec
-        .reviews
-        .iter()
-        .filter(|r| r.decision == Decision::Approved && r.user != spec.requester.username)
-        .map(|r| r.user.as_str())
-        .collect();
-    users.sort_unstable();
-    users.dedup();
-    users.len()
+    match request.spec.tally() {
+        Tally::Approved { by } => by.len(),
+        Tally::Pending { approvals, .. } => approvals.len(),
+        Tally::Denied { .. } => 0,
+    }
 }
 
 /// How long until `expires`, short (`4m12s`), or `expired`.
@@ -181,9 +177,17 @@ pub fn print_json(requests: &[ApprovalRequest], out: &mut dyn Write) -> Result<(
     Ok(())
 }
 
-/// The caller's username, as the API server authenticates them: what the
-/// admission policy compares a review's `user` with.
-pub async fn whoami(client: &Client) -> Result<String> {
+/// Who the caller is, as the API server authenticates them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// What the admission policy compares a review's `user` with.
+    pub username: String,
+    /// What it checks a review's `groups` against.
+    pub groups: Vec<String>,
+}
+
+/// The caller, as the API server authenticates them.
+pub async fn whoami(client: &Client) -> Result<Caller> {
     let api: Api<SelfSubjectReview> = Api::all(client.clone());
     let review = api
         .create(&PostParams::default(), &SelfSubjectReview::default())
@@ -195,24 +199,26 @@ pub async fn whoami(client: &Client) -> Result<String> {
             )),
             other => Error::Kubernetes(format!("cannot tell who you are (SelfSubjectReview): {other}")),
         })?;
-    review
-        .status
-        .and_then(|s| s.user_info)
-        .and_then(|u| u.username)
-        .filter(|name| !name.is_empty())
-        .ok_or_else(|| {
-            Error::Kubernetes(
-                "the API server did not say who you are (SelfSubjectReview without a username)".into(),
-            )
-        })
+    let info = review.status.and_then(|s| s.user_info).unwrap_or_default();
+    let username = info.username.filter(|name| !name.is_empty()).ok_or_else(|| {
+        Error::Kubernetes(
+            "the API server did not say who you are (SelfSubjectReview without a username)".into(),
+        )
+    })?;
+    Ok(Caller {
+        username,
+        groups: info.groups.unwrap_or_default(),
+    })
 }
 
 /// The body of the approver's patch: one JSON patch operation appending
-/// `user`'s review to `/spec/reviews`, exactly what the README's `kubectl
-/// patch --type=json` sends.
-pub fn review_patch(user: &str, decision: Decision, reason: Option<&str>) -> Value {
+/// `user`'s review (naming the approver `groups` they review as) to
+/// `/spec/reviews`, exactly what the README's `kubectl patch --type=json`
+/// sends.
+pub fn review_patch(user: &str, groups: &[String], decision: Decision, reason: Option<&str>) -> Value {
     let review = Review {
         user: user.to_owned(),
+        groups: groups.to_vec(),
         decision,
         reason: reason.map(str::to_owned),
     };
@@ -263,26 +269,36 @@ pub async fn review(
     decision: Decision,
     reason: Option<&str>,
 ) -> Result<Reviewed> {
-    let user = whoami(client).await?;
-    let body = review_patch(&user, decision, reason);
+    let caller = whoami(client).await?;
+    let api: Api<ApprovalRequest> = Api::namespaced(client.clone(), namespace);
+    let not_found = |e: kube::Error| match e {
+        kube::Error::Api(status) if status.code == 404 => Error::RequestNotFound {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+        },
+        other => api_error(other),
+    };
+    // The caller reviews as a member of the request's approver groups they
+    // belong to; the API server checks that they do.
+    let current = api.get(name).await.map_err(not_found)?;
+    let groups: Vec<String> = caller
+        .groups
+        .iter()
+        .filter(|g| current.spec.approvers.groups.contains(g))
+        .cloned()
+        .collect();
+    let body = review_patch(&caller.username, &groups, decision, reason);
     let patch = Patch::<()>::Json(
         serde_json::from_value(body)
             .map_err(|e| Error::Kubernetes(format!("cannot build the review patch: {e}")))?,
     );
-    let api: Api<ApprovalRequest> = Api::namespaced(client.clone(), namespace);
     let request = api
         .patch(name, &PatchParams::default(), &patch)
         .await
-        .map_err(|e| match e {
-            kube::Error::Api(status) if status.code == 404 => Error::RequestNotFound {
-                name: name.to_owned(),
-                namespace: namespace.to_owned(),
-            },
-            other => api_error(other),
-        })?;
+        .map_err(not_found)?;
     Ok(Reviewed {
         name: request.name_any(),
-        user,
+        user: caller.username,
         decision,
         reason: reason.map(str::to_owned),
         approvals: approvals(&request),
@@ -306,14 +322,17 @@ mod tests {
             name,
             ApprovalRequestSpec {
                 connection: "orders-db".into(),
+                connection_uid: "6b1c1b7e-2f0a-4c3e-9d51-0b7a2e9c4f10".into(),
                 requester: Requester {
                     username: "system:serviceaccount:agents:planner".into(),
                     groups: vec![],
                 },
                 session_id: "3f9c2b7e".into(),
                 statement: statement.into(),
+                parameters: vec![],
+                statement_hash: "0".repeat(64),
+                parameters_hash: "1".repeat(64),
                 fingerprint: "5e2c0ab1".into(),
-                parameters_hash: None,
                 policy: "writes-need-approval".into(),
                 rule: "orders-writes".into(),
                 approvers: Approvers {
@@ -333,6 +352,7 @@ mod tests {
     fn review(user: &str, decision: Decision) -> Review {
         Review {
             user: user.into(),
+            groups: vec!["dba".into()],
             decision,
             reason: None,
         }
@@ -348,8 +368,13 @@ mod tests {
         );
         older.spec.reviews = vec![
             review("alice", Decision::Approved),
-            // The requester never counts, whatever got in.
+            // The requester never counts, whatever got in, nor a
+            // reviewer outside the approvers.
             review("system:serviceaccount:agents:planner", Decision::Approved),
+            Review {
+                groups: vec![],
+                ..review("mallory", Decision::Approved)
+            },
         ];
         let newer = request(
             "team-b",
@@ -409,19 +434,19 @@ mod tests {
     #[test]
     fn the_patch_appends_the_callers_review_as_the_readme_does() {
         assert_eq!(
-            review_patch("alice", Decision::Approved, Some("ticket 812")),
+            review_patch("alice", &["dba".into()], Decision::Approved, Some("ticket 812")),
             serde_json::from_str::<Value>(
-                r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"alice","decision":"Approved","reason":"ticket 812"}}]"#
+                r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"alice","groups":["dba"],"decision":"Approved","reason":"ticket 812"}}]"#
             )
             .unwrap_or_default()
         );
         assert_eq!(
-            review_patch("oidc:bob@example.com", Decision::Denied, None),
+            review_patch("oidc:bob@example.com", &[], Decision::Denied, None),
             json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": "oidc:bob@example.com", "decision": "Denied"}}])
         );
         // It is a JSON patch kube sends as application/json-patch+json.
         let patch: Result<Patch<()>, _> =
-            serde_json::from_value(review_patch("alice", Decision::Approved, None)).map(Patch::Json);
+            serde_json::from_value(review_patch("alice", &[], Decision::Approved, None)).map(Patch::Json);
         assert!(
             matches!(patch, Ok(Patch::Json(ref p)) if p.0.len() == 1),
             "{patch:?}"

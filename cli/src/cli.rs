@@ -97,7 +97,8 @@ pub enum Command {
     /// ApprovalRequest NAME.
     ///
     /// The review names you as the API server authenticates you (a
-    /// SelfSubjectReview) and is added with a JSON patch appending to
+    /// SelfSubjectReview), with the request's approver groups you belong
+    /// to, and is added with a JSON patch appending to
     /// /spec/reviews, as the README's `kubectl patch` does. The API server
     /// decides whether you may: its refusal (you sent the statement, you are
     /// not among the approvers, the request is already decided) is printed as
