@@ -85,7 +85,15 @@ pub struct ControlPlane {
     pub pki: Pki,
     dir: PathBuf,
     kubectl: PathBuf,
+    /// The operator's kubeconfig, once its account exists.
+    operator: tokio::sync::OnceCell<PathBuf>,
 }
+
+/// The operator's ServiceAccount as `config/rbac/operator` installs it: the
+/// identity the admission policy lets decide ApprovalRequests.
+pub const OPERATOR_NAMESPACE: &str = "gatehouse-system";
+/// See [`OPERATOR_NAMESPACE`].
+pub const OPERATOR_ACCOUNT: &str = "gatehouse-operator";
 
 impl ControlPlane {
     /// Starts etcd and kube-apiserver under `dir` and waits for `/readyz`.
@@ -185,6 +193,7 @@ impl ControlPlane {
             pki,
             dir: dir.to_owned(),
             kubectl: tools.path("kubectl"),
+            operator: tokio::sync::OnceCell::new(),
         };
         for (user, token) in &tokens {
             control_plane.write_kubeconfig(*user, token)?;
@@ -292,6 +301,57 @@ impl ControlPlane {
             .to_owned())
     }
 
+    /// A client acting as the operator's own ServiceAccount
+    /// ([`OPERATOR_ACCOUNT`] in [`OPERATOR_NAMESPACE`]) with the rights of
+    /// `config/rbac/operator`, which the first call applies as a user does:
+    /// the operator runs with least privilege, and the admission policy
+    /// knows it as the one that decides.
+    pub async fn operator_client(&self) -> Result<kube::Client> {
+        let path = self.operator_kubeconfig().await?;
+        let step = "build the operator's client";
+        let kubeconfig = Kubeconfig::read_from(path).step(step)?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .step(step)?;
+        kube::Client::try_from(config).step(step)
+    }
+
+    /// The operator's kubeconfig; see [`ControlPlane::operator_client`].
+    pub async fn operator_kubeconfig(&self) -> Result<&Path> {
+        let path = self
+            .operator
+            .get_or_try_init(|| async {
+                let root = crate::repo_root();
+                let namespace = root.join("config/manager/namespace.yaml");
+                let rbac = root.join("config/rbac/operator");
+                let (namespace, rbac) = (namespace.to_string_lossy(), rbac.to_string_lossy());
+                self.kubectl_run(User::Admin, &["apply", "--server-side", "-f", &namespace], None)
+                    .await?;
+                self.kubectl_run(User::Admin, &["apply", "--server-side", "-k", &rbac], None)
+                    .await?;
+                let token = self
+                    .kubectl_run(
+                        User::Admin,
+                        &[
+                            "create",
+                            "token",
+                            OPERATOR_ACCOUNT,
+                            "-n",
+                            OPERATOR_NAMESPACE,
+                            "--duration=24h",
+                        ],
+                        None,
+                    )
+                    .await?;
+                let path = self.dir.join("kubeconfig-operator");
+                self.write_token_kubeconfig(&path, OPERATOR_ACCOUNT, &token, OPERATOR_NAMESPACE)
+                    .step("write the operator's kubeconfig")?;
+                Ok::<_, Error>(path)
+            })
+            .await?;
+        Ok(path)
+    }
+
     /// Installs the Gatehouse CRDs as a user does (`kubectl apply --server-side
     /// -k config/crd`) and waits until they are Established.
     pub async fn install_crds(&self) -> Result<()> {
@@ -336,7 +396,7 @@ impl ControlPlane {
         let probe = self.dir.join("admission-probe.json");
         std::fs::write(
             &probe,
-            r#"{"apiVersion":"gatehouse.dev/v1alpha1","kind":"ApprovalRequest","metadata":{"name":"admission-probe"},"spec":{"connection":"probe","requester":{"username":"probe"},"sessionID":"probe","statement":"SELECT 1","fingerprint":"probe","policy":"probe","rule":"probe","approvers":{"groups":["probe"]},"expiresAt":"2030-01-01T00:00:00Z"}}"#,
+            r#"{"apiVersion":"gatehouse.dev/v1alpha1","kind":"ApprovalRequest","metadata":{"name":"admission-probe"},"spec":{"connection":"probe","connectionUID":"probe","requester":{"username":"probe"},"sessionID":"probe","statement":"SELECT 1","statementHash":"0000000000000000000000000000000000000000000000000000000000000000","parametersHash":"0000000000000000000000000000000000000000000000000000000000000000","fingerprint":"probe","policy":"probe","rule":"probe","approvers":{"groups":["probe"]},"expiresAt":"2030-01-01T00:00:00Z"}}"#,
         )
         .step(step)?;
         let deadline = Instant::now() + Duration::from_secs(30);

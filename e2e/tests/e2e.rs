@@ -23,6 +23,12 @@ mod recording;
 mod session;
 mod tls;
 
+/// The ApprovalRequest admission policy: tests that rely on it (every
+/// [`admission::Namespace`], the holds) hold it shared; the test that
+/// removes it for a while holds it alone.
+static ADMISSION: std::sync::LazyLock<Arc<tokio::sync::RwLock<()>>> =
+    std::sync::LazyLock::new(|| Arc::new(tokio::sync::RwLock::new(())));
+
 type TestFn = fn(Arc<TestEnv>) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 macro_rules! tests {
@@ -107,6 +113,8 @@ fn main() -> ExitCode {
         operator::the_operators_proxy_serves_an_agent_follows_a_policy_edit_and_a_rotated_secret,
         operator::a_held_statement_runs_once_when_approved_and_only_as_approved,
         operator::approval_requests_are_decided_expire_leave_events_and_go,
+        operator::an_approval_covers_exactly_the_statement_shown,
+        operator::decisions_only_the_right_party_writes_are_rechecked_by_the_proxy,
         admission::an_approver_approves_and_a_later_review_is_refused_as_decided,
         admission::two_approvals_are_needed_and_a_third_is_refused_as_decided,
         admission::the_requester_cannot_review_her_own_request,
@@ -115,6 +123,8 @@ fn main() -> ExitCode {
         admission::after_a_denial_no_approval_is_added,
         admission::only_the_proxy_of_the_connection_creates_requests_without_reviews,
         admission::an_expired_or_consumed_request_takes_no_review,
+        admission::only_the_operator_decides_and_only_the_requests_own_proxy_consumes,
+        admission::a_review_names_only_approver_groups_its_reviewer_belongs_to,
         admission::metadata_updates_pass_even_after_a_decision,
         admission::the_chart_installs_the_same_policy_as_config_admission,
         packaging::the_chart_lints_and_renders_its_values_into_the_operators_flags,

@@ -132,9 +132,9 @@ pub async fn run(bin: &Path, connections: usize, rounds: usize) -> anyhow::Resul
             None,
         )
         .await?;
-    env.kube
-        .kubectl_run(User::Admin, &["create", "namespace", "gatehouse-system"], None)
-        .await?;
+    // The operator's own account (namespace gatehouse-system, its RBAC): the
+    // admission policy lets only it decide.
+    let kubeconfig = env.kube.operator_kubeconfig().await?.to_path_buf();
     let operator = Spawn::new(
         "gatehouse-operator",
         bin.join("gatehouse-operator"),
@@ -150,7 +150,7 @@ pub async fn run(bin: &Path, connections: usize, rounds: usize) -> anyhow::Resul
         "--lease-namespace",
         "gatehouse-system",
     ])
-    .env("KUBECONFIG", &env.kube.kubeconfig(User::Admin).to_string_lossy())
+    .env("KUBECONFIG", &kubeconfig.to_string_lossy())
     .env("RUST_LOG", "warn")
     .start("start the operator")?;
     let pid = operator.pid().context("the operator has no pid")?;
@@ -413,7 +413,7 @@ spec:
             }
         });
         let (name, _) = notices.held(Duration::from_secs(30)).await?;
-        let review = serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": "alice", "decision": "Approved", "reason": "bench"}}]);
+        let review = serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": "alice", "groups": ["dba"], "decision": "Approved", "reason": "bench"}}]);
         let started = Instant::now();
         requests
             .patch(

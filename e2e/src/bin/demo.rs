@@ -83,7 +83,11 @@ async fn demo() -> anyhow::Result<()> {
     typed("kubectl apply --server-side -k config/admission");
     kube.install_admission().await?;
 
-    say("Starting the operator (in a cluster: its Deployment from the Helm chart; here in this process)");
+    say(
+        "Starting the operator (in a cluster: its Deployment from the Helm chart; here in this process, as its ServiceAccount)",
+    );
+    typed("kubectl apply --server-side -k config/rbac/operator");
+    let operator = kube.operator_client().await?;
     let admin = kube.client(User::Admin).await?;
     let settings = gatehouse_operator::Settings {
         proxy: gatehouse_operator::ProxySettings {
@@ -100,7 +104,7 @@ async fn demo() -> anyhow::Result<()> {
         approval_retention: Duration::from_secs(24 * 3600),
     };
     tokio::spawn(gatehouse_operator::run(
-        admin.clone(),
+        operator,
         settings,
         std::future::pending(),
     ));
@@ -350,7 +354,7 @@ stringData:
 
     say("bob tries to approve as alice: the API server refuses it");
     let patch_as = |user: &str, reason: &str| {
-        serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": user, "decision": "Approved", "reason": reason}}])
+        serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": user, "groups": ["dba"], "decision": "Approved", "reason": reason}}])
             .to_string()
     };
     let forged = patch_as("alice", "looks fine");

@@ -31,6 +31,8 @@ pub struct Namespace {
     /// Kubeconfig of ServiceAccount `gatehouse-orders-db`, which may create
     /// ApprovalRequests here.
     pub proxy: PathBuf,
+    /// The admission policy stays in force while the namespace is in use.
+    _admission: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// Runs kubectl with `command` and returns its output whatever the exit status.
@@ -90,6 +92,7 @@ impl Namespace {
     /// Creates namespace `name` with the approver role bound to group `dba`
     /// and the proxy of [`CONNECTION`].
     pub async fn new(env: &Arc<TestEnv>, name: &str) -> anyhow::Result<Namespace> {
+        let admission = crate::ADMISSION.clone().read_owned().await;
         kubectl_ok(env, User::Admin, &["create", "namespace", name]).await?;
         install_roles(env).await?;
         kubectl_ok(
@@ -107,24 +110,23 @@ impl Namespace {
         )
         .await?;
         // What the operator grants each proxy on ApprovalRequests.
-        kubectl_ok(
-            env,
-            User::Admin,
-            &[
-                "create",
-                "role",
-                "gatehouse-proxy",
-                "--verb=create,get,list,watch",
-                "--resource=approvalrequests.gatehouse.dev",
-                "-n",
-                name,
-            ],
-        )
-        .await?;
+        let role = format!(
+            r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: gatehouse-proxy, namespace: {name}}}
+rules:
+  - {{apiGroups: [gatehouse.dev], resources: [approvalrequests], verbs: [create, get, list, watch]}}
+  - {{apiGroups: [gatehouse.dev], resources: [approvalrequests/status], verbs: [get, patch]}}
+"#
+        );
+        env.kube
+            .kubectl_run(User::Admin, &["apply", "--server-side", "-f", "-"], Some(&role))
+            .await?;
         let mut namespace = Namespace {
             env: env.clone(),
             name: name.to_owned(),
             proxy: PathBuf::new(),
+            _admission: admission,
         };
         namespace.proxy = namespace.proxy_of(CONNECTION).await?;
         Ok(namespace)
@@ -270,11 +272,14 @@ pub fn request(name: &str, requester: &str, approvers: Value) -> Value {
         "metadata": {"name": name},
         "spec": {
             "connection": CONNECTION,
+            "connectionUID": "6b1c1b7e-2f0a-4c3e-9d51-0b7a2e9c4f10",
             "requester": {"username": requester},
             "sessionID": "3f9c2b7e-61a4-4d0b-9c55-0e8f2a1d7b40",
             "statement": "DELETE FROM public.orders WHERE id = $1",
+            "parameters": [{"type": "int4", "format": "text", "value": "42"}],
+            "statementHash": "5e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab19f86d081",
+            "parametersHash": "9f86d0815e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab1",
             "fingerprint": "5e2c0ab1",
-            "parametersHash": "sha256:9f86d081",
             "policy": "writes-need-approval",
             "rule": "orders-writes",
             "approvers": approvers,
@@ -283,12 +288,21 @@ pub fn request(name: &str, requester: &str, approvers: Value) -> Value {
     })
 }
 
+/// `user`'s approval, naming the approver group `dba` when they are in it.
 fn approved(user: User, reason: &str) -> Value {
-    json!({"user": user.name(), "decision": "Approved", "reason": reason})
+    review(user, "Approved", reason)
 }
 
 fn denied(user: User, reason: &str) -> Value {
-    json!({"user": user.name(), "decision": "Denied", "reason": reason})
+    review(user, "Denied", reason)
+}
+
+fn review(user: User, decision: &str, reason: &str) -> Value {
+    let mut review = json!({"user": user.name(), "decision": decision, "reason": reason});
+    if user.groups().contains(&"dba") {
+        review["groups"] = json!(["dba"]);
+    }
+    review
 }
 
 /// Group `dba` approves; one approval is enough.
@@ -393,7 +407,7 @@ pub async fn a_user_not_among_the_approvers_is_refused_by_the_policy(
     refused(
         &out,
         "nobody approving a request for dba",
-        "nobody is not among the approvers of this request (users: [], groups: [dba]); ask one of them to review it",
+        "nobody is not among the approvers of this request (users: [], groups: [dba])",
     )?;
 
     // Approvers named by user: nobody may, the dba group may not.
@@ -409,7 +423,7 @@ pub async fn a_user_not_among_the_approvers_is_refused_by_the_policy(
     refused(
         &out,
         "alice approving a request for user nobody",
-        "alice is not among the approvers of this request (users: [nobody], groups: []); ask one of them to review it",
+        "alice is not among the approvers of this request (users: [nobody], groups: [])",
     )?;
     let out = ns
         .review(
@@ -561,40 +575,254 @@ pub async fn only_the_proxy_of_the_connection_creates_requests_without_reviews(
     Ok(())
 }
 
-pub async fn an_expired_or_consumed_request_takes_no_review(env: Arc<TestEnv>) -> anyhow::Result<()> {
-    let ns = Namespace::new(&env, "admission-expired").await?;
-    for phase in ["Expired", "Consumed"] {
-        let name = phase.to_lowercase();
-        ns.held(&request(&name, AGENT, dba())).await?;
-        // What the controller writes once expiresAt passes (CEL has no
-        // clock), or once the approved statement ran.
-        let status = json!({"status": {"phase": phase}}).to_string();
+impl Namespace {
+    /// A merge patch of `request`'s status (its phase, and `extra` fields)
+    /// as the identity of `kubeconfig`, whatever the outcome.
+    pub async fn set_status(&self, as_: As<'_>, request: &str, status: Value) -> anyhow::Result<Output> {
+        let patch = json!({"status": status}).to_string();
+        let mut command = as_.kubectl(&self.env);
+        command.args([
+            "patch",
+            "approvalrequest",
+            request,
+            "-n",
+            &self.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+        output(&mut command).await
+    }
+
+    /// `request`'s phase, or "" before any.
+    pub async fn phase(&self, request: &str) -> anyhow::Result<String> {
         kubectl_ok(
-            &env,
+            &self.env,
             User::Admin,
             &[
-                "patch",
+                "get",
                 "approvalrequest",
-                &name,
+                request,
                 "-n",
-                &ns.name,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &status,
+                &self.name,
+                "-o",
+                "jsonpath={.status.phase}",
             ],
         )
+        .await
+    }
+}
+
+pub async fn an_expired_or_consumed_request_takes_no_review(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    let ns = Namespace::new(&env, "admission-expired").await?;
+    let operator = env.kube.operator_kubeconfig().await?;
+    // Expired: what the operator writes once expiresAt passes (CEL has no clock).
+    ns.held(&request("expired", AGENT, dba())).await?;
+    let out = ns
+        .set_status(As::Kubeconfig(operator), "expired", json!({"phase": "Expired"}))
         .await?;
+    allowed(&out, "the operator lapsing a Pending request")?;
+    // Consumed: alice approves, the operator decides, the proxy runs it.
+    ns.held(&request("consumed", AGENT, dba())).await?;
+    allowed(
+        &ns.review(User::Alice, "consumed", &[approved(User::Alice, "ticket 812")])
+            .await?,
+        "alice's approval",
+    )?;
+    for (as_, phase) in [
+        (As::Kubeconfig(operator), "Approved"),
+        (As::Kubeconfig(&ns.proxy), "Consumed"),
+    ] {
+        // The operator in the suite may have decided it already.
+        if ns.phase("consumed").await? != phase {
+            allowed(
+                &ns.set_status(as_, "consumed", json!({"phase": phase})).await?,
+                &format!("setting {phase}"),
+            )?;
+        }
+    }
+    for (name, phase) in [("expired", "Expired"), ("consumed", "Consumed")] {
         let out = ns
-            .review(User::Alice, &name, &[approved(User::Alice, "ticket 812")])
+            .review(User::Bob, name, &[approved(User::Bob, "ticket 812")])
             .await?;
         refused(
             &out,
-            &format!("alice's approval of a request in phase {phase}"),
+            &format!("bob's approval of a request in phase {phase}"),
             &format!("this request is already {phase}; no review can be added after a decision or expiry"),
         )?;
-        ensure!(ns.reviewers(&name).await?.is_empty());
     }
+    ensure!(ns.reviewers("expired").await?.is_empty());
+    ensure!(ns.reviewers("consumed").await? == "alice");
+    Ok(())
+}
+
+pub async fn only_the_operator_decides_and_only_the_requests_own_proxy_consumes(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    let ns = Namespace::new(&env, "admission-status").await?;
+    let operator = env.kube.operator_kubeconfig().await?;
+    let billing = ns.proxy_of("billing-db").await?;
+    ns.held(&request("held-delete", AGENT, dba())).await?;
+    let approve = json!({"phase": "Approved", "message": "approved by alice"});
+
+    // Nobody but the operator and the request's own proxy writes status: not
+    // the admin (RBAC lets them), not the proxy of another Connection.
+    for (as_, who) in [
+        (As::User(User::Admin), "admin"),
+        (
+            As::Kubeconfig(&billing),
+            "system:serviceaccount:admission-status:gatehouse-billing-db",
+        ),
+    ] {
+        let out = ns.set_status(as_, "held-delete", approve.clone()).await?;
+        refused(
+            &out,
+            &format!("{who} setting Approved"),
+            &format!("may write the status of its ApprovalRequests, not {who}"),
+        )?;
+    }
+    // The proxy itself cannot approve, nor the operator without the reviews.
+    refused(
+        &ns.set_status(As::Kubeconfig(&ns.proxy), "held-delete", approve.clone())
+            .await?,
+        "the proxy approving its own request",
+        "the proxy cannot move an ApprovalRequest from Pending to Approved",
+    )?;
+    refused(
+        &ns.set_status(As::Kubeconfig(operator), "held-delete", approve.clone())
+            .await?,
+        "the operator approving without reviews",
+        "needs 1 approval(s) from its approvers to be Approved; it has 0",
+    )?;
+    // A review by someone outside the approvers does not count either.
+    ns.let_patch(User::Nobody).await?;
+    refused(
+        &ns.review(
+            User::Nobody,
+            "held-delete",
+            &[json!({"user": "nobody", "groups": ["dba"], "decision": "Approved"})],
+        )
+        .await?,
+        "nobody naming a group they are not in",
+        "nobody is not in every group the review names ([dba]); name only the approver groups you belong to",
+    )?;
+    ensure!(
+        ns.phase("held-delete").await? != "Approved",
+        "approved without reviews"
+    );
+
+    // With alice's review the operator may approve; the proxy may consume,
+    // once, changing nothing but its phase and message.
+    allowed(
+        &ns.review(User::Alice, "held-delete", &[approved(User::Alice, "ticket 812")])
+            .await?,
+        "alice's approval",
+    )?;
+    if ns.phase("held-delete").await? != "Approved" {
+        allowed(
+            &ns.set_status(As::Kubeconfig(operator), "held-delete", approve.clone())
+                .await?,
+            "the operator approving after alice",
+        )?;
+    }
+    refused(
+        &ns.set_status(
+            As::Kubeconfig(operator),
+            "held-delete",
+            json!({"phase": "Consumed"}),
+        )
+        .await?,
+        "the operator marking it Consumed",
+        "the operator cannot move an ApprovalRequest from Approved to Consumed",
+    )?;
+    refused(
+        &ns.set_status(
+            As::Kubeconfig(&billing),
+            "held-delete",
+            json!({"phase": "Consumed"}),
+        )
+        .await?,
+        "another Connection's proxy consuming it",
+        "not system:serviceaccount:admission-status:gatehouse-billing-db",
+    )?;
+    refused(
+        &ns.set_status(
+            As::Kubeconfig(&ns.proxy),
+            "held-delete",
+            json!({"phase": "Consumed", "decidedBy": "mallory"}),
+        )
+        .await?,
+        "the proxy rewriting who decided",
+        "the proxy writes only an ApprovalRequest's phase and message",
+    )?;
+    allowed(
+        &ns.set_status(
+            As::Kubeconfig(&ns.proxy),
+            "held-delete",
+            json!({"phase": "Consumed", "message": "ran once"}),
+        )
+        .await?,
+        "the proxy consuming it",
+    )?;
+    // A final phase never changes, whoever asks.
+    for (as_, what) in [
+        (As::Kubeconfig(operator), "operator"),
+        (As::Kubeconfig(&ns.proxy), "proxy"),
+    ] {
+        refused(
+            &ns.set_status(as_, "held-delete", json!({"phase": "Approved"}))
+                .await?,
+            &format!("the {what} reopening a Consumed request"),
+            &format!("the {what} cannot move an ApprovalRequest from Consumed to Approved"),
+        )?;
+    }
+    ensure!(ns.phase("held-delete").await? == "Consumed");
+
+    // The proxy withdraws a Pending request (Expired), and nothing else.
+    ns.held(&request("withdrawn", AGENT, dba())).await?;
+    allowed(
+        &ns.set_status(
+            As::Kubeconfig(&ns.proxy),
+            "withdrawn",
+            json!({"phase": "Expired", "message": "withdrawn: the client went away"}),
+        )
+        .await?,
+        "the proxy withdrawing its request",
+    )?;
+    Ok(())
+}
+
+pub async fn a_review_names_only_approver_groups_its_reviewer_belongs_to(
+    env: Arc<TestEnv>,
+) -> anyhow::Result<()> {
+    let ns = Namespace::new(&env, "admission-groups").await?;
+    ns.held(&request(
+        "held-delete",
+        AGENT,
+        json!({"groups": ["dba", "sre"], "required": 2}),
+    ))
+    .await?;
+    // alice is in dba, not sre.
+    let as_sre = json!({"user": "alice", "groups": ["sre"], "decision": "Approved"});
+    refused(
+        &ns.review(User::Alice, "held-delete", &[as_sre]).await?,
+        "alice approving as a member of sre",
+        "alice is not in every group the review names ([sre])",
+    )?;
+    // Without a group she is no approver of it: she is listed by group only.
+    let bare = json!({"user": "alice", "decision": "Approved"});
+    refused(
+        &ns.review(User::Alice, "held-delete", &[bare]).await?,
+        "alice approving without naming her group",
+        "alice is not among the approvers of this request (users: [], groups: [dba, sre])",
+    )?;
+    allowed(
+        &ns.review(User::Alice, "held-delete", &[approved(User::Alice, "ticket 812")])
+            .await?,
+        "alice approving as a member of dba",
+    )?;
+    ensure!(ns.reviewers("held-delete").await? == "alice");
     Ok(())
 }
 
@@ -664,6 +892,14 @@ pub async fn metadata_updates_pass_even_after_a_decision(env: Arc<TestEnv>) -> a
 /// chart's labels) and the labels themselves.
 fn manifest_without_labels(path: &std::path::Path) -> anyhow::Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    // The chart names its release's operator; with the default values, the
+    // same account config/rbac/operator installs.
+    let text = text
+        .replace("{{ .Release.Namespace }}", "gatehouse-system")
+        .replace(
+            r#"{{ include "gatehouse.serviceAccountName" . }}"#,
+            "gatehouse-operator",
+        );
     let plain: String = text
         .lines()
         .filter(|line| !line.contains("{{"))

@@ -8,8 +8,10 @@
 //! may not be running while these tests run, so they look at
 //! `spec.reviews`, never at the phase.
 //!
-//! The operator binary itself runs with its own Lease in a namespace of its
-//! own; `/metrics` on its metrics and health addresses counts what it did.
+//! The operator binary itself runs as its own ServiceAccount (the chart's
+//! rights, its Lease in gatehouse-system); `/metrics` on its metrics and
+//! health addresses counts what it did, and says the admission policy is in
+//! force.
 
 use std::{path::PathBuf, process::Output, sync::Arc, time::Duration};
 
@@ -126,22 +128,16 @@ pub async fn pending_lists_what_waits_and_approve_adds_the_callers_own_review(
     ns.held(&update).await?;
     // A decided request is not pending.
     ns.held(&request("decided", AGENT, two())).await?;
-    let denied = json!({"status": {"phase": "Denied"}}).to_string();
-    kubectl(
-        &env,
-        &[
-            "patch",
-            "approvalrequest",
+    // Denied as the operator decides it (only it may).
+    let operator = env.kube.operator_kubeconfig().await?;
+    let out = ns
+        .set_status(
+            crate::admission::As::Kubeconfig(operator),
             "decided",
-            "-n",
-            &ns.name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &denied,
-        ],
-    )
-    .await?;
+            json!({"phase": "Denied", "message": "denied by bob: no"}),
+        )
+        .await?;
+    ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     // alice's kubeconfig names the namespace: no -n.
     let alice = kubeconfig_in(&env, User::Alice, &ns.name)?;
@@ -194,7 +190,7 @@ pub async fn pending_lists_what_waits_and_approve_adds_the_callers_own_review(
     ensure!(out == "approved held-delete as alice (1 of 2)\n", "{out:?}");
     ensure!(
         reviews(&env, &ns, "held-delete").await?
-            == json!([{"user": "alice", "decision": "Approved", "reason": "ticket 812"}]),
+            == json!([{"user": "alice", "groups": ["dba"], "decision": "Approved", "reason": "ticket 812"}]),
         "reviews after alice's approval"
     );
     let table = plugin(&alice, &["pending"])
@@ -213,8 +209,8 @@ pub async fn pending_lists_what_waits_and_approve_adds_the_callers_own_review(
     ensure!(
         reviews(&env, &ns, "held-delete").await?
             == json!([
-                {"user": "alice", "decision": "Approved", "reason": "ticket 812"},
-                {"user": "bob", "decision": "Approved"},
+                {"user": "alice", "groups": ["dba"], "decision": "Approved", "reason": "ticket 812"},
+                {"user": "bob", "groups": ["dba"], "decision": "Approved"},
             ]),
         "reviews after bob's approval"
     );
@@ -278,9 +274,9 @@ pub async fn the_requester_and_users_outside_the_approvers_are_refused_with_the_
     .await?;
     ensure!(
         run.code == 1
-            && run.stderr.contains(
-                "nobody is not among the approvers of this request (users: [], groups: [dba]); ask one of them to review it"
-            ),
+            && run
+                .stderr
+                .contains("nobody is not among the approvers of this request (users: [], groups: [dba])"),
         "nobody approving: exit {}\n{}",
         run.code,
         run.stderr
@@ -351,7 +347,7 @@ pub async fn deny_needs_a_reason_records_it_and_decides(env: Arc<TestEnv>) -> an
     );
     ensure!(
         reviews(&env, &ns, "held-delete").await?
-            == json!([{"user": "bob", "decision": "Denied", "reason": "not during the freeze"}]),
+            == json!([{"user": "bob", "groups": ["dba"], "decision": "Denied", "reason": "not during the freeze"}]),
         "reviews after bob's denial"
     );
     // One denial decides.
@@ -389,13 +385,13 @@ struct OperatorProcess {
 }
 
 impl OperatorProcess {
-    /// Starts `gatehouse-operator` as the admin with the in-process
+    /// Starts `gatehouse-operator` as its own ServiceAccount with the in-process
     /// operator's settings (see `operator::settings`), so that both apply
-    /// the same objects, and its Lease in `namespace`.
-    fn start(env: &TestEnv, namespace: &str) -> anyhow::Result<OperatorProcess> {
+    /// the same objects, and its Lease where its Role allows it.
+    async fn start(env: &TestEnv) -> anyhow::Result<OperatorProcess> {
         let health = gatehouse_e2e::net::free_port()?;
         let metrics = gatehouse_e2e::net::free_port()?;
-        let admin = env.kube.kubeconfig(User::Admin);
+        let account = env.kube.operator_kubeconfig().await?.to_path_buf();
         let process = Spawn::new(
             "gatehouse-operator",
             gatehouse_e2e::workspace_binary("gatehouse-operator")?,
@@ -412,12 +408,12 @@ impl OperatorProcess {
         .args(["--metrics-address", &format!("127.0.0.1:{metrics}")])
         .args([
             "--lease-namespace",
-            namespace,
+            gatehouse_e2e::kube::OPERATOR_NAMESPACE,
             "--lease-name",
             "gatehouse-operator",
         ])
         .args(["--identity", "metrics-e2e"])
-        .env("KUBECONFIG", admin.to_str().context("kubeconfig path")?)
+        .env("KUBECONFIG", account.to_str().context("kubeconfig path")?)
         .start("start gatehouse-operator")?;
         Ok(OperatorProcess {
             process,
@@ -468,9 +464,15 @@ pub async fn the_operator_serves_metrics_counting_reconciles_while_it_leads(
 ) -> anyhow::Result<()> {
     let ns = "approvals-cli-operator";
     kubectl(&env, &["create", "namespace", ns]).await?;
-    let mut operator = OperatorProcess::start(&env, ns)?;
+    let mut operator = OperatorProcess::start(&env).await?;
     let scrape = operator
         .eventually("leading", |s| Ok(s.value("gatehouse_operator_leader")? == 1.0))
+        .await?;
+    // As its own account, it finds the admission policy installed as shipped.
+    operator
+        .eventually("the admission policy in force", |s| {
+            Ok(s.value("gatehouse_operator_admission_policy_in_force")? == 1.0)
+        })
         .await?;
     // The health address serves the same metrics.
     let on_health = Scrape::from_admin(operator.health).await?;
@@ -492,7 +494,7 @@ pub async fn the_operator_serves_metrics_counting_reconciles_while_it_leads(
             "lease",
             "gatehouse-operator",
             "-n",
-            ns,
+            gatehouse_e2e::kube::OPERATOR_NAMESPACE,
             "-o",
             "jsonpath={.spec.holderIdentity}",
         ],

@@ -266,7 +266,7 @@ pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) 
     let immutable = Namespace::new(&env, "immutable").await?;
     let ns = immutable.name.clone();
     let manifest: serde_json::Value = serde_norway::from_str(
-        "apiVersion: gatehouse.dev/v1alpha1\nkind: ApprovalRequest\nmetadata:\n  name: held-delete\nspec:\n  connection: orders-db\n  requester: {username: \"system:serviceaccount:agents:planner\"}\n  sessionID: 01JTEST\n  statement: DELETE FROM orders WHERE id = $1\n  fingerprint: 5e2c0ab1\n  parametersHash: 9f86d081\n  policy: writes-need-approval\n  rule: writes-need-approval\n  approvers: {groups: [dba], required: 2}\n  expiresAt: \"2030-01-01T00:00:00Z\"\n",
+        "apiVersion: gatehouse.dev/v1alpha1\nkind: ApprovalRequest\nmetadata:\n  name: held-delete\nspec:\n  connection: orders-db\n  connectionUID: 6b1c1b7e-2f0a-4c3e-9d51-0b7a2e9c4f10\n  requester: {username: \"system:serviceaccount:agents:planner\"}\n  sessionID: 01JTEST\n  statement: DELETE FROM orders WHERE id = $1\n  statementHash: 5e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab19f86d081\n  fingerprint: 5e2c0ab1\n  parametersHash: 9f86d0815e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab19f86d0815e2c0ab1\n  policy: writes-need-approval\n  rule: writes-need-approval\n  approvers: {groups: [dba], required: 2}\n  expiresAt: \"2030-01-01T00:00:00Z\"\n",
     )?;
     immutable.held(&manifest).await?;
     let patch_as = |user: User, kind: &'static str, body: &'static str| {
@@ -297,7 +297,7 @@ pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) 
     let out = patch_as(
         User::Alice,
         "json",
-        r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"alice","decision":"Approved","reason":"ticket 812"}}]"#,
+        r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"alice","groups":["dba"],"decision":"Approved","reason":"ticket 812"}}]"#,
     )
     .await?;
     ensure!(
@@ -312,7 +312,11 @@ pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) 
         "{}",
         stderr(&out)
     );
-    let out = patch("json", r#"[{"op":"remove","path":"/spec/parametersHash"}]"#).await?;
+    let out = patch(
+        "json",
+        r#"[{"op":"replace","path":"/spec/parametersHash","value":"0000000000000000000000000000000000000000000000000000000000000000"}]"#,
+    )
+    .await?;
     ensure!(
         !out.status.success() && stderr(&out).contains("spec is immutable except spec.reviews"),
         "{}",
@@ -337,7 +341,7 @@ pub async fn approval_request_spec_and_reviews_are_immutable(env: Arc<TestEnv>) 
     let out = patch_as(
         User::Bob,
         "json",
-        r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"bob","decision":"Approved"}}]"#,
+        r#"[{"op":"add","path":"/spec/reviews/-","value":{"user":"bob","groups":["dba"],"decision":"Approved"}}]"#,
     )
     .await?;
     ensure!(

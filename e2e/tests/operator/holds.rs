@@ -27,7 +27,7 @@ const PASSWORD: &str = "holds-7d1c";
 const AGENT: &str = "system:serviceaccount:operator-holds:planner";
 
 /// The SQLSTATE and message of a failed statement.
-fn db_error(error: &tokio_postgres::Error) -> (String, String) {
+pub(super) fn db_error(error: &tokio_postgres::Error) -> (String, String) {
     error.as_db_error().map_or_else(
         || (String::new(), error.to_string()),
         |e| {
@@ -40,26 +40,32 @@ fn db_error(error: &tokio_postgres::Error) -> (String, String) {
 }
 
 /// `user`'s review of `name`, as the README's one `kubectl patch`.
-fn review_args<'a>(name: &'a str, patch: &'a str) -> [&'a str; 8] {
+pub(super) fn review_args<'a>(namespace: &'a str, name: &'a str, patch: &'a str) -> [&'a str; 8] {
     [
         "patch",
         "approvalrequest",
         name,
         "-n",
-        NS,
+        namespace,
         "--type=json",
         "-p",
         patch,
     ]
 }
 
-fn review(user: &str, decision: &str, reason: &str) -> String {
-    serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": user, "decision": decision, "reason": reason}}])
+/// `user`'s review naming `groups` (the approver groups they are in).
+fn review_as(user: &str, groups: &[&str], decision: &str, reason: &str) -> String {
+    serde_json::json!([{"op": "add", "path": "/spec/reviews/-", "value": {"user": user, "groups": groups, "decision": decision, "reason": reason}}])
         .to_string()
 }
 
+/// `user`'s review as a member of the approver group `dba`.
+pub(super) fn review(user: &str, decision: &str, reason: &str) -> String {
+    review_as(user, &["dba"], decision, reason)
+}
+
 /// Runs kubectl with `kubeconfig`; the output, whatever the exit status.
-async fn kubectl_as(
+pub(super) async fn kubectl_as(
     env: &TestEnv,
     kubeconfig: &std::path::Path,
     args: &[&str],
@@ -70,7 +76,7 @@ async fn kubectl_as(
     Ok(command.output().await?)
 }
 
-fn refused_with(out: &std::process::Output, what: &str, message: &str) -> anyhow::Result<()> {
+pub(super) fn refused_with(out: &std::process::Output, what: &str, message: &str) -> anyhow::Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "{what} was allowed");
     ensure!(
@@ -80,7 +86,11 @@ fn refused_with(out: &std::process::Output, what: &str, message: &str) -> anyhow
     Ok(())
 }
 
-async fn phase(requests: &Api<ApprovalRequest>, name: &str, want: Phase) -> anyhow::Result<ApprovalRequest> {
+pub(super) async fn phase(
+    requests: &Api<ApprovalRequest>,
+    name: &str,
+    want: Phase,
+) -> anyhow::Result<ApprovalRequest> {
     eventually(requests, name, |r| {
         (r.status.as_ref()?.phase? == want).then(|| r.clone())
     })
@@ -104,6 +114,7 @@ pub async fn a_held_statement_runs_once_when_approved_and_only_as_approved(
     super::operator(&env).await?;
     // Decisions need the operator: its restart test waits for this one.
     let _operator_up = super::QUIET.read().await;
+    let _admission = crate::ADMISSION.read().await;
     let superuser = env.postgres.superuser(gatehouse_e2e::postgres::DATABASE).await?;
     superuser
         .batch_execute(&format!(
@@ -232,34 +243,43 @@ spec:
         request.spec.statement
     );
     ensure!(request.spec.connection == "holds-db" && request.spec.rule == "deletes");
+    let connection = connections.get("holds-db").await?;
+    ensure!(
+        Some(&request.spec.connection_uid) == connection.metadata.uid.as_ref(),
+        "bound to the Connection's uid: {}",
+        request.spec.connection_uid
+    );
     ensure!(
         request.spec.approvers.groups == ["dba"],
         "approvers: {:?}",
         request.spec.approvers
     );
-    ensure!(request.spec.parameters_hash.is_some(), "the values are bound");
+    ensure!(
+        request.spec.statement_hash.len() == 64 && request.spec.parameters_hash.len() == 64,
+        "the statement and its values are bound by SHA-256"
+    );
     ensure!(
         count(&superuser, "orders_2024_01", 1).await? == 1,
         "nothing ran while held"
     );
 
     // The requester, a user outside the approvers: refused by the API server.
-    let own = review(AGENT, "Approved", "my own");
+    let own = review_as(AGENT, &[], "Approved", "my own");
     refused_with(
-        &kubectl_as(&env, &planner_kubeconfig, &review_args(&r1, &own)).await?,
+        &kubectl_as(&env, &planner_kubeconfig, &review_args(NS, &r1, &own)).await?,
         "the requester's own approval",
         "sent this statement and cannot review it",
     )?;
-    let outsider = review("nobody", "Approved", "looks fine");
+    let outsider = review_as("nobody", &[], "Approved", "looks fine");
     refused_with(
-        &kubectl_as(&env, &nobody, &review_args(&r1, &outsider)).await?,
+        &kubectl_as(&env, &nobody, &review_args(NS, &r1, &outsider)).await?,
         "an approval from outside the approvers",
         "is not among the approvers",
     )?;
     // alice approves: the DELETE runs, once, and the request is Consumed.
     let approve = review("alice", "Approved", "ticket OPS-1");
     let approved_at = std::time::Instant::now();
-    let out = kubectl_as(&env, &alice, &review_args(&r1, &approve)).await?;
+    let out = kubectl_as(&env, &alice, &review_args(NS, &r1, &approve)).await?;
     ensure!(
         out.status.success(),
         "alice's approval: {}",
@@ -293,7 +313,7 @@ spec:
     });
     let (r2, _) = session_held(&mut session, &held).await?;
     let deny = review("alice", "Denied", "not during the freeze");
-    let out = kubectl_as(&env, &alice, &review_args(&r2, &deny)).await?;
+    let out = kubectl_as(&env, &alice, &review_args(NS, &r2, &deny)).await?;
     ensure!(
         out.status.success(),
         "alice's denial: {}",
@@ -311,7 +331,7 @@ spec:
     );
     let bob_after = review("bob", "Approved", "overruling");
     refused_with(
-        &kubectl_as(&env, &bob, &review_args(&r2, &bob_after)).await?,
+        &kubectl_as(&env, &bob, &review_args(NS, &r2, &bob_after)).await?,
         "bob's approval after the denial",
         "already Denied",
     )?;
@@ -332,7 +352,7 @@ spec:
         code == "57014" && message.contains(&r3),
         "the timeout: {code} {message}"
     );
-    let out = kubectl_as(&env, &alice, &review_args(&r3, &approve)).await?;
+    let out = kubectl_as(&env, &alice, &review_args(NS, &r3, &approve)).await?;
     ensure!(
         out.status.success(),
         "alice's approval: {}",
@@ -398,12 +418,25 @@ spec:
     });
     let (r5, _) = session_held(&mut session, &held).await?;
     let request = requests.get(&r5).await?;
+    // tokio-postgres leaves the type to the server and sends the value binary.
+    let shown: Vec<_> = request
+        .spec
+        .parameters
+        .iter()
+        .map(|p| (p.type_name.as_str(), p.value.as_deref()))
+        .collect();
     ensure!(
-        request.spec.statement.contains("WHERE id = $1") && request.spec.statement.contains("$1 = "),
-        "the approver sees the values: {}",
+        request.spec.statement == "DELETE FROM holds.orders_2024_01 WHERE id = $1"
+            && shown == [("unspecified", Some("\\x00000005"))],
+        "the approver sees the statement and its value: {} {shown:?}",
         request.spec.statement
     );
-    let out = kubectl_as(&env, &bob, &review_args(&r5, &review("bob", "Approved", "ok"))).await?;
+    let out = kubectl_as(
+        &env,
+        &bob,
+        &review_args(NS, &r5, &review("bob", "Approved", "ok")),
+    )
+    .await?;
     ensure!(
         out.status.success(),
         "bob's approval: {}",
@@ -505,7 +538,7 @@ spec:
 
 /// The request of the statement `task` sends, once the proxy holds it; fails
 /// if the task ends first.
-async fn session_held<T>(
+pub(super) async fn session_held<T>(
     agent: &mut Notices,
     task: &tokio::task::JoinHandle<T>,
 ) -> anyhow::Result<(String, String)> {

@@ -25,7 +25,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, OnceCell};
 
 mod holds;
+mod trust;
 pub use holds::a_held_statement_runs_once_when_approved_and_only_as_approved;
+pub use trust::{
+    an_approval_covers_exactly_the_statement_shown,
+    decisions_only_the_right_party_writes_are_rechecked_by_the_proxy,
+};
 
 /// The namespace of this module's objects.
 const NS: &str = "operator-e2e";
@@ -117,7 +122,8 @@ fn proxy_settings(env: &TestEnv) -> ProxySettings {
 }
 
 async fn start_operator(env: &TestEnv) -> anyhow::Result<Operator> {
-    let client = env.kube.client(User::Admin).await?;
+    // As its own account: the admission policy lets only it decide.
+    let client = env.kube.operator_client().await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(gatehouse_operator::run(client, settings(env), async move {
         let _ = stopped.await;
@@ -946,8 +952,9 @@ fn held(name: &str, required: i32, expires_in: Duration) -> serde_json::Value {
     request
 }
 
+/// `user`'s review as a member of the approver group `dba`.
 fn review(user: User, decision: &str, reason: &str) -> serde_json::Value {
-    serde_json::json!({"user": user.name(), "decision": decision, "reason": reason})
+    serde_json::json!({"user": user.name(), "groups": ["dba"], "decision": decision, "reason": reason})
 }
 
 pub async fn approval_requests_are_decided_expire_leave_events_and_go(
@@ -1000,12 +1007,27 @@ pub async fn approval_requests_are_decided_expire_leave_events_and_go(
     )?;
     let approved = eventually(&requests, "approve-me", |r| {
         let status = r.status.as_ref()?;
-        (status.phase == Some(gatehouse_crds::Phase::Approved)).then(|| status.message.clone())
+        (status.phase == Some(gatehouse_crds::Phase::Approved)).then(|| status.clone())
     })
     .await?;
     ensure!(
-        approved.as_deref() == Some("approved by alice, bob"),
+        approved.message.as_deref() == Some("approved by alice, bob")
+            && approved.decided_by.as_deref() == Some("alice, bob"),
         "{approved:?}"
+    );
+    // A condition as CertificateRequest and CSR have, for the generation it describes.
+    let condition = condition(&approved.conditions, "Approved").context("an Approved condition")?;
+    ensure!(
+        condition.status == "True"
+            && condition.reason == "Reviewed"
+            && condition.observed_generation.is_some(),
+        "{condition:?}"
+    );
+    // `kubectl get gapr` shows who decided.
+    let listed = kubectl(&env, &["get", "gapr", "approve-me", "-n", &ns.name], None).await?;
+    ensure!(
+        listed.contains("DECIDED BY") && listed.contains("alice, bob"),
+        "{listed}"
     );
 
     allowed(
