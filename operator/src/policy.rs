@@ -9,8 +9,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 use gatehouse_crds::{Connection, Policy, PolicyStatus};
 use gatehouse_proxy::{
     config::{MaskingSettings, NamedPolicy},
-    mask::policy::Maskers,
-    policy::CompiledPolicy,
+    policy::PolicySet,
 };
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -30,19 +29,18 @@ use crate::{
 const RESYNC: Duration = Duration::from_secs(300);
 
 /// Why the proxy would refuse a Policy, or `None` when it compiles: its
-/// rules and subjects, its column patterns and detectors.
+/// selector, rules and subjects, column patterns and detectors, asked of
+/// the proxy's own compiler with the settings the operator renders.
 pub fn problem(name: &str, policy: &Policy) -> Option<String> {
-    if let Err(e) = selector(policy) {
-        return Some(e);
-    }
-    if let Err(e) = CompiledPolicy::compile(name, &policy.spec) {
-        return Some(e.to_string());
-    }
     let named = NamedPolicy {
         name: name.to_owned(),
         spec: policy.spec.clone(),
     };
-    Maskers::new(&[named], &MaskingSettings::default()).err()
+    match PolicySet::compile(&[named], &MaskingSettings::default()) {
+        Ok(set) => set.invalid().next().map(|(_, problem)| problem.to_owned()),
+        // The default settings have no key file to read; fail closed anyway.
+        Err(e) => Some(e),
+    }
 }
 
 fn selector(policy: &Policy) -> Result<Selector, String> {
