@@ -85,6 +85,11 @@ impl Runtime {
         })
     }
 
+    /// How many Policies do not compile (and deny their callers everything).
+    pub fn invalid_policies(&self) -> usize {
+        self.policies.iter().filter(|p| p.problem().is_some()).count()
+    }
+
     /// The masker for `identity`'s sessions, if any Policy naming it masks.
     pub fn masker_for(&self, identity: &Identity) -> Option<Arc<Masker>> {
         self.maskers.for_identity(&self.policies, identity)
@@ -129,6 +134,7 @@ impl Shared {
     pub fn new(runtime: Runtime) -> Arc<Shared> {
         let metrics = Metrics::new();
         metrics.config_loaded();
+        metrics.set_policies_invalid(runtime.invalid_policies());
         let counters = CacheCounters {
             hits: metrics.parse_cache_hits.clone(),
             misses: metrics.parse_cache_misses.clone(),
@@ -235,6 +241,7 @@ impl Shared {
     /// one in force (the TokenReview client and cache) it keeps.
     pub fn replace(&self, mut runtime: Runtime) {
         runtime.authenticator.inherit(&self.runtime().authenticator);
+        self.metrics.set_policies_invalid(runtime.invalid_policies());
         let runtime = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut slot) => *slot = runtime,
