@@ -115,6 +115,9 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
         .into_iter()
         .map(Arc::new)
         .collect();
+    // A Policy deleted since its controller last looked is invalid no more.
+    ctx.metrics
+        .policies_present(&namespace, policies.iter().map(|p| p.name_any()));
     let selected = policy::selecting(&policies, &connection);
     // Checked as the proxy will read it: a configuration the proxy would
     // refuse is never written.

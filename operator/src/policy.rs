@@ -131,6 +131,8 @@ pub async fn reconcile(policy: Arc<Policy>, ctx: Arc<Context>) -> Result<Action,
         .list_metadata(&Default::default())
         .await
         .map_err(Error::Kube)?;
+    ctx.metrics
+        .policy_checked(&format!("{namespace}/{name}"), problem.is_some());
     // An invalid Policy is applied too, as a deny: it is listed.
     let mut matched: Vec<String> = connections
         .iter()
