@@ -183,10 +183,11 @@ pub struct ConnectionStatus {
     /// `service.namespace.svc:port` where agents connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Names of the Policies that apply to this Connection.
+    /// Names of the Policies that apply to this Connection, an invalid one
+    /// too (it denies everything to the callers it names until it is fixed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<String>,
-    /// Ready, CredentialsResolved, ConfigRendered and ProxyAvailable.
+    /// Ready, CredentialsResolved, ConfigRendered, PoliciesValid and ProxyAvailable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

@@ -10,7 +10,7 @@ use crate::common::Approvers;
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "gatehouse.dev",
-    doc = "Rules for the Connections it selects. Default deny: a statement runs only when a rule of some Policy that selects the Connection and names the caller allows it. Every matching rule of every such Policy counts, and the most restrictive action wins (deny over requireApproval over allow).",
+    doc = "Rules for the Connections it selects. Default deny: a statement runs only when a rule of some Policy that selects the Connection and names the caller allows it. Every matching rule of every such Policy counts, and the most restrictive action wins (deny over requireApproval over allow). A Policy the proxy cannot compile denies everything to the callers it names until it is fixed.",
     version = "v1alpha1",
     kind = "Policy",
     plural = "policies",
@@ -36,7 +36,9 @@ use crate::common::Approvers;
 #[x_kube(validation = Rule::new("self.rules.all(r, self.rules.exists_one(s, s.name == r.name))").message("rule names must be unique within a Policy"))]
 pub struct PolicySpec {
     /// Selects Connections in this namespace by label. An empty selector (`{}`)
-    /// selects every Connection in the namespace.
+    /// selects every Connection in the namespace. So does one that is not a
+    /// valid label selector, and the Policy is then invalid: it denies
+    /// everything to the callers it names until it is fixed.
     pub connection_selector: LabelSelector,
     /// Callers this Policy applies to. A caller matches when its username or
     /// one of its groups matches a subject.
@@ -259,10 +261,12 @@ pub struct PolicyStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Names of the Connections this Policy selects.
+    /// Names of the Connections this Policy selects. An invalid Policy
+    /// applies to them too: it denies everything to the callers it names.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matched_connections: Vec<String>,
-    /// Ready, and the reason when the Policy is invalid.
+    /// Ready and Valid, with the compiler's message when the Policy is
+    /// invalid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,

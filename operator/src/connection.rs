@@ -2,12 +2,13 @@
 //! ServiceAccount, permissions, rendered configuration and Service, all
 //! applied server-side with one field manager and owned by the Connection.
 //!
-//! Status: `endpoint`, `policies` (the valid Policies that select it),
+//! Status: `endpoint`, `policies` (the Policies that select it),
 //! `observedGeneration`, and the conditions CredentialsResolved,
-//! ConfigRendered, ProxyAvailable and Ready, each with a reason a person can
-//! act on. A Connection whose Secret is missing or whose configuration
-//! cannot be rendered keeps its last good ConfigMap and Deployment: a proxy
-//! never runs on a broken configuration.
+//! ConfigRendered, PoliciesValid, ProxyAvailable and Ready, each with a
+//! reason a person can act on. A Connection whose Secret is missing or whose
+//! configuration cannot be rendered keeps its last good ConfigMap and
+//! Deployment: a proxy never runs on a broken configuration. An invalid
+//! Policy does not hold the configuration back: the proxy denies with it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -41,6 +42,8 @@ pub const CREDENTIALS_RESOLVED: &str = "CredentialsResolved";
 pub const CONFIG_RENDERED: &str = "ConfigRendered";
 /// The proxy Deployment has available replicas.
 pub const PROXY_AVAILABLE: &str = "ProxyAvailable";
+/// The proxy compiles every Policy that selects the Connection.
+pub const POLICIES_VALID: &str = "PoliciesValid";
 
 /// How often a Connection is looked at again without a change.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -112,10 +115,13 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
         .into_iter()
         .map(Arc::new)
         .collect();
-    let (selected, _) = policy::selecting(&policies, &connection);
+    // A Policy deleted since its controller last looked is invalid no more.
+    ctx.metrics
+        .policies_present(&namespace, policies.iter().map(|p| p.name_any()));
+    let selected = policy::selecting(&policies, &connection);
     // Checked as the proxy will read it: a configuration the proxy would
     // refuse is never written.
-    let rendered = config::render(&connection, &names, &selected, &ctx.settings)
+    let rendered = config::render(&connection, &names, &selected.policies, &ctx.settings)
         .map_err(|e| e.to_string())
         .and_then(|text| {
             gatehouse_proxy::cluster::check(&text)
@@ -129,7 +135,7 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
             format!(
                 "ConfigMap {} holds the proxy configuration with {} Policies",
                 names.proxy,
-                selected.len()
+                selected.policies.len()
             ),
         ),
         Err(e) => Verdict::failed(
@@ -141,6 +147,9 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
 
     let healthy = verdicts.iter().all(|v| v.ok);
     let config = rendered.ok().filter(|_| healthy);
+    // After `healthy`: an invalid Policy is rendered (the proxy denies with
+    // it), it does not hold the configuration back.
+    verdicts.push(policies_valid(&selected.invalid));
     let applied = apply_children(&ctx, &connection, &names, config).await;
     // Someone else's object does not tell when it goes: look again soon.
     let resync = match applied {
@@ -165,7 +174,7 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
     let status = ConnectionStatus {
         observed_generation: connection.metadata.generation,
         endpoint: Some(names.endpoint()),
-        policies: selected.iter().map(|p| p.name.clone()).collect(),
+        policies: selected.policies.iter().map(|p| p.name.clone()).collect(),
         conditions: merge(
             &previous.conditions,
             &verdicts,
@@ -185,6 +194,36 @@ async fn apply_connection(connection: Arc<Connection>, ctx: Arc<Context>) -> Res
             .map_err(Error::Kube)?;
     }
     Ok(Action::requeue(resync))
+}
+
+/// The `PoliciesValid` verdict: whether the proxy compiles every Policy
+/// that selects the Connection. `invalid` holds the others, with why.
+pub fn policies_valid(invalid: &[(String, String)]) -> Verdict {
+    if invalid.is_empty() {
+        return Verdict::ok(
+            POLICIES_VALID,
+            "Compiled",
+            "the proxy compiles every Policy that selects this Connection",
+        );
+    }
+    let each: Vec<String> = invalid
+        .iter()
+        .map(|(name, why)| format!("Policy {name} is invalid ({why})"))
+        .collect();
+    let (they, are) = if invalid.len() == 1 {
+        ("it", "is")
+    } else {
+        ("they", "are")
+    };
+    Verdict::failed(
+        POLICIES_VALID,
+        "PolicyInvalid",
+        format!(
+            "{}; the callers {they} name{s} are denied everything on this Connection until {they} {are} fixed",
+            each.join("; "),
+            s = if invalid.len() == 1 { "s" } else { "" },
+        ),
+    )
 }
 
 /// Applies the Connection's children: the identity and permissions first

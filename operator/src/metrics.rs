@@ -206,6 +206,11 @@ pub struct Metrics {
     /// 1 while the ApprovalRequest admission policy is in force, 0 while
     /// approvals are suspended.
     admission_in_force: Gauge,
+    /// How many of `invalid` there are.
+    policies_invalid: Gauge,
+    /// The Policies (`namespace/name`) the proxy cannot compile, as last
+    /// seen. Held in memory only; never a label.
+    invalid: Mutex<HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -281,12 +286,52 @@ impl Metrics {
              bound with Deny; 0 while it is not, and the operator approves nothing",
             admission_in_force.clone(),
         );
+        let policies_invalid = Gauge::default();
+        registry.register(
+            "gatehouse_operator_policies_invalid",
+            "Policies the proxy cannot compile; each denies everything to the callers it names on the \
+             Connections it selects until it is fixed (their status says why)",
+            policies_invalid.clone(),
+        );
         Metrics {
             registry,
             controllers,
             leader,
             admission_in_force,
+            policies_invalid,
+            invalid: Mutex::default(),
         }
+    }
+
+    fn invalid(&self, change: impl FnOnce(&mut HashSet<String>)) {
+        let mut invalid = self.invalid.lock().unwrap_or_else(PoisonError::into_inner);
+        change(&mut invalid);
+        self.policies_invalid
+            .set(i64::try_from(invalid.len()).unwrap_or(i64::MAX));
+    }
+
+    /// The Policy `key` (`namespace/name`) was found to compile or not.
+    pub fn policy_checked(&self, key: &str, invalid: bool) {
+        self.invalid(|set| {
+            if invalid {
+                set.insert(key.to_owned());
+            } else {
+                set.remove(key);
+            }
+        });
+    }
+
+    /// `names` are every Policy in `namespace` now: the others are gone.
+    pub fn policies_present(&self, namespace: &str, names: impl IntoIterator<Item = String>) {
+        let present: HashSet<String> = names
+            .into_iter()
+            .map(|name| format!("{namespace}/{name}"))
+            .collect();
+        self.invalid(|set| {
+            set.retain(|key| {
+                key.split_once('/').is_none_or(|(ns, _)| ns != namespace) || present.contains(key)
+            });
+        });
     }
 
     /// Whether the ApprovalRequest admission policy is in force.
@@ -323,11 +368,15 @@ impl Metrics {
         });
     }
 
-    /// The object `key` is gone: it no longer waits to retry.
+    /// The object `key` is gone: it no longer waits to retry, and a Policy
+    /// no longer counts as invalid.
     pub fn forget(&self, controller: ControllerKind, key: &str) {
         self.of(controller).waiting(|w| {
             w.retrying.remove(key);
         });
+        if controller == ControllerKind::Policy {
+            self.policy_checked(key, false);
+        }
     }
 
     /// The OpenMetrics text exposition of every metric.
@@ -403,6 +452,7 @@ mod tests {
             ),
             (r#"gatehouse_operator_queue_depth{controller="connection"}"#, 0.0),
             ("gatehouse_operator_leader", 0.0),
+            ("gatehouse_operator_policies_invalid", 0.0),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }
@@ -467,6 +517,37 @@ mod tests {
         assert_eq!(sample(&metrics.render(), depth), Some(1.0));
         metrics.forget(connection, "team-a/gone");
         assert_eq!(sample(&metrics.render(), depth), Some(0.0));
+    }
+
+    #[test]
+    fn invalid_policies_are_counted_until_fixed_or_gone() {
+        let metrics = Metrics::new();
+        let count = |m: &Metrics| sample(&m.render(), "gatehouse_operator_policies_invalid");
+        metrics.policy_checked("team-a/typo", true);
+        metrics.policy_checked("team-a/typo", true);
+        metrics.policy_checked("team-a/bad-regex", true);
+        metrics.policy_checked("team-b/typo", true);
+        metrics.policy_checked("team-a/fine", false);
+        assert_eq!(count(&metrics), Some(3.0), "each Policy once");
+        // Fixed.
+        metrics.policy_checked("team-a/bad-regex", false);
+        assert_eq!(count(&metrics), Some(2.0));
+        // Deleted: a listing of its namespace no longer has it; another
+        // namespace's Policy of the same name stays.
+        metrics.policies_present("team-a", ["fine".to_owned()]);
+        assert_eq!(count(&metrics), Some(1.0));
+        // Or the Policy controller finds it gone.
+        metrics.forget(ControllerKind::Connection, "team-b/typo");
+        assert_eq!(
+            count(&metrics),
+            Some(1.0),
+            "a Connection of that name is not the Policy"
+        );
+        metrics.forget(ControllerKind::Policy, "team-b/typo");
+        assert_eq!(count(&metrics), Some(0.0));
+        // No name reaches the exposition.
+        metrics.policy_checked("team-c/secret-name", true);
+        assert!(!metrics.render().contains("secret-name"));
     }
 
     #[test]

@@ -375,6 +375,8 @@ pub struct Metrics {
     pub config_reloads: Counters<ReloadResult>,
     /// When a configuration was last put in force, in seconds since the epoch.
     config_last_success: Gauge<f64, AtomicU64>,
+    /// Policies of the configuration in force that do not compile.
+    policies_invalid: Gauge,
     /// Authentication failures by reason.
     pub auth_failures: Counters<AuthFailure>,
     /// What masking did.
@@ -465,6 +467,13 @@ impl Metrics {
             Unit::Seconds,
             config_last_success.clone(),
         );
+        let policies_invalid = Gauge::default();
+        registry.register(
+            "gatehouse_policies_invalid",
+            "Policies of the configuration in force that do not compile; each denies every statement of \
+             the callers it names until it is fixed (the log names them and why)",
+            policies_invalid.clone(),
+        );
         let auth_failures = Counters::register(
             &mut registry,
             "gatehouse_auth_failures",
@@ -523,6 +532,7 @@ impl Metrics {
             statement_duration,
             config_reloads,
             config_last_success,
+            policies_invalid,
             auth_failures,
         }
     }
@@ -548,6 +558,12 @@ impl Metrics {
         if result == ReloadResult::Ok {
             self.config_loaded();
         }
+    }
+
+    /// Sets how many Policies of the configuration in force do not compile.
+    pub fn set_policies_invalid(&self, count: usize) {
+        self.policies_invalid
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 
     /// Sets the gauges that are read rather than counted.
@@ -590,6 +606,7 @@ mod tests {
             ("gatehouse_parse_cache_misses_total", 0.0),
             ("gatehouse_statement_duration_seconds_count", 0.0),
             (r#"gatehouse_config_reloads_total{result="error"}"#, 0.0),
+            ("gatehouse_policies_invalid", 0.0),
             (r#"gatehouse_auth_failures_total{reason="invalid_token"}"#, 0.0),
             ("gatehouse_mask_values_scanned_total", 0.0),
             (
@@ -621,6 +638,7 @@ mod tests {
         metrics.statement_duration.observe(0.003);
         metrics.statement_duration.observe(2.0);
         metrics.config_reloaded(ReloadResult::Error);
+        metrics.set_policies_invalid(2);
         let text = metrics.render();
         for (series, value) in [
             (r#"gatehouse_statements_total{decision="deny"}"#, 2.0),
@@ -635,6 +653,7 @@ mod tests {
             (r#"gatehouse_config_reloads_total{result="error"}"#, 1.0),
             (r#"gatehouse_config_reloads_total{result="ok"}"#, 0.0),
             ("gatehouse_config_last_reload_success_timestamp_seconds", 0.0),
+            ("gatehouse_policies_invalid", 2.0),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series} in\n{text}");
         }

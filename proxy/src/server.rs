@@ -19,7 +19,10 @@ use crate::{
     mask::{policy::Maskers, rows::Masker},
     metrics::{Metrics, ReloadResult, SessionOutcome},
     pg::{CancelRequest, messages::BackendKeyData},
-    policy::{CacheCounters, CacheStats, Classification, ClassificationCache, ClassifyError, CompiledPolicy},
+    policy::{
+        CacheCounters, CacheStats, Classification, ClassificationCache, ClassifyError, CompiledPolicy,
+        PolicySet,
+    },
     record::{Recorder, RecordingUnavailable, Tape},
 };
 
@@ -32,7 +35,8 @@ pub struct Runtime {
     /// The configuration.
     pub config: ProxyConfig,
     authenticator: Authenticator,
-    /// The compiled Policies.
+    /// The compiled Policies; one that does not compile denies everything
+    /// to the callers it names ([`PolicySet`]).
     pub policies: Vec<CompiledPolicy>,
     /// The Policies' masking, and the maskers built from it.
     pub maskers: Maskers,
@@ -47,14 +51,11 @@ impl Runtime {
     pub fn new(config: ProxyConfig) -> Result<Runtime, crate::config::ConfigError> {
         let authenticator = Authenticator::new(&config.auth)
             .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
-        let policies = config
-            .policies
-            .iter()
-            .map(|p| CompiledPolicy::compile(&p.name, &p.spec))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| crate::config::ConfigError::Invalid(e.to_string()))?;
-        let maskers =
-            Maskers::new(&config.policies, &config.masking).map_err(crate::config::ConfigError::Invalid)?;
+        // A Policy that does not compile is loaded, denying its callers
+        // everything: refusing the configuration would keep an older one,
+        // which may be broader.
+        let PolicySet { policies, maskers } = PolicySet::compile(&config.policies, &config.masking)
+            .map_err(crate::config::ConfigError::Invalid)?;
         // Certificates are read here, so a reload picks up new files and a
         // bad file refuses the new configuration rather than its sessions.
         let tls_invalid = |e: crate::tls::TlsError| crate::config::ConfigError::Invalid(e.to_string());
@@ -63,6 +64,17 @@ impl Runtime {
             None => None,
         };
         let upstream_tls = crate::tls::UpstreamTls::new(&config.upstream).map_err(tls_invalid)?;
+        // Said once per configuration put in force (the Policy's problem
+        // names fields and patterns, never a secret).
+        for policy in &policies {
+            if let Some(problem) = policy.problem() {
+                tracing::warn!(
+                    policy = %policy.name,
+                    %problem,
+                    "the Policy does not compile; it denies everything to the callers it names until it is fixed"
+                );
+            }
+        }
         Ok(Runtime {
             config,
             authenticator,
@@ -71,6 +83,11 @@ impl Runtime {
             client_tls,
             upstream_tls,
         })
+    }
+
+    /// How many Policies do not compile (and deny their callers everything).
+    pub fn invalid_policies(&self) -> usize {
+        self.policies.iter().filter(|p| p.problem().is_some()).count()
     }
 
     /// The masker for `identity`'s sessions, if any Policy naming it masks.
@@ -117,6 +134,7 @@ impl Shared {
     pub fn new(runtime: Runtime) -> Arc<Shared> {
         let metrics = Metrics::new();
         metrics.config_loaded();
+        metrics.set_policies_invalid(runtime.invalid_policies());
         let counters = CacheCounters {
             hits: metrics.parse_cache_hits.clone(),
             misses: metrics.parse_cache_misses.clone(),
@@ -223,6 +241,7 @@ impl Shared {
     /// one in force (the TokenReview client and cache) it keeps.
     pub fn replace(&self, mut runtime: Runtime) {
         runtime.authenticator.inherit(&self.runtime().authenticator);
+        self.metrics.set_policies_invalid(runtime.invalid_policies());
         let runtime = Arc::new(runtime);
         match self.runtime.write() {
             Ok(mut slot) => *slot = runtime,

@@ -6,6 +6,9 @@
 //! then `redact`, `hash`, `partial`), every detector group, and `strict` when
 //! any of them is strict. Maskers are built once per distinct set of
 //! Policies and shared by the sessions it applies to.
+//!
+//! A Policy whose masking does not compile has none here: it denies its
+//! callers everything instead ([`PolicySet`](crate::policy::PolicySet)).
 
 use std::{
     collections::HashMap,
@@ -31,7 +34,7 @@ const MIN_HASH_KEY_BYTES: usize = 16;
 
 /// One Policy's masking, compiled.
 #[derive(Debug, Clone)]
-struct PolicyMasking {
+pub(crate) struct PolicyMasking {
     rules: Vec<ColumnRule>,
     detectors: Vec<String>,
     failure_mode: FailureMode,
@@ -50,65 +53,75 @@ pub struct Maskers {
 }
 
 impl Maskers {
-    /// Compiles the masking of `policies`.
+    /// Compiles one Policy's masking, `None` when it has none.
     ///
     /// # Errors
     ///
     /// A message naming the Policy and the field: an invalid column
-    /// pattern, an unknown detector, `hash` without a key, an unreadable
-    /// or short key file.
-    pub fn new(policies: &[NamedPolicy], settings: &MaskingSettings) -> Result<Maskers, String> {
-        let mut compiled = Vec::with_capacity(policies.len());
-        let mut uses_hash = None;
-        for policy in policies {
-            let Some(masking) = &policy.spec.masking else {
-                compiled.push(None);
-                continue;
-            };
-            let name = &policy.name;
-            super::check_names(&masking.detectors)
-                .map_err(|e| format!("Policy {name}: masking.detectors: {e}"))?;
-            let mut rules = Vec::with_capacity(masking.columns.len());
-            for (i, column) in masking.columns.iter().enumerate() {
-                let pattern = regex::RegexBuilder::new(&column.name)
-                    .size_limit(MAX_PATTERN_BYTES)
-                    .build()
-                    .map_err(|e| {
-                        format!(
-                            "Policy {name}: masking.columns[{i}].name is not a valid regular expression: {e}"
-                        )
-                    })?;
-                let keep_last = match (column.strategy, column.keep_last) {
-                    (MaskStrategy::Partial, Some(n)) if (1..=16).contains(&n) => n as usize,
-                    (MaskStrategy::Partial, _) => {
-                        return Err(format!(
-                            "Policy {name}: masking.columns[{i}].keepLast must be between 1 and 16 for strategy partial"
-                        ));
-                    }
-                    (_, None) => 0,
-                    (_, Some(_)) => {
-                        return Err(format!(
-                            "Policy {name}: masking.columns[{i}].keepLast is only allowed with strategy partial"
-                        ));
-                    }
-                };
-                if column.strategy == MaskStrategy::Hash {
-                    uses_hash.get_or_insert_with(|| name.clone());
+    /// pattern, an unknown detector, `hash` without `settings`' key.
+    pub(crate) fn compile_policy(
+        policy: &NamedPolicy,
+        settings: &MaskingSettings,
+    ) -> Result<Option<PolicyMasking>, String> {
+        let Some(masking) = &policy.spec.masking else {
+            return Ok(None);
+        };
+        let name = &policy.name;
+        super::check_names(&masking.detectors)
+            .map_err(|e| format!("Policy {name}: masking.detectors: {e}"))?;
+        let mut rules = Vec::with_capacity(masking.columns.len());
+        for (i, column) in masking.columns.iter().enumerate() {
+            let pattern = regex::RegexBuilder::new(&column.name)
+                .size_limit(MAX_PATTERN_BYTES)
+                .build()
+                .map_err(|e| {
+                    format!("Policy {name}: masking.columns[{i}].name is not a valid regular expression: {e}")
+                })?;
+            let keep_last = match (column.strategy, column.keep_last) {
+                (MaskStrategy::Partial, Some(n)) if (1..=16).contains(&n) => n as usize,
+                (MaskStrategy::Partial, _) => {
+                    return Err(format!(
+                        "Policy {name}: masking.columns[{i}].keepLast must be between 1 and 16 for strategy partial"
+                    ));
                 }
-                rules.push(ColumnRule {
-                    name: pattern,
-                    strategy: column.strategy,
-                    keep_last,
-                });
+                (_, None) => 0,
+                (_, Some(_)) => {
+                    return Err(format!(
+                        "Policy {name}: masking.columns[{i}].keepLast is only allowed with strategy partial"
+                    ));
+                }
+            };
+            if column.strategy == MaskStrategy::Hash && settings.hash_key_file.is_none() {
+                return Err(format!(
+                    "Policy {name} masks a column with strategy hash, but masking.hashKeyFile is not set"
+                ));
             }
-            compiled.push(Some(PolicyMasking {
-                rules,
-                detectors: masking.detectors.clone(),
-                failure_mode: masking.failure_mode.unwrap_or(FailureMode::Strict),
-            }));
+            rules.push(ColumnRule {
+                name: pattern,
+                strategy: column.strategy,
+                keep_last,
+            });
         }
-        let hash_key = match (&settings.hash_key_file, uses_hash) {
-            (Some(path), _) => {
+        Ok(Some(PolicyMasking {
+            rules,
+            detectors: masking.detectors.clone(),
+            failure_mode: masking.failure_mode.unwrap_or(FailureMode::Strict),
+        }))
+    }
+
+    /// The maskers of `policies` (each Policy's masking, in the
+    /// configuration's order, from [`Maskers::compile_policy`]).
+    ///
+    /// # Errors
+    ///
+    /// The proxy's own settings: an unreadable or short key file, a zero
+    /// scan limit.
+    pub(crate) fn new(
+        policies: Vec<Option<PolicyMasking>>,
+        settings: &MaskingSettings,
+    ) -> Result<Maskers, String> {
+        let hash_key = match &settings.hash_key_file {
+            Some(path) => {
                 let key = std::fs::read(path)
                     .map_err(|e| format!("masking.hashKeyFile {}: {e}", path.display()))?;
                 if key.len() < MIN_HASH_KEY_BYTES {
@@ -120,18 +133,13 @@ impl Maskers {
                 }
                 key
             }
-            (None, Some(policy)) => {
-                return Err(format!(
-                    "Policy {policy} masks a column with strategy hash, but masking.hashKeyFile is not set"
-                ));
-            }
-            (None, None) => Vec::new(),
+            None => Vec::new(),
         };
         if settings.scan_limit_bytes == 0 {
             return Err("masking.scanLimitBytes must be at least 1".into());
         }
         Ok(Maskers {
-            policies: compiled,
+            policies,
             hash_key,
             scan_limit: settings.scan_limit_bytes,
             built: Mutex::new(HashMap::new()),
@@ -217,12 +225,8 @@ policies:
     }
 
     fn compile(config: &ProxyConfig) -> Result<(Vec<CompiledPolicy>, Maskers), String> {
-        let compiled = config
-            .policies
-            .iter()
-            .map(|p| CompiledPolicy::compile(&p.name, &p.spec).unwrap())
-            .collect();
-        Ok((compiled, Maskers::new(&config.policies, &config.masking)?))
+        let set = crate::policy::PolicySet::compile(&config.policies, &config.masking)?;
+        Ok((set.policies, set.maskers))
     }
 
     fn caller(name: &str, groups: &[&str]) -> Identity {
@@ -318,8 +322,8 @@ policies:
     }
 
     #[test]
-    fn bad_masking_is_refused_with_the_policy_and_field() {
-        let bad = |masking: &str, settings: &str| {
+    fn bad_masking_makes_its_policy_deny_and_names_the_policy_and_field() {
+        let compiled = |masking: &str, settings: &str| {
             let policies = format!(
                 r#"
 - name: p
@@ -330,30 +334,54 @@ policies:
     masking: {masking}
 "#
             );
-            compile(&config(&policies, settings)).err().unwrap_or_default()
+            compile(&config(&policies, settings))
         };
-        let e = bad(r#"{columns: [{name: "(", strategy: redact}]}"#, "");
-        assert!(
-            e.contains("Policy p: masking.columns[0].name is not a valid regular expression"),
-            "{e}"
-        );
-        let e = bad("{detectors: [awz]}", "");
-        assert!(e.contains("unknown masking detector \"awz\""), "{e}");
-        let e = bad(r#"{columns: [{name: "x", strategy: hash}]}"#, "");
-        assert!(e.contains("masking.hashKeyFile is not set"), "{e}");
-        let e = bad(
+        // The Policy's own mistakes: it loads, denying its callers
+        // everything, and masks nothing (nothing reaches them).
+        for (masking, problem) in [
+            (
+                r#"{columns: [{name: "(", strategy: redact}]}"#,
+                "Policy p: masking.columns[0].name is not a valid regular expression",
+            ),
+            ("{detectors: [awz]}", "unknown masking detector \"awz\""),
+            (
+                r#"{columns: [{name: "x", strategy: hash}]}"#,
+                "masking.hashKeyFile is not set",
+            ),
+            (
+                r#"{columns: [{name: "x", strategy: partial}]}"#,
+                "keepLast must be between 1 and 16",
+            ),
+        ] {
+            let (policies, maskers) = compiled(masking, "").unwrap_or_else(|e| panic!("{masking}: {e}"));
+            let found = policies[0].problem().unwrap_or_default();
+            assert!(found.contains(problem), "{masking}: {found}");
+            let u = caller("u", &[]);
+            assert!(maskers.for_identity(&policies, &u).is_none(), "{masking}");
+            let select = crate::policy::classify("SELECT 1").unwrap();
+            let decision = crate::policy::decide(&policies, &u, &select);
+            assert!(
+                matches!(&decision, crate::policy::Decision::Deny { policy, hint, .. }
+                    if policy == "p" && hint.contains(problem)),
+                "{masking}: {decision:?}"
+            );
+        }
+        // The proxy's settings are no Policy's: the configuration is refused.
+        let e = compiled(
             r#"{columns: [{name: "x", strategy: hash}]}"#,
             "masking: {hashKeyFile: /nonexistent/key}",
-        );
+        )
+        .err()
+        .unwrap_or_default();
         assert!(e.contains("/nonexistent/key"), "{e}");
-        let e = bad(r#"{columns: [{name: "x", strategy: partial}]}"#, "");
-        assert!(e.contains("keepLast must be between 1 and 16"), "{e}");
         let short = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(short.path(), b"short").unwrap();
-        let e = bad(
+        let e = compiled(
             r#"{columns: [{name: "x", strategy: hash}]}"#,
             &format!("masking: {{hashKeyFile: {}}}", short.path().display()),
-        );
+        )
+        .err()
+        .unwrap_or_default();
         assert!(e.contains("holds 5 bytes"), "{e}");
     }
 }

@@ -16,6 +16,10 @@
 //! 4. [`decide`] matches the result against [`CompiledPolicy`] rules, and
 //!    [`refusal`] turns a refusal into the ErrorResponse fields.
 //!
+//! [`PolicySet`] compiles a configuration's Policies, rules and masking; a
+//! Policy that does not compile denies everything to the callers it names
+//! until it is fixed.
+//!
 //! # How rules meet statements
 //!
 //! A statement is split into *accesses*: one per (operation, table) pair it
@@ -36,6 +40,7 @@ mod classify;
 mod functions;
 mod prepared;
 mod rules;
+mod set;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -50,9 +55,10 @@ pub use classify::classify;
 pub use functions::{SIDE_EFFECT_GROUPS, SideEffectGroup, side_effect_group};
 pub use prepared::{MAX_PREPARED_STATEMENTS, PreparedStatements};
 pub use rules::{
-    CompileError, CompiledPolicy, CompiledRule, DEFAULT_DENY, Decision, Identity, Refusal, decide,
-    operation_name, refusal, refusal_for_error,
+    CompileError, CompiledPolicy, CompiledRule, DEFAULT_DENY, Decision, INVALID_POLICY_RULE, Identity,
+    Refusal, decide, operation_name, refusal, refusal_for_error,
 };
+pub use set::PolicySet;
 
 /// Why a text could not be classified. Every variant means "refuse the
 /// statement": the proxy never forwards what it could not classify.

@@ -30,6 +30,10 @@ use super::{Access, Classification, ClassifyError, Statement, TableRef};
 /// The rule name a refusal carries when no rule allowed the statement.
 pub const DEFAULT_DENY: &str = "default deny";
 
+/// The name of the one rule of a Policy that does not compile (see
+/// [`CompiledPolicy::compile_or_deny`]).
+pub const INVALID_POLICY_RULE: &str = "invalid-policy";
+
 /// SQLSTATE `insufficient_privilege`.
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `syntax_error`.
@@ -47,10 +51,18 @@ pub struct Identity {
 }
 
 /// Why a Policy could not be compiled. The CRD's validation rules prevent
-/// all of these for Policies that come through the API server; standalone
-/// configuration files are checked here.
+/// most of these for Policies that come through the API server (not a bad
+/// label selector); standalone configuration files are checked here.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CompileError {
+    /// A `connectionSelector` that is not a valid label selector.
+    #[error("Policy {policy}: spec.connectionSelector is not a valid label selector: {message}")]
+    BadSelector {
+        /// The Policy.
+        policy: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A ServiceAccount subject without a namespace.
     #[error("Policy {policy}: subject {name:?} of kind ServiceAccount needs a namespace")]
     MissingNamespace {
@@ -86,6 +98,9 @@ pub enum CompileError {
 enum SubjectMatcher {
     Username(String),
     Group(String),
+    /// Every caller: the subjects of a Policy that does not compile, when
+    /// the subjects themselves are what does not compile.
+    Everyone,
 }
 
 /// A `schema.table` pattern, `*` matching any run of characters in either
@@ -142,6 +157,9 @@ pub struct CompiledPolicy {
     subjects: Vec<SubjectMatcher>,
     /// Its rules, in order.
     pub rules: Vec<CompiledRule>,
+    /// Why the Policy as written cannot be used; it then denies everything
+    /// ([`CompiledPolicy::denying`]).
+    problem: Option<String>,
 }
 
 impl CompiledPolicy {
@@ -149,26 +167,19 @@ impl CompiledPolicy {
     ///
     /// # Errors
     ///
-    /// [`CompileError`] when a subject, pattern or rule is malformed.
+    /// [`CompileError`] when the selector, a subject, pattern or rule is
+    /// malformed.
     pub fn compile(name: impl Into<String>, spec: &PolicySpec) -> Result<Self, CompileError> {
         let name = name.into();
-        let mut subjects = Vec::with_capacity(spec.subjects.len());
-        for s in &spec.subjects {
-            subjects.push(match s.kind {
-                SubjectKind::ServiceAccount => {
-                    let ns = s
-                        .namespace
-                        .as_deref()
-                        .ok_or_else(|| CompileError::MissingNamespace {
-                            policy: name.clone(),
-                            name: s.name.clone(),
-                        })?;
-                    SubjectMatcher::Username(format!("system:serviceaccount:{ns}:{}", s.name))
-                }
-                SubjectKind::User => SubjectMatcher::Username(s.name.clone()),
-                SubjectKind::Group => SubjectMatcher::Group(s.name.clone()),
-            });
-        }
+        // The operator applies the selector; one it cannot read is the
+        // Policy's mistake all the same, whoever reads the Policy.
+        kube::core::Selector::try_from(spec.connection_selector.clone()).map_err(|e| {
+            CompileError::BadSelector {
+                policy: name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        let subjects = compile_subjects(&name, spec)?;
         let mut rules = Vec::with_capacity(spec.rules.len());
         for r in &spec.rules {
             let mut tables = Vec::with_capacity(r.matches.tables.len());
@@ -204,7 +215,50 @@ impl CompiledPolicy {
             name,
             subjects,
             rules,
+            problem: None,
         })
+    }
+
+    /// Compiles the Policy `name`, or, when it does not compile, the Policy
+    /// that stands in for it until it is fixed ([`CompiledPolicy::denying`]).
+    ///
+    /// Dropping such a Policy would fail open: a typo in a restrictive one
+    /// (`deny`, `requireApproval`) would leave a broader allow Policy alone
+    /// in force.
+    pub fn compile_or_deny(name: impl Into<String>, spec: &PolicySpec) -> Self {
+        let name = name.into();
+        match Self::compile(name.clone(), spec) {
+            Ok(policy) => policy,
+            Err(e) => Self::denying(name, spec, e.to_string()),
+        }
+    }
+
+    /// The Policy `name` that cannot be used as written, for `problem`: one
+    /// rule, [`INVALID_POLICY_RULE`], that denies every access to the
+    /// callers the Policy names, or to every caller when its subjects are
+    /// what does not compile. Its refusals name the Policy and the problem.
+    pub fn denying(name: impl Into<String>, spec: &PolicySpec, problem: impl Into<String>) -> Self {
+        let name = name.into();
+        let subjects = compile_subjects(&name, spec).unwrap_or_else(|_| vec![SubjectMatcher::Everyone]);
+        Self {
+            name,
+            subjects,
+            rules: vec![CompiledRule {
+                name: INVALID_POLICY_RULE.to_owned(),
+                // Empty: every operation, on any table or none.
+                operations: Vec::new(),
+                tables: Vec::new(),
+                action: Action::Deny,
+                approvers: None,
+            }],
+            problem: Some(problem.into()),
+        }
+    }
+
+    /// Why the Policy as written cannot be used, when it cannot: it then
+    /// denies everything to the callers it names.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
     }
 
     /// Whether the Policy names the caller, by username or by a group.
@@ -212,8 +266,33 @@ impl CompiledPolicy {
         self.subjects.iter().any(|s| match s {
             SubjectMatcher::Username(u) => *u == identity.username,
             SubjectMatcher::Group(g) => identity.groups.iter().any(|ig| ig == g),
+            SubjectMatcher::Everyone => true,
         })
     }
+}
+
+/// The callers `spec` names.
+fn compile_subjects(policy: &str, spec: &PolicySpec) -> Result<Vec<SubjectMatcher>, CompileError> {
+    spec.subjects
+        .iter()
+        .map(|s| match s.kind {
+            SubjectKind::ServiceAccount => {
+                let ns = s
+                    .namespace
+                    .as_deref()
+                    .ok_or_else(|| CompileError::MissingNamespace {
+                        policy: policy.to_owned(),
+                        name: s.name.clone(),
+                    })?;
+                Ok(SubjectMatcher::Username(format!(
+                    "system:serviceaccount:{ns}:{}",
+                    s.name
+                )))
+            }
+            SubjectKind::User => Ok(SubjectMatcher::Username(s.name.clone())),
+            SubjectKind::Group => Ok(SubjectMatcher::Group(s.name.clone())),
+        })
+        .collect()
 }
 
 /// What happens to a query.
@@ -366,10 +445,16 @@ fn decide_access(
             Action::Deny => Decision::Deny {
                 policy: policy.name.clone(),
                 rule: rule.name.clone(),
-                hint: format!(
-                    "rule {} of Policy {} denies {what}; a deny rule wins over every allow rule, so only changing that rule lets this statement run",
-                    rule.name, policy.name
-                ),
+                hint: match &policy.problem {
+                    Some(problem) => format!(
+                        "Policy {} is invalid, so it refuses every statement of the callers it names until it is fixed: {problem}",
+                        policy.name
+                    ),
+                    None => format!(
+                        "rule {} of Policy {} denies {what}; a deny rule wins over every allow rule, so only changing that rule lets this statement run",
+                        rule.name, policy.name
+                    ),
+                },
             },
             Action::RequireApproval => Decision::RequireApproval {
                 policy: policy.name.clone(),

@@ -963,6 +963,153 @@ fn malformed_policies_do_not_compile() {
         CompiledPolicy::compile("p", &no_ns),
         Err(CompileError::MissingNamespace { .. })
     ));
+    let bad_selector: PolicySpec = serde_json::from_value(json!({
+        "connectionSelector": {"matchExpressions": [{"key": "env", "operator": "Bogus"}]},
+        "subjects": [{"kind": "User", "name": "a"}],
+        "rules": [{"name": "r", "action": "allow"}]
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        CompiledPolicy::compile("p", &bad_selector),
+        Err(CompileError::BadSelector { .. })
+    ));
+}
+
+fn spec(value: serde_json::Value) -> PolicySpec {
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("bad test policy: {e}"))
+}
+
+/// Allows group `agents` everything.
+fn broad_allow() -> CompiledPolicy {
+    policy(
+        "agents-everything",
+        json!({
+            "connectionSelector": {},
+            "subjects": [{"kind": "Group", "name": "agents"}],
+            "rules": [{"name": "everything", "action": "allow"}]
+        }),
+    )
+}
+
+fn caller(username: &str, groups: &[&str]) -> Identity {
+    Identity {
+        username: username.into(),
+        groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+    }
+}
+
+/// The refusal of `sql` for `who`, or `None` when it runs.
+fn refused(policies: &[CompiledPolicy], who: &Identity, sql: &str) -> Option<Refusal> {
+    refusal(&decide(policies, who, &classified(sql)))
+}
+
+#[test]
+fn an_invalid_restrictive_policy_denies_its_subjects_everything_and_no_one_else() {
+    // A requireApproval Policy for the planner with a typo in a table
+    // pattern, next to a broad allow: dropping it would let writes run.
+    let typo = spec(json!({
+        "connectionSelector": {},
+        "subjects": [{"kind": "ServiceAccount", "name": "planner", "namespace": "agents"}],
+        "rules": [{"name": "writes", "match": {"operations": ["update", "delete"], "tables": ["orders"]},
+                   "action": "requireApproval", "approvers": {"groups": ["dba"], "required": 1}}]
+    }));
+    let guarded = CompiledPolicy::compile_or_deny("writes-guarded", &typo);
+    let problem = guarded.problem().unwrap_or_default().to_owned();
+    assert!(problem.contains("must be schema-qualified"), "{problem}");
+    let planner = caller("system:serviceaccount:agents:planner", &["agents"]);
+    let other = caller("system:serviceaccount:agents:reporter", &["agents"]);
+    let policies = vec![broad_allow(), guarded];
+    // Without it, the broad Policy alone would let the write run.
+    assert!(refused(&policies[..1], &planner, "UPDATE public.orders SET status = 'x'").is_none());
+    for sql in [
+        "UPDATE public.orders SET status = 'x'",
+        "SELECT * FROM public.orders",
+        "BEGIN",
+    ] {
+        let refusal = refused(&policies, &planner, sql).unwrap_or_else(|| panic!("{sql} ran"));
+        assert_eq!(refusal.sqlstate, "42501", "{sql}");
+        assert_eq!(refusal.decision, "deny", "{sql}");
+        assert!(
+            refusal.message.contains("Policy \"writes-guarded\"")
+                && refusal.message.contains(INVALID_POLICY_RULE),
+            "{sql}: {}",
+            refusal.message
+        );
+        assert!(
+            refusal.hint.contains("Policy writes-guarded is invalid")
+                && refusal.hint.contains("until it is fixed")
+                && refusal.hint.contains(&problem),
+            "{sql}: {}",
+            refusal.hint
+        );
+    }
+    // Another caller of the same group is not named by it.
+    for sql in [
+        "UPDATE public.orders SET status = 'x'",
+        "SELECT * FROM public.orders",
+    ] {
+        assert!(
+            refused(&policies, &other, sql).is_none(),
+            "{sql} refused to the reporter"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_policy_whose_subjects_do_not_compile_denies_everyone() {
+    // A ServiceAccount without a namespace: who it names is unknown, so
+    // it names everyone.
+    let nameless = spec(json!({
+        "connectionSelector": {},
+        "subjects": [{"kind": "ServiceAccount", "name": "planner"}],
+        "rules": [{"name": "no-ddl", "match": {"operations": ["ddl"]}, "action": "deny"}]
+    }));
+    let policies = vec![
+        broad_allow(),
+        CompiledPolicy::compile_or_deny("no-ddl", &nameless),
+    ];
+    assert!(
+        policies[1]
+            .problem()
+            .is_some_and(|p| p.contains("needs a namespace")),
+        "{:?}",
+        policies[1]
+    );
+    for who in [
+        caller("system:serviceaccount:agents:planner", &["agents"]),
+        caller("alice", &["agents"]),
+        caller("bob", &[]),
+    ] {
+        let refusal = refused(&policies, &who, "SELECT 1").unwrap_or_else(|| panic!("{who:?} read"));
+        assert!(
+            refusal.message.contains("Policy \"no-ddl\""),
+            "{}",
+            refusal.message
+        );
+    }
+}
+
+#[test]
+fn an_invalid_selector_denies_the_subjects_named() {
+    let bad = spec(json!({
+        "connectionSelector": {"matchExpressions": [{"key": "env", "operator": "Bogus"}]},
+        "subjects": [{"kind": "User", "name": "alice"}],
+        "rules": [{"name": "reads", "match": {"operations": ["select"]}, "action": "allow"}]
+    }));
+    let policies = vec![broad_allow(), CompiledPolicy::compile_or_deny("selector", &bad)];
+    let refusal =
+        refused(&policies, &caller("alice", &["agents"]), "SELECT 1").unwrap_or_else(|| panic!("ran"));
+    assert!(
+        refusal
+            .hint
+            .contains("spec.connectionSelector is not a valid label selector"),
+        "{}",
+        refusal.hint
+    );
+    assert!(refused(&policies, &caller("bob", &["agents"]), "SELECT 1").is_none());
+    // A valid Policy has no problem and keeps its rules.
+    assert_eq!(broad_allow().problem(), None);
+    assert_eq!(broad_allow().rules.len(), 1);
 }
 
 #[test]
