@@ -232,18 +232,30 @@ fn type_name(oid: u32) -> String {
 /// The first character of `text` a person reading it would not see, or
 /// that would change how the rest reads on a screen: control characters
 /// other than tab and line ends (a lone carriage return rewrites a line),
-/// format characters (bidirectional overrides, zero-width characters), and
-/// line and paragraph separators. With its byte offset.
+/// format characters (bidirectional overrides, zero-width characters), line
+/// and paragraph separators, enclosing marks, and combining marks on a digit,
+/// symbol, punctuation or space (`=` with U+0338 reads as `≠`). With its
+/// byte offset. A combining mark on a letter (a decomposed accent) is text.
 pub fn hidden(text: &str) -> Option<(usize, char)> {
     let bytes = text.as_bytes();
-    text.char_indices().find(|&(at, c)| match c {
-        '\t' | '\n' => false,
-        '\r' => bytes.get(at + 1) != Some(&b'\n'),
-        c if c.is_control() => true,
-        c => matches!(
-            c.general_category(),
-            GeneralCategory::Format | GeneralCategory::LineSeparator | GeneralCategory::ParagraphSeparator
-        ),
+    let mut previous: Option<char> = None;
+    text.char_indices().find(|&(at, c)| {
+        let base = previous.replace(c);
+        match c {
+            '\t' | '\n' => false,
+            '\r' => bytes.get(at + 1) != Some(&b'\n'),
+            c if c.is_control() => true,
+            c => match c.general_category() {
+                GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+                | GeneralCategory::EnclosingMark => true,
+                GeneralCategory::NonspacingMark | GeneralCategory::SpacingMark => {
+                    !base.is_some_and(char::is_alphabetic)
+                }
+                _ => false,
+            },
+        }
     })
 }
 
@@ -410,6 +422,9 @@ mod tests {
             "DELETE FROM t WHERE id = 5\u{200B}",
             "DELETE FROM t WHERE id = 5 OR true\rDELETE FROM t WHERE id = 5",
             "DELETE FROM t WHERE id = 5\u{2028}",
+            // `=` overlaid with a long solidus reads as `≠`.
+            "DELETE FROM t WHERE id =\u{0338} 5",
+            "DELETE FROM t WHERE id = 5\u{20DD}",
         ] {
             let refusal = shown(sql, &[], None).expect_err(sql);
             assert_eq!(refusal.sqlstate, "42501");
