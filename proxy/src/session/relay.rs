@@ -82,6 +82,19 @@ pub trait Judge {
     fn judge_sql(&mut self, sql: &str) -> Verdict;
     /// Whether a protocol-level FunctionCall may run.
     fn judge_function_call(&mut self) -> Result<(), Refusal>;
+    /// Whether a Bind of `statement` may run, for a statement the session
+    /// prepared in SQL (`PREPARE`), which shares its namespace with the
+    /// Parse messages': a Bind of it runs it as `EXECUTE` would. Statements
+    /// a Parse made were judged at the Parse.
+    fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+        let _ = statement;
+        Ok(())
+    }
+    /// Whether [`Judge::judge_bind`] has anything to judge (the session
+    /// prepared a statement in SQL), so a Bind is worth decoding.
+    fn judges_binds(&self) -> bool {
+        false
+    }
     /// The masker in force for the session now, if any.
     fn masker(&mut self) -> Option<Arc<Masker>> {
         None
@@ -742,15 +755,16 @@ where
                     }
                 }
             }
-            tag::frontend::BIND if !self.held_statements.is_empty() => {
+            tag::frontend::BIND if !self.held_statements.is_empty() || self.judge.judges_binds() => {
                 let bind = Bind::decode(&frame)?;
                 let open = self.pending.open_id;
-                let held = match self.held_statements.get(&bind.statement) {
-                    None => None,
-                    Some(HeldName::Held(held)) => Some(held.clone()),
-                    Some(HeldName::Replacing { segment, then }) if *segment == open => then.clone(),
-                    Some(HeldName::Replacing { .. } | HeldName::Unknown) => {
-                        let refusal = unknown_statement(&bind.statement);
+                let judged = self.judge.judge_bind(&bind.statement);
+                let held = match (judged, self.held_statements.get(&bind.statement)) {
+                    (Ok(()), None) => None,
+                    (Ok(()), Some(HeldName::Held(held))) => Some(held.clone()),
+                    (Ok(()), Some(HeldName::Replacing { segment, then })) if *segment == open => then.clone(),
+                    (judged, _) => {
+                        let refusal = judged.err().unwrap_or_else(|| unknown_statement(&bind.statement));
                         let marker = self.refuse(refusal);
                         let stand_in = Parse {
                             statement: marker.clone(),
@@ -1227,6 +1241,22 @@ mod hold_tests {
         }
         fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())
+        }
+        /// `wipe` stands for a statement the session prepared in SQL that
+        /// the Policy does not let run.
+        fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+            if statement == "wipe" {
+                return Err(Refusal {
+                    sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message: "refused: wipe".into(),
+                    hint: String::new(),
+                    decision: "requireApproval",
+                });
+            }
+            Ok(())
+        }
+        fn judges_binds(&self) -> bool {
+            true
         }
         fn hold(
             &mut self,
@@ -1742,6 +1772,48 @@ mod hold_tests {
             matches!(ended, Err(ProtocolError::UnsyncedPipeline { message: "Query" })),
             "{ended:?}"
         );
+    }
+
+    /// A Bind the judge refuses (of a statement prepared in SQL) never
+    /// reaches the server: a marker fails in its place.
+    #[tokio::test]
+    async fn a_bind_the_judge_refuses_is_refused() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, _asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: None,
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            client.feed(bind("wipe")).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            let stand_in = Parse::decode(&server.next().await.unwrap().unwrap()).unwrap();
+            assert!(
+                stand_in.sql.starts_with("SELECT gatehouse_refused_t_"),
+                "{stand_in:?}"
+            );
+            let function = stand_in.sql.trim_start_matches("SELECT ").trim_end_matches("()");
+            server
+                .send(error("42883", &format!("function {function}() does not exist")))
+                .await
+                .unwrap();
+            let error = ErrorResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
+            assert_eq!(error.fields.message().unwrap(), "refused: wipe");
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::ClientClosed);
     }
 
     /// What replaces a held statement does, once the server has it: a
