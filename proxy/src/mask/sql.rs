@@ -116,12 +116,20 @@ fn secret_by_name(sql: &str, before: &[ScanToken]) -> Option<&'static str> {
 
 /// `sql` with the parts of `found` that lie inside literal and comment
 /// tokens replaced; syntax between them is kept.
+///
+/// A literal or comment is masked in part only when it still reads as the
+/// same one token afterwards: a match may end inside an escape (`\'` in an
+/// `E''` string) or take a nested comment's `*/`, and masking just that
+/// would move where the literal or comment ends as the approver reads it,
+/// turning what runs into what looks like a comment. Such a token's whole
+/// value is masked instead.
 fn mask_values(sql: &str, tokens: &[ScanToken], found: &[Found]) -> String {
     let mut cut: Vec<Found> = Vec::new();
     for token in tokens {
         let Some(inner) = value_bytes(sql, token) else {
             continue;
         };
+        let first = cut.len();
         for f in found.iter().filter(|f| overlaps(&f.range, &inner)) {
             cut.push(Found {
                 range: f.range.start.max(inner.start)..f.range.end.min(inner.end),
@@ -129,8 +137,51 @@ fn mask_values(sql: &str, tokens: &[ScanToken], found: &[Found]) -> String {
                 id: f.id,
             });
         }
+        if let Some(whole) = cut.get(first).cloned()
+            && !keeps_its_shape(sql, token, &cut[first..])
+        {
+            cut.truncate(first);
+            cut.push(Found {
+                range: inner,
+                ..whole
+            });
+        }
     }
     String::from_utf8_lossy(&replace(sql.as_bytes(), &cut)).into_owned()
+}
+
+/// Whether `token` (a literal or comment), with `cuts` masked, still scans
+/// as one token of its kind, from its first byte to its last: its quotes,
+/// escapes and comment nesting read as they did. A number has none.
+fn keeps_its_shape(sql: &str, token: &ScanToken, cuts: &[Found]) -> bool {
+    if matches!(kind(token), Some(Token::Iconst | Token::Fconst)) {
+        return true;
+    }
+    let Some(range) = span(token) else {
+        return false;
+    };
+    let Some(text) = sql.get(range.clone()) else {
+        return false;
+    };
+    let local: Vec<Found> = cuts
+        .iter()
+        .map(|f| Found {
+            range: f.range.start - range.start..f.range.end - range.start,
+            ..f.clone()
+        })
+        .collect();
+    let masked = String::from_utf8_lossy(&replace(text.as_bytes(), &local)).into_owned();
+    match pg_query::scan(&masked) {
+        Ok(scanned) => match scanned.tokens.as_slice() {
+            [only] => {
+                only.token == token.token
+                    && only.start == 0
+                    && usize::try_from(only.end).ok() == Some(masked.len())
+            }
+            _ => false,
+        },
+        Err(_) => false,
+    }
 }
 
 /// The bytes of a literal or comment token that hold its value, without
@@ -215,6 +266,48 @@ mod tests {
         );
         let clean = "SELECT * FROM orders WHERE id = 5";
         assert!(matches!(statement_text(clean), Cow::Borrowed(s) if s == clean));
+    }
+
+    /// The statement's syntax as PostgreSQL's scanner reads it: each token's
+    /// kind, with the text of every token that is not a value.
+    fn syntax(sql: &str) -> Vec<(i32, String)> {
+        let scanned = pg_query::scan(sql).expect("scans");
+        scanned
+            .tokens
+            .iter()
+            .map(|t| {
+                let text = match value_bytes(sql, t) {
+                    Some(_) => String::new(),
+                    None => sql[span(t).expect("span")].to_owned(),
+                };
+                (t.token, text)
+            })
+            .collect()
+    }
+
+    /// A match that ends inside an escape (`\'` of an `E''` string) or
+    /// takes a nested comment's `*/`: masking that part alone would change
+    /// where the literal or comment ends as the approver reads it. Here the
+    /// approver would read `... AND id = 5 -- ...` (one row) or a comment,
+    /// where the server runs `... OR true` (every row).
+    #[test]
+    fn masking_never_moves_where_a_literal_or_comment_ends() {
+        for sql in [
+            r"DELETE FROM orders WHERE note = E'token=abcdef\' AND id = 5 --' OR true --'",
+            "DELETE FROM orders WHERE id = 5 /* /* token=aaaaaa*/ */ OR true /* token=bbbbbb/* */ */",
+            r"UPDATE t SET a = E'secret: Zz9-long\\\' OR b = 1 --' WHERE id = 1",
+        ] {
+            pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).expect("premise: PostgreSQL runs it");
+            let shown = statement_text(sql);
+            assert_ne!(shown, sql, "premise: a secret is masked in {sql}");
+            assert_eq!(syntax(&shown), syntax(sql), "{sql}\n shown as\n{shown}");
+            assert_eq!(masked_statement(sql).text, shown);
+        }
+        // Where the syntax allows it, only the secret is masked.
+        assert_eq!(
+            statement_text(r"SELECT E'a\'b token=abcdef'"),
+            r"SELECT E'a\'b token=[masked:password-assignment]'"
+        );
     }
 
     #[test]
