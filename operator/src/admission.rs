@@ -175,6 +175,9 @@ fn binding_problem(binding: &ValidatingAdmissionPolicyBinding) -> Option<String>
         return Some("it sets paramRef".to_owned());
     }
     let matched = serde_json::to_value(&spec.match_resources).unwrap_or(Value::Null);
+    if matched.get("resourceRules").is_some_and(non_empty) {
+        return Some("matchResources sets resourceRules".to_owned());
+    }
     narrowed_resources(&matched).map(|n| format!("matchResources sets {n}"))
 }
 
@@ -186,13 +189,29 @@ fn narrowed(spec: &Value) -> Option<String> {
     if spec.get("paramKind").is_some_and(non_empty) {
         return Some("paramKind".to_owned());
     }
-    narrowed_resources(spec.get("matchConstraints").unwrap_or(&Value::Null))
-        .map(|n| format!("matchConstraints.{n}"))
+    let constraints = spec.get("matchConstraints").unwrap_or(&Value::Null);
+    if let Some(n) = narrowed_resources(constraints) {
+        return Some(format!("matchConstraints.{n}"));
+    }
+    // The shipped rules leave these out, so comparing with them cannot
+    // tell: a rule for cluster-scoped objects only (ApprovalRequests are
+    // namespaced) or for a few names matches (almost) nothing.
+    let rules = constraints.get("resourceRules").and_then(Value::as_array);
+    for (i, rule) in rules.into_iter().flatten().enumerate() {
+        if rule.get("scope").is_some_and(|s| s != "*") {
+            return Some(format!("matchConstraints.resourceRules[{i}].scope"));
+        }
+        if rule.get("resourceNames").is_some_and(non_empty) {
+            return Some(format!("matchConstraints.resourceRules[{i}].resourceNames"));
+        }
+    }
+    None
 }
 
-/// A selector or exclusion in `matched` (MatchResources) that leaves some
-/// requests out. Resource rules of a binding narrow too; a policy's own are
-/// checked against what it ships.
+/// A selector, exclusion or resource rule in `matched` (MatchResources)
+/// that leaves some requests out. A policy's own resource rules are checked
+/// against what it ships (see [`narrowed`]); a binding's only ever narrow
+/// (they are intersected with the policy's).
 fn narrowed_resources(matched: &Value) -> Option<String> {
     for field in ["namespaceSelector", "objectSelector", "excludeResourceRules"] {
         if matched.get(field).is_some_and(non_empty) {
@@ -349,5 +368,53 @@ mod tests {
         );
         let out = check(Some(&installed()), &[narrowed], &expected()).expect_err("narrowed");
         assert!(out.contains("matchResources sets namespaceSelector"), "{out}");
+    }
+
+    /// Fields the shipped policy leaves out, so `contains` cannot see them,
+    /// that still leave ApprovalRequests unchecked: a resource rule scoped
+    /// to cluster-scoped objects (ApprovalRequests are namespaced) or to a
+    /// few names, and a binding that only applies to other resources.
+    #[test]
+    fn a_rule_or_binding_narrowed_by_a_field_the_policy_leaves_out_suspends_approvals() {
+        type Edit = fn(&mut k8s_openapi::api::admissionregistration::v1::NamedRuleWithOperations);
+        let edits: [(Edit, &str); 2] = [
+            (|r| r.scope = Some("Cluster".into()), "scope"),
+            (|r| r.resource_names = Some(vec!["none".into()]), "resourceNames"),
+        ];
+        for (edit, field) in edits {
+            let mut edited = installed();
+            let rules = edited
+                .spec
+                .as_mut()
+                .and_then(|s| s.match_constraints.as_mut())
+                .and_then(|m| m.resource_rules.as_mut())
+                .expect("rules");
+            edit(&mut rules[0]);
+            let out = check(Some(&edited), &[binding(&["Deny"])], &expected()).expect_err(field);
+            assert!(out.contains(field), "{field}: {out}");
+        }
+        // As the API server returns it: scope "*" and no names narrow nothing.
+        let mut defaulted = installed();
+        let rules = defaulted
+            .spec
+            .as_mut()
+            .and_then(|s| s.match_constraints.as_mut())
+            .and_then(|m| m.resource_rules.as_mut())
+            .expect("rules");
+        rules[0].scope = Some("*".into());
+        rules[0].resource_names = Some(Vec::new());
+        assert_eq!(
+            check(Some(&defaulted), &[binding(&["Deny"])], &expected()),
+            Ok(())
+        );
+
+        let elsewhere: Arc<ValidatingAdmissionPolicyBinding> = Arc::new(
+            serde_norway::from_str(&format!(
+                "metadata: {{name: b}}\nspec: {{policyName: {POLICY_NAME}, validationActions: [Deny], matchResources: {{resourceRules: [{{apiGroups: [''], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}}]}}}}"
+            ))
+            .expect("binding"),
+        );
+        let out = check(Some(&installed()), &[elsewhere], &expected()).expect_err("elsewhere");
+        assert!(out.contains("matchResources sets resourceRules"), "{out}");
     }
 }

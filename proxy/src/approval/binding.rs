@@ -232,10 +232,14 @@ fn type_name(oid: u32) -> String {
 /// The first character of `text` a person reading it would not see, or
 /// that would change how the rest reads on a screen: control characters
 /// other than tab and line ends (a lone carriage return rewrites a line),
-/// format characters (bidirectional overrides, zero-width characters), line
-/// and paragraph separators, enclosing marks, and combining marks on a digit,
-/// symbol, punctuation or space (`=` with U+0338 reads as `≠`). With its
-/// byte offset. A combining mark on a letter (a decomposed accent) is text.
+/// format characters (bidirectional overrides, zero-width characters),
+/// line and paragraph separators, the other characters Unicode says render
+/// as nothing (variation selectors, Hangul fillers: see
+/// [`default_ignorable`]), the blank Braille pattern, code points not
+/// assigned yet (a newer font may draw them as anything, or nothing),
+/// enclosing marks, and combining marks on a digit, symbol, punctuation or
+/// space (`=` with U+0338 reads as `≠`). With its byte offset. A combining
+/// mark on a letter (a decomposed accent) is text.
 pub fn hidden(text: &str) -> Option<(usize, char)> {
     let bytes = text.as_bytes();
     let mut previous: Option<char> = None;
@@ -245,10 +249,13 @@ pub fn hidden(text: &str) -> Option<(usize, char)> {
             '\t' | '\n' => false,
             '\r' => bytes.get(at + 1) != Some(&b'\n'),
             c if c.is_control() => true,
+            '\u{2800}' => true,
+            c if default_ignorable(c) => true,
             c => match c.general_category() {
                 GeneralCategory::Format
                 | GeneralCategory::LineSeparator
                 | GeneralCategory::ParagraphSeparator
+                | GeneralCategory::Unassigned
                 | GeneralCategory::EnclosingMark => true,
                 GeneralCategory::NonspacingMark | GeneralCategory::SpacingMark => {
                     !base.is_some_and(char::is_alphabetic)
@@ -257,6 +264,35 @@ pub fn hidden(text: &str) -> Option<(usize, char)> {
             },
         }
     })
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt):
+/// characters a renderer shows as nothing when it has no glyph for them.
+/// Most are format characters; these ranges also hold the ones that are
+/// not (marks such as the variation selectors and the combining grapheme
+/// joiner, letters such as the Hangul fillers, which PostgreSQL takes into
+/// identifiers).
+fn default_ignorable(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
 }
 
 fn too_large(why: String) -> Refusal {
@@ -441,6 +477,41 @@ mod tests {
         )
         .expect_err("a hidden character in a value");
         assert!(refusal.message.contains("parameter $1"), "{refusal:?}");
+    }
+
+    /// Characters that render as nothing (or as a blank) without being
+    /// format characters: variation selectors and the combining grapheme
+    /// joiner (marks), Hangul fillers (letters, so PostgreSQL takes them
+    /// into identifiers), the blank Braille pattern, and code points not
+    /// assigned yet. `'admin\u{FE0F}'` reads as `'admin'` to the approver
+    /// and is another value to the server.
+    #[test]
+    fn blank_and_unassigned_characters_are_refused() {
+        for c in [
+            '\u{FE0F}',
+            '\u{FE00}',
+            '\u{E0100}',
+            '\u{034F}',
+            '\u{180B}',
+            '\u{115F}',
+            '\u{1160}',
+            '\u{3164}',
+            '\u{FFA0}',
+            '\u{2800}',
+            '\u{0378}',
+            '\u{E0FFF}',
+        ] {
+            let sql = format!("DELETE FROM users WHERE role <> 'admin{c}'");
+            let refusal = shown(&sql, &[], None).expect_err(&format!("U+{:04X}", u32::from(c)));
+            assert!(
+                refusal.message.contains(&format!("U+{:04X}", u32::from(c))),
+                "{refusal:?}"
+            );
+        }
+        assert!(
+            shown("UPDATE t SET note = 'café ☕ 東京 ≠ naïve'", &[], None).is_ok(),
+            "visible text of any script is shown"
+        );
     }
 
     #[test]

@@ -39,9 +39,40 @@ pub fn statement_text(sql: &str) -> Cow<'_, str> {
         return Cow::Borrowed(sql);
     }
     match pg_query::scan(sql) {
-        Ok(scanned) => Cow::Owned(mask_values(sql, &scanned.tokens, &found)),
+        Ok(scanned) => {
+            // Logs and recordings: a secret that names itself is masked
+            // even where it spans syntax (a key pasted unquoted, in a
+            // statement the parser then refuses).
+            let mut cut = value_cuts(sql, &scanned.tokens, &found);
+            cut.extend(found.iter().filter(|f| names_itself(f)).cloned());
+            cut.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
+            cut.dedup_by(|later, earlier| {
+                let overlapping = later.range.start < earlier.range.end;
+                if overlapping {
+                    earlier.range.end = earlier.range.end.max(later.range.end);
+                }
+                overlapping
+            });
+            Cow::Owned(String::from_utf8_lossy(&replace(sql.as_bytes(), &cut)).into_owned())
+        }
         Err(_) => Cow::Owned(String::from_utf8_lossy(&replace(sql.as_bytes(), &found)).into_owned()),
     }
+}
+
+/// Detectors that find a secret by its context (`password=...`, the
+/// password of a URL, `aws_secret_access_key = ...`) rather than by its own
+/// format: their matches run over identifiers that are no secret
+/// (`password = password_reset_hash`, `WHERE(token=id)`).
+const BY_CONTEXT: [&str; 3] = [
+    "password-assignment",
+    "connection-string-password",
+    "aws-secret-access-key",
+];
+
+/// Whether `found` is a secret by its own format (a GitHub or AWS key
+/// id, a JWT, ...), so masked in identifiers too.
+fn names_itself(found: &Found) -> bool {
+    !BY_CONTEXT.contains(&found.detector)
 }
 
 /// [`statement_text`], and which of the statement's parameters hold secrets
@@ -116,21 +147,105 @@ fn secret_by_name(sql: &str, before: &[ScanToken]) -> Option<&'static str> {
 
 /// `sql` with the parts of `found` that lie inside literal and comment
 /// tokens replaced; syntax between them is kept.
+///
+/// A literal or comment is masked in part only when it still reads as the
+/// same one token afterwards: a match may end inside an escape (`\'` in an
+/// `E''` string) or take a nested comment's `*/`, and masking just that
+/// would move where the literal or comment ends as the approver reads it,
+/// turning what runs into what looks like a comment. Such a token's whole
+/// value is masked instead.
+///
+/// Identifiers are syntax, except that a secret that names itself (a
+/// GitHub token, not a `password=` context) is masked inside one too:
+/// `SET app.token = ghp_...` takes a bare word as its value, and a quoted
+/// identifier holds anything.
 fn mask_values(sql: &str, tokens: &[ScanToken], found: &[Found]) -> String {
+    String::from_utf8_lossy(&replace(sql.as_bytes(), &value_cuts(sql, tokens, found))).into_owned()
+}
+
+/// What [`mask_values`] replaces, sorted.
+fn value_cuts(sql: &str, tokens: &[ScanToken], found: &[Found]) -> Vec<Found> {
     let mut cut: Vec<Found> = Vec::new();
     for token in tokens {
-        let Some(inner) = value_bytes(sql, token) else {
-            continue;
+        let (inner, any) = match value_bytes(sql, token) {
+            Some(inner) => (inner, true),
+            None => match identifier_bytes(sql, token) {
+                Some(inner) => (inner, false),
+                None => continue,
+            },
         };
-        for f in found.iter().filter(|f| overlaps(&f.range, &inner)) {
+        let first = cut.len();
+        for f in found
+            .iter()
+            .filter(|f| overlaps(&f.range, &inner) && (any || names_itself(f)))
+        {
             cut.push(Found {
                 range: f.range.start.max(inner.start)..f.range.end.min(inner.end),
                 detector: f.detector,
                 id: f.id,
             });
         }
+        if let Some(whole) = cut.get(first).cloned()
+            && !keeps_its_shape(sql, token, &cut[first..])
+        {
+            cut.truncate(first);
+            cut.push(Found {
+                range: inner,
+                ..whole
+            });
+        }
     }
-    String::from_utf8_lossy(&replace(sql.as_bytes(), &cut)).into_owned()
+    cut
+}
+
+/// The name an identifier token holds: a bare word whole, a quoted one
+/// (`"..."`, `U&"..."`) without its quotes; `None` for other tokens.
+fn identifier_bytes(sql: &str, token: &ScanToken) -> Option<Range<usize>> {
+    if !matches!(kind(token)?, Token::Ident | Token::Uident) {
+        return None;
+    }
+    let range = span(token)?;
+    let text = sql.get(range.clone())?;
+    let inner = match text.find('"') {
+        Some(open) if text.len() > open + 1 && text.ends_with('"') => open + 1..text.len() - 1,
+        Some(_) => return None,
+        None => 0..text.len(),
+    };
+    Some(range.start + inner.start..range.start + inner.end)
+}
+
+/// Whether `token` (a literal or comment), with `cuts` masked, still scans
+/// as one token of its kind, from its first byte to its last: its quotes,
+/// escapes and comment nesting read as they did. A number has none.
+fn keeps_its_shape(sql: &str, token: &ScanToken, cuts: &[Found]) -> bool {
+    if matches!(kind(token), Some(Token::Iconst | Token::Fconst)) {
+        return true;
+    }
+    let Some(range) = span(token) else {
+        return false;
+    };
+    let Some(text) = sql.get(range.clone()) else {
+        return false;
+    };
+    let local: Vec<Found> = cuts
+        .iter()
+        .map(|f| Found {
+            range: f.range.start - range.start..f.range.end - range.start,
+            ..f.clone()
+        })
+        .collect();
+    let masked = String::from_utf8_lossy(&replace(text.as_bytes(), &local)).into_owned();
+    match pg_query::scan(&masked) {
+        Ok(scanned) => match scanned.tokens.as_slice() {
+            [only] => {
+                only.token == token.token
+                    && only.start == 0
+                    && usize::try_from(only.end).ok() == Some(masked.len())
+            }
+            _ => false,
+        },
+        Err(_) => false,
+    }
 }
 
 /// The bytes of a literal or comment token that hold its value, without
@@ -215,6 +330,87 @@ mod tests {
         );
         let clean = "SELECT * FROM orders WHERE id = 5";
         assert!(matches!(statement_text(clean), Cow::Borrowed(s) if s == clean));
+    }
+
+    /// The statement's syntax as PostgreSQL's scanner reads it: each token's
+    /// kind, with the text of every token that is not a value.
+    fn syntax(sql: &str) -> Vec<(i32, String)> {
+        let scanned = pg_query::scan(sql).expect("scans");
+        scanned
+            .tokens
+            .iter()
+            .map(|t| {
+                let text = match value_bytes(sql, t) {
+                    Some(_) => String::new(),
+                    None => sql[span(t).expect("span")].to_owned(),
+                };
+                (t.token, text)
+            })
+            .collect()
+    }
+
+    /// A match that ends inside an escape (`\'` of an `E''` string) or
+    /// takes a nested comment's `*/`: masking that part alone would change
+    /// where the literal or comment ends as the approver reads it. Here the
+    /// approver would read `... AND id = 5 -- ...` (one row) or a comment,
+    /// where the server runs `... OR true` (every row).
+    #[test]
+    fn masking_never_moves_where_a_literal_or_comment_ends() {
+        for sql in [
+            r"DELETE FROM orders WHERE note = E'token=abcdef\' AND id = 5 --' OR true --'",
+            "DELETE FROM orders WHERE id = 5 /* /* token=aaaaaa*/ */ OR true /* token=bbbbbb/* */ */",
+            r"UPDATE t SET a = E'secret: Zz9-long\\\' OR b = 1 --' WHERE id = 1",
+        ] {
+            pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).expect("premise: PostgreSQL runs it");
+            let shown = statement_text(sql);
+            assert_ne!(shown, sql, "premise: a secret is masked in {sql}");
+            assert_eq!(syntax(&shown), syntax(sql), "{sql}\n shown as\n{shown}");
+            assert_eq!(masked_statement(sql).text, shown);
+        }
+        // Where the syntax allows it, only the secret is masked.
+        assert_eq!(
+            statement_text(r"SELECT E'a\'b token=abcdef'"),
+            r"SELECT E'a\'b token=[masked:password-assignment]'"
+        );
+    }
+
+    /// A secret that names itself (a token's format, not a `password=`
+    /// context) is masked wherever it stands: an unquoted value
+    /// (`SET app.token = ghp_...`), a quoted identifier, and, in logs and
+    /// recordings, text that is not valid SQL (a key pasted unquoted; the
+    /// statement is refused, and logged).
+    #[test]
+    fn a_secret_outside_a_literal_never_leaks() {
+        let key = "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R";
+        for sql in [
+            format!("SET app.github_token = {key}"),
+            format!("SELECT 1 AS \"{key}\""),
+        ] {
+            assert!(
+                !statement_text(&sql).contains(key),
+                "{sql}: {}",
+                statement_text(&sql)
+            );
+            assert!(!masked_statement(&sql).text.contains(key), "{sql}");
+        }
+        assert_eq!(
+            masked_statement(&format!("SELECT 1 AS \"{key}\"")).text,
+            "SELECT 1 AS \"[masked:github-token]\""
+        );
+        assert_eq!(
+            masked_statement(&format!("SELECT 1 AS U&\"{key}\"")).text,
+            "SELECT 1 AS U&\"[masked:github-token]\""
+        );
+        let pasted = "SELEC sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56Qr78St90Uv12Wx34 FROM t";
+        assert!(
+            !statement_text(pasted).contains("Ab12Cd34Ef56"),
+            "{}",
+            statement_text(pasted)
+        );
+        // A name the context only makes look like a secret stays.
+        let sql = "UPDATE users SET password = password_reset_hash WHERE id = 1";
+        assert_eq!(statement_text(sql), sql);
+        assert_eq!(masked_statement(sql).text, sql);
     }
 
     #[test]

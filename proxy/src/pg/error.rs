@@ -139,6 +139,19 @@ pub enum ProtocolError {
         reason: &'static str,
     },
 
+    /// A simple Query or FunctionCall sent after extended-protocol messages
+    /// without a Sync between them. PostgreSQL skips it without an answer
+    /// when an earlier message of the pipeline failed, so the proxy could no
+    /// longer tell which answer belongs to which message (and so which
+    /// prepared statement the server holds); it closes the session instead.
+    #[error(
+        "a {message} message inside an extended-query pipeline that has not ended with Sync; Gatehouse needs a Sync before it"
+    )]
+    UnsyncedPipeline {
+        /// Which message.
+        message: &'static str,
+    },
+
     /// A string the proxy was asked to encode holds a NUL byte, which would
     /// end it early on the wire and desynchronise the peer.
     #[error("cannot encode {message} message: a string holds a NUL byte")]

@@ -188,6 +188,38 @@ impl Judge for Guard {
         }
     }
 
+    fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+        if self.prepared.get(statement).is_none() {
+            return Ok(());
+        }
+        // Decided as `EXECUTE statement`: never held (an approver would
+        // not see what runs), refused unless the Policy allows it outright.
+        let mut b = policy::StatementBuilder::default();
+        b.op(Operation::Prepare);
+        b.execute(policy::ExecuteRef {
+            name: statement.to_owned(),
+            runs: true,
+        });
+        let execute = Classification {
+            statements: vec![b.finish()],
+        };
+        let decided = self.decide(&execute, false).map(drop);
+        if let Err(refusal) = &decided {
+            tracing::info!(
+                user = %self.identity.username,
+                sqlstate = refusal.sqlstate,
+                reason = %crate::mask::text(&refusal.message),
+                prepared = %statement,
+                "Bind of a statement prepared in SQL refused"
+            );
+        }
+        decided
+    }
+
+    fn judges_binds(&self) -> bool {
+        !self.prepared.is_empty()
+    }
+
     fn judge_function_call(&mut self) -> Result<(), Refusal> {
         let call = Classification {
             statements: vec![policy::Statement {
@@ -211,4 +243,60 @@ impl Judge for Guard {
 /// what runs, so it is never held for approval.
 fn runs_prepared(classification: &Classification) -> bool {
     classification.statements.iter().any(|s| !s.executes.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::ProxyConfig, server::Runtime};
+
+    /// A proxy whose Policy lets agents prepare statements (`prepare`) and
+    /// holds deletes from `public.orders` for approval.
+    fn guard() -> Guard {
+        let yaml = include_str!("../../../config/proxy/standalone.yaml").replace(
+            "[select, transaction, session]",
+            "[select, transaction, session, prepare]",
+        );
+        let config = ProxyConfig::from_yaml(&yaml).expect("config");
+        let shared = Shared::new(Runtime::new(config).expect("runtime"));
+        let identity = Identity {
+            username: "planner".into(),
+            groups: vec!["agents".into()],
+        };
+        Guard::new(shared, identity, "s".into())
+    }
+
+    /// SQL-level PREPARE and protocol-level Bind share one namespace in
+    /// PostgreSQL: a Bind names a statement that `PREPARE` made as readily
+    /// as one a Parse made. Such a Bind runs the statement, so it is
+    /// decided as `EXECUTE` of it would be.
+    #[test]
+    fn a_bind_of_a_statement_prepared_in_sql_is_decided_as_its_execute() {
+        let mut guard = guard();
+        assert!(
+            matches!(
+                guard.judge_sql("PREPARE wipe AS DELETE FROM public.orders"),
+                Verdict::Run(_)
+            ),
+            "premise: preparing runs nothing, and the Policy allows it"
+        );
+        assert!(
+            matches!(guard.judge_sql("EXECUTE wipe"), Verdict::Refuse(_)),
+            "premise: EXECUTE of it is refused (an approver would not see it)"
+        );
+        let refusal = guard.judge_bind("wipe").expect_err("the Bind runs the DELETE");
+        assert_eq!(refusal.sqlstate, "42501");
+        assert!(refusal.message.contains("EXECUTE"), "{refusal:?}");
+
+        assert!(matches!(
+            guard.judge_sql("PREPARE look AS SELECT * FROM public.orders"),
+            Verdict::Run(_)
+        ));
+        assert_eq!(guard.judge_bind("look"), Ok(()), "a read runs");
+        assert_eq!(
+            guard.judge_bind("made_by_parse"),
+            Ok(()),
+            "a Parse's statement was judged at the Parse"
+        );
+    }
 }

@@ -82,6 +82,19 @@ pub trait Judge {
     fn judge_sql(&mut self, sql: &str) -> Verdict;
     /// Whether a protocol-level FunctionCall may run.
     fn judge_function_call(&mut self) -> Result<(), Refusal>;
+    /// Whether a Bind of `statement` may run, for a statement the session
+    /// prepared in SQL (`PREPARE`), which shares its namespace with the
+    /// Parse messages': a Bind of it runs it as `EXECUTE` would. Statements
+    /// a Parse made were judged at the Parse.
+    fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+        let _ = statement;
+        Ok(())
+    }
+    /// Whether [`Judge::judge_bind`] has anything to judge (the session
+    /// prepared a statement in SQL), so a Bind is worth decoding.
+    fn judges_binds(&self) -> bool {
+        false
+    }
     /// The masker in force for the session now, if any.
     fn masker(&mut self) -> Option<Arc<Masker>> {
         None
@@ -166,10 +179,22 @@ const BACKLOG_FRAMES: usize = 256;
 /// ReadyForQuery.
 #[derive(Debug)]
 struct Segment {
+    /// Which segment of the session it is, counting from 0.
+    id: u64,
     /// Refusal markers sent in it.
     markers: Vec<String>,
     /// When its first message arrived from the client.
     started: Instant,
+    /// Whether the server answered any of it with an error (and so skipped
+    /// the rest of it, up to its Sync).
+    errored: bool,
+}
+
+/// A segment the server has answered: its id and whether it failed.
+#[derive(Debug, Clone, Copy)]
+struct Answered {
+    id: u64,
+    errored: bool,
 }
 
 /// Refusals waiting for the server's error on their marker, by nonce, and
@@ -185,6 +210,11 @@ struct Pending {
     open: Vec<String>,
     /// When the segment the client is still sending began.
     open_since: Option<Instant>,
+    /// The id of the segment the client is still sending.
+    open_id: u64,
+    /// Whether the server already answered part of that segment with an
+    /// error (after a Flush).
+    open_errored: bool,
 }
 
 impl Pending {
@@ -199,9 +229,21 @@ impl Pending {
     fn close_segment(&mut self) {
         let started = self.open_since.take().unwrap_or_else(Instant::now);
         self.segments.push_back(Segment {
+            id: self.open_id,
             markers: std::mem::take(&mut self.open),
             started,
+            errored: std::mem::take(&mut self.open_errored),
         });
+        self.open_id += 1;
+    }
+
+    /// Notes that the server answered the segment it is working on with an
+    /// error: the oldest one sent and not answered, or else the open one.
+    fn errored(&mut self) {
+        match self.segments.front_mut() {
+            Some(segment) => segment.errored = true,
+            None => self.open_errored = true,
+        }
     }
 }
 
@@ -294,8 +336,33 @@ struct HeldStatement {
     need: Need,
 }
 
-/// Prepared statements that need approval, by name.
-type HeldStatements = HashMap<String, HeldStatement>;
+/// What the relay knows of a prepared statement name that needed
+/// approval: what the server may run when a Bind names it.
+///
+/// The relay cannot simply forget a held statement when a Parse or Close of
+/// its name goes by: PostgreSQL refuses to prepare a name twice, and after
+/// an error it skips everything up to Sync, so the server may well keep the
+/// held statement. What replaced it counts only once the server answered
+/// the segment without an error, and for a Bind later in the same segment
+/// (which the server runs only if everything before it succeeded).
+#[derive(Debug, Clone)]
+enum HeldName {
+    /// The server has this statement, which needs approval, under the name.
+    Held(HeldStatement),
+    /// A Parse (`then`: the new statement, if it needs approval) or a Close
+    /// (`None`) in segment `segment`, not answered yet.
+    Replacing {
+        segment: u64,
+        then: Option<HeldStatement>,
+    },
+    /// The segment that replaced it failed: the server may have either
+    /// statement, so a Bind of the name is refused until a Parse or Close
+    /// of it succeeds.
+    Unknown,
+}
+
+/// Prepared statement names that need approval (or did), by name.
+type HeldStatements = HashMap<String, HeldName>;
 
 /// One session's relay state.
 struct Relay<'a, 's, C, S, J> {
@@ -488,7 +555,12 @@ where
             self.server.send(Terminate.to_frame()?).await?;
             return Ok(Some(Ended::UnsafeParameter));
         }
-        let frame = on_server(frame, &mut self.pending, self.settings.metrics)?;
+        let (frame, answered) = on_server(frame, &mut self.pending, self.settings.metrics)?;
+        if let Some(answered) = answered
+            && !self.held_statements.is_empty()
+        {
+            self.answered(answered);
+        }
         let reply = self.results.on_server(frame, self.settings.metrics)?;
         if let Some(frame) = reply.to_server {
             self.bytes.to_server += frame.wire_len() as u64;
@@ -597,6 +669,20 @@ where
     /// marker in place of the statement, the masking's Describe before an
     /// Execute), or the hold of a statement that needs approval.
     fn judged(&mut self, frame: Frame) -> Result<Handled<'s>, ProtocolError> {
+        if self.pending.open_since.is_some() {
+            // Skipped after an error earlier in the pipeline, these would get
+            // no ReadyForQuery, and every answer after them would be taken
+            // for the one before.
+            match frame.tag() {
+                tag::frontend::QUERY => return Err(ProtocolError::UnsyncedPipeline { message: "Query" }),
+                tag::frontend::FUNCTION_CALL => {
+                    return Err(ProtocolError::UnsyncedPipeline {
+                        message: "FunctionCall",
+                    });
+                }
+                _ => {}
+            }
+        }
         if self.pending.open_since.is_none() && starts_segment(frame.tag()) {
             self.pending.open_since = Some(Instant::now());
         }
@@ -637,7 +723,7 @@ where
                 let parse = Parse::decode(&frame)?;
                 match self.judge.judge_sql(&parse.sql) {
                     Verdict::Run(classification) => {
-                        self.held_statements.remove(&parse.statement);
+                        self.replace_held(&parse.statement, None);
                         self.record_statement(Some(&parse.statement), &parse.sql, Ok(()));
                         (frame, Some(classification))
                     }
@@ -647,18 +733,16 @@ where
                         if let Some(tape) = self.tape.as_deref_mut() {
                             tape.held(Some(&parse.statement), &parse.sql);
                         }
-                        self.held_statements.insert(
-                            parse.statement.clone(),
-                            HeldStatement {
-                                sql: parse.sql.clone(),
-                                param_types: parse.param_types.clone(),
-                                need,
-                            },
-                        );
+                        let held = HeldStatement {
+                            sql: parse.sql.clone(),
+                            param_types: parse.param_types.clone(),
+                            need,
+                        };
+                        self.replace_held(&parse.statement, Some(held));
                         (frame, Some(classification))
                     }
                     Verdict::Refuse(refusal) => {
-                        self.held_statements.remove(&parse.statement);
+                        self.replace_held(&parse.statement, None);
                         self.record_statement(Some(&parse.statement), &parse.sql, Err(&refusal));
                         let marker = self.refuse(refusal);
                         let marker = Parse {
@@ -671,9 +755,31 @@ where
                     }
                 }
             }
-            tag::frontend::BIND if !self.held_statements.is_empty() => {
+            tag::frontend::BIND if !self.held_statements.is_empty() || self.judge.judges_binds() => {
                 let bind = Bind::decode(&frame)?;
-                if let Some(held) = self.held_statements.get(&bind.statement).cloned() {
+                let open = self.pending.open_id;
+                let judged = self.judge.judge_bind(&bind.statement);
+                let held = match (judged, self.held_statements.get(&bind.statement)) {
+                    (Ok(()), None) => None,
+                    (Ok(()), Some(HeldName::Held(held))) => Some(held.clone()),
+                    (Ok(()), Some(HeldName::Replacing { segment, then })) if *segment == open => then.clone(),
+                    (judged, _) => {
+                        let refusal = judged.err().unwrap_or_else(|| unknown_statement(&bind.statement));
+                        let marker = self.refuse(refusal);
+                        let stand_in = Parse {
+                            statement: marker.clone(),
+                            sql: marker_sql(&marker),
+                            param_types: Vec::new(),
+                        }
+                        .to_frame()?;
+                        let before = self.results.on_client(&stand_in, None)?;
+                        if let Some(tape) = self.tape.as_deref_mut() {
+                            tape.on_client(&stand_in);
+                        }
+                        return Ok(Handled::Forward(before, stand_in));
+                    }
+                };
+                if let Some(held) = held {
                     let events = self
                         .judge
                         .hold(&held.need, &held.sql, &held.param_types, Some(&bind));
@@ -692,7 +798,7 @@ where
             tag::frontend::CLOSE if !self.held_statements.is_empty() => {
                 let close = Close::decode(&frame)?;
                 if close.target == Target::Statement {
-                    self.held_statements.remove(&close.name);
+                    self.replace_held(&close.name, None);
                 }
                 (frame, None)
             }
@@ -717,6 +823,47 @@ where
             tape.on_client(&frame);
         }
         Ok(Handled::Forward(before, frame))
+    }
+
+    /// A Parse (`then`: the new statement, when it needs approval) or Close
+    /// (`None`) of prepared statement `name` in the open segment. A name
+    /// that held nothing before holds the new statement at once (should the
+    /// server refuse the Parse, what it keeps under the name did not need
+    /// approval); one that held a statement is replaced only once the
+    /// server confirms it ([`HeldName`]).
+    fn replace_held(&mut self, name: &str, then: Option<HeldStatement>) {
+        match self.held_statements.get_mut(name) {
+            Some(entry) => {
+                *entry = HeldName::Replacing {
+                    segment: self.pending.open_id,
+                    then,
+                };
+            }
+            None => {
+                if let Some(held) = then {
+                    self.held_statements.insert(name.to_owned(), HeldName::Held(held));
+                }
+            }
+        }
+    }
+
+    /// The server answered a segment: what it replaced is now in force, or,
+    /// when it failed, unknown.
+    fn answered(&mut self, answered: Answered) {
+        self.held_statements.retain(|_, entry| {
+            let HeldName::Replacing { segment, then } = entry else {
+                return true;
+            };
+            if *segment != answered.id {
+                return true;
+            }
+            *entry = match (answered.errored, then.take()) {
+                (true, _) => HeldName::Unknown,
+                (false, Some(held)) => HeldName::Held(held),
+                (false, None) => return false,
+            };
+            true
+        });
     }
 
     fn record_statement(&mut self, prepared: Option<&str>, sql: &str, verdict: Result<(), &Refusal>) {
@@ -783,9 +930,19 @@ fn starts_segment(tag: u8) -> bool {
     )
 }
 
-fn on_server(frame: Frame, pending: &mut Pending, metrics: &Metrics) -> Result<Frame, ProtocolError> {
+/// A server frame as the client gets it (a refusal in place of its
+/// marker's error), and the segment it ends, if it is a ReadyForQuery.
+fn on_server(
+    frame: Frame,
+    pending: &mut Pending,
+    metrics: &Metrics,
+) -> Result<(Frame, Option<Answered>), ProtocolError> {
     match frame.tag() {
-        tag::backend::ERROR_RESPONSE if !pending.markers.is_empty() => {
+        tag::backend::ERROR_RESPONSE => {
+            pending.errored();
+            if pending.markers.is_empty() {
+                return Ok((frame, None));
+            }
             let error = ErrorResponse::decode(&frame)?;
             let message = error.fields.message().unwrap_or_default();
             let fired = pending
@@ -794,22 +951,46 @@ fn on_server(frame: Frame, pending: &mut Pending, metrics: &Metrics) -> Result<F
                 .find(|m| message.contains(m.as_str()))
                 .cloned();
             match fired.and_then(|m| pending.markers.remove(&m)) {
-                Some(refusal) => refusal_frame(&refusal),
-                None => Ok(frame),
+                Some(refusal) => Ok((refusal_frame(&refusal)?, None)),
+                None => Ok((frame, None)),
             }
         }
         tag::backend::READY_FOR_QUERY => {
-            if let Some(segment) = pending.segments.pop_front() {
+            let answered = pending.segments.pop_front().map(|segment| {
                 for marker in segment.markers {
                     pending.markers.remove(&marker);
                 }
                 metrics
                     .statement_duration
                     .observe(segment.started.elapsed().as_secs_f64());
-            }
-            Ok(frame)
+                Answered {
+                    id: segment.id,
+                    errored: segment.errored,
+                }
+            });
+            Ok((frame, answered))
         }
-        _ => Ok(frame),
+        _ => Ok((frame, None)),
+    }
+}
+
+/// The refusal of a Bind of a prepared statement that needed approval and
+/// was then prepared again or closed, in a segment the server has not
+/// answered yet or that failed: the relay cannot tell which statement the
+/// server would run.
+fn unknown_statement(name: &str) -> Refusal {
+    let shown = if name.is_empty() {
+        "the unnamed prepared statement".to_owned()
+    } else {
+        format!("prepared statement \"{name}\"")
+    };
+    Refusal {
+        sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "statement refused by Gatehouse: {shown} needed approval, and the Parse or Close that replaced it failed or is not answered yet, so Gatehouse cannot tell which statement the server would run"
+        ),
+        hint: "wait for the answer to the Parse or Close (Sync), or Close the statement and Parse it again, then Bind it".to_owned(),
+        decision: "requireApproval",
     }
 }
 
@@ -1060,6 +1241,22 @@ mod hold_tests {
         }
         fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())
+        }
+        /// `wipe` stands for a statement the session prepared in SQL that
+        /// the Policy does not let run.
+        fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+            if statement == "wipe" {
+                return Err(Refusal {
+                    sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE,
+                    message: "refused: wipe".into(),
+                    hint: String::new(),
+                    decision: "requireApproval",
+                });
+            }
+            Ok(())
+        }
+        fn judges_binds(&self) -> bool {
+            true
         }
         fn hold(
             &mut self,
@@ -1354,6 +1551,330 @@ mod hold_tests {
                 tags,
                 [tag::frontend::BIND, tag::frontend::EXECUTE, tag::frontend::SYNC]
             );
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::ClientClosed);
+    }
+    /// What a server with one segment's worth of messages does: reads
+    /// `frames` messages, then answers each with `answers` and
+    /// ReadyForQuery.
+    async fn serve(server: &mut End, frames: usize, answers: Vec<Frame>) -> Vec<u8> {
+        let mut tags = Vec::new();
+        for _ in 0..frames {
+            tags.push(server.next().await.unwrap().unwrap().tag());
+        }
+        for frame in answers {
+            server.feed(frame).await.unwrap();
+        }
+        server
+            .send(ReadyForQuery::new(TransactionStatus::Idle).to_frame().unwrap())
+            .await
+            .unwrap();
+        tags
+    }
+
+    fn parse(statement: &str, sql: &str) -> Frame {
+        Parse {
+            statement: statement.into(),
+            sql: sql.into(),
+            param_types: Vec::new(),
+        }
+        .to_frame()
+        .unwrap()
+    }
+
+    fn bind(statement: &str) -> Frame {
+        Bind {
+            portal: String::new(),
+            statement: statement.into(),
+            param_formats: Vec::new(),
+            params: Vec::new(),
+            result_formats: Vec::new(),
+        }
+        .to_frame()
+        .unwrap()
+    }
+
+    fn close(statement: &str) -> Frame {
+        Close {
+            target: Target::Statement,
+            name: statement.into(),
+        }
+        .to_frame()
+        .unwrap()
+    }
+
+    fn error(code: &str, message: &str) -> Frame {
+        ErrorResponse::new(Severity::Error, code, message.to_owned())
+            .to_frame()
+            .unwrap()
+    }
+
+    fn parse_complete() -> Frame {
+        crate::pg::messages::ParseComplete.to_frame().unwrap()
+    }
+
+    /// The server keeps a prepared statement that needs approval whenever
+    /// a later Parse or Close of its name fails or is skipped (PostgreSQL
+    /// refuses to prepare a name twice, and skips everything after an error
+    /// up to Sync). A Bind of the name must then still be held for that
+    /// statement, or refused: never run unheld, never held showing the
+    /// approver the statement that did not replace it.
+    #[tokio::test]
+    async fn a_held_statement_the_server_kept_is_never_bound_unheld() {
+        // The second segment, what the server reads of it, and its answer.
+        type Second = fn() -> (Vec<Frame>, Vec<Frame>);
+        let cases: [(&str, &str, Second); 4] = [
+            ("a named statement prepared again", "d", || {
+                (
+                    vec![parse("d", "SELECT 1")],
+                    vec![error("42P05", "prepared statement \"d\" already exists")],
+                )
+            }),
+            (
+                "a named statement prepared again as another held one",
+                "d",
+                || {
+                    (
+                        vec![parse("d", "DELETE FROM held WHERE id = 1")],
+                        vec![error("42P05", "prepared statement \"d\" already exists")],
+                    )
+                },
+            ),
+            ("a Close skipped after an error", "d", || {
+                (
+                    vec![parse("x", "SELECT * FROM missing"), close("d")],
+                    vec![error("42P01", "relation \"missing\" does not exist")],
+                )
+            }),
+            ("the unnamed statement's Parse skipped after an error", "", || {
+                (
+                    vec![parse("x", "SELECT * FROM missing"), parse("", "SELECT 1")],
+                    vec![error("42P01", "relation \"missing\" does not exist")],
+                )
+            }),
+        ];
+        for (case, name, second) in cases {
+            let metrics = Metrics::new();
+            let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+            let (asked, mut asks) = mpsc::unbounded_channel();
+            let mut judge = Holder { asked };
+            let settings = Settings {
+                idle_timeout: Duration::ZERO,
+                metrics: &metrics,
+                cancel: None,
+            };
+            let relaying = relay(
+                &mut proxy_client,
+                &mut proxy_server,
+                &mut judge,
+                "t",
+                settings,
+                None,
+            );
+            let script = async {
+                // The server prepares the statement that needs approval.
+                client.feed(parse(name, "DELETE FROM held")).await.unwrap();
+                client.send(Sync.to_frame().unwrap()).await.unwrap();
+                serve(&mut server, 2, vec![parse_complete()]).await;
+                client.next().await.unwrap().unwrap();
+                client.next().await.unwrap().unwrap();
+                // A segment that leaves it in place on the server.
+                let (frames, answers) = second();
+                let count = frames.len() + 1;
+                for frame in frames {
+                    client.feed(frame).await.unwrap();
+                }
+                client.send(Sync.to_frame().unwrap()).await.unwrap();
+                let tags = serve(&mut server, count, answers).await;
+                assert_eq!(tags.last(), Some(&tag::frontend::SYNC), "{case}");
+                // The client reads the error (perhaps the relay's refusal) and ReadyForQuery.
+                loop {
+                    let frame = client.next().await.unwrap().unwrap();
+                    if frame.tag() == tag::backend::READY_FOR_QUERY {
+                        break;
+                    }
+                }
+                // Then binds the name: the server would run the held statement.
+                client.feed(bind(name)).await.unwrap();
+                client
+                    .feed(
+                        Execute {
+                            portal: String::new(),
+                            max_rows: 0,
+                        }
+                        .to_frame()
+                        .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                client.send(Sync.to_frame().unwrap()).await.unwrap();
+                tokio::select! {
+                    frame = server.next() => {
+                        let frame = frame.unwrap().unwrap();
+                        assert_ne!(
+                            frame.tag(),
+                            tag::frontend::BIND,
+                            "{case}: the held statement was bound without approval"
+                        );
+                    }
+                    asked = asks.recv() => {
+                        let (sql, ..) = asked.unwrap();
+                        assert_eq!(
+                            sql, "DELETE FROM held",
+                            "{case}: the approver would see another statement than the one the server runs"
+                        );
+                    }
+                }
+                drop(client);
+            };
+            let (ended, ()) = tokio::join!(relaying, script);
+            assert_eq!(ended.unwrap(), Ended::ClientClosed, "{case}");
+        }
+    }
+
+    /// A simple Query the server would skip without an answer (after an
+    /// error earlier in an unsynced pipeline) would make the relay take
+    /// each later answer for the one before: the session closes instead.
+    #[tokio::test]
+    async fn a_query_inside_an_unsynced_pipeline_closes_the_session() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, _asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: None,
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            client.feed(parse("", "DELETE FROM held")).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            serve(&mut server, 2, vec![parse_complete()]).await;
+            client.feed(parse("x", "SELECT * FROM missing")).await.unwrap();
+            client
+                .send(Query::new("SELECT 1").to_frame().unwrap())
+                .await
+                .unwrap();
+            client
+        };
+        let (ended, _client) = tokio::join!(relaying, script);
+        assert!(
+            matches!(ended, Err(ProtocolError::UnsyncedPipeline { message: "Query" })),
+            "{ended:?}"
+        );
+    }
+
+    /// A Bind the judge refuses (of a statement prepared in SQL) never
+    /// reaches the server: a marker fails in its place.
+    #[tokio::test]
+    async fn a_bind_the_judge_refuses_is_refused() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, _asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: None,
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            client.feed(bind("wipe")).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            let stand_in = Parse::decode(&server.next().await.unwrap().unwrap()).unwrap();
+            assert!(
+                stand_in.sql.starts_with("SELECT gatehouse_refused_t_"),
+                "{stand_in:?}"
+            );
+            let function = stand_in.sql.trim_start_matches("SELECT ").trim_end_matches("()");
+            server
+                .send(error("42883", &format!("function {function}() does not exist")))
+                .await
+                .unwrap();
+            let error = ErrorResponse::decode(&client.next().await.unwrap().unwrap()).unwrap();
+            assert_eq!(error.fields.message().unwrap(), "refused: wipe");
+            drop(client);
+        };
+        let (ended, ()) = tokio::join!(relaying, script);
+        assert_eq!(ended.unwrap(), Ended::ClientClosed);
+    }
+
+    /// What replaces a held statement does, once the server has it: a
+    /// Bind in the same segment as the Parse, or after the server
+    /// answered it, runs unheld.
+    #[tokio::test]
+    async fn a_held_statement_replaced_on_the_server_no_longer_holds() {
+        let metrics = Metrics::new();
+        let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
+        let (asked, _asks) = mpsc::unbounded_channel();
+        let mut judge = Holder { asked };
+        let settings = Settings {
+            idle_timeout: Duration::ZERO,
+            metrics: &metrics,
+            cancel: None,
+        };
+        let relaying = relay(
+            &mut proxy_client,
+            &mut proxy_server,
+            &mut judge,
+            "t",
+            settings,
+            None,
+        );
+        let script = async {
+            for name in ["", "d"] {
+                client.feed(parse(name, "DELETE FROM held")).await.unwrap();
+                client.send(Sync.to_frame().unwrap()).await.unwrap();
+                serve(&mut server, 2, vec![parse_complete()]).await;
+                client.next().await.unwrap().unwrap();
+                client.next().await.unwrap().unwrap();
+            }
+            // The unnamed statement parsed again and bound in one segment.
+            client.feed(parse("", "SELECT 1")).await.unwrap();
+            client.feed(bind("")).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            let tags = serve(&mut server, 3, vec![parse_complete()]).await;
+            assert_eq!(
+                tags,
+                [tag::frontend::PARSE, tag::frontend::BIND, tag::frontend::SYNC]
+            );
+            client.next().await.unwrap().unwrap();
+            client.next().await.unwrap().unwrap();
+            // A named one closed, then bound once the server confirmed it.
+            client.feed(close("d")).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            serve(
+                &mut server,
+                2,
+                vec![crate::pg::messages::CloseComplete.to_frame().unwrap()],
+            )
+            .await;
+            client.next().await.unwrap().unwrap();
+            client.next().await.unwrap().unwrap();
+            client.feed(parse("d", "SELECT 2")).await.unwrap();
+            client.send(Sync.to_frame().unwrap()).await.unwrap();
+            serve(&mut server, 2, vec![parse_complete()]).await;
+            client.next().await.unwrap().unwrap();
+            client.next().await.unwrap().unwrap();
+            client.send(bind("d")).await.unwrap();
+            assert_eq!(server.next().await.unwrap().unwrap().tag(), tag::frontend::BIND);
             drop(client);
         };
         let (ended, ()) = tokio::join!(relaying, script);
