@@ -16,10 +16,9 @@ use gatehouse_e2e::{
     TestEnv, User,
     agent::{self, Notices},
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 
-use super::{condition, eventually, kubectl};
+use super::{eventually, kubectl};
 
 const NS: &str = "operator-holds";
 const ROLE: &str = "holds_app";
@@ -110,7 +109,6 @@ async fn count(db: &tokio_postgres::Client, table: &str, id: i32) -> anyhow::Res
 pub async fn a_held_statement_runs_once_when_approved_and_only_as_approved(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
     super::operator(&env).await?;
     // Decisions need the operator: its restart test waits for this one.
     let _operator_up = super::QUIET.read().await;
@@ -129,8 +127,6 @@ pub async fn a_held_statement_runs_once_when_approved_and_only_as_approved(
         ))
         .await?;
     crate::admission::install_roles(&env).await?;
-    let key = crate::recording::signing_key().to_pkcs8_pem(LineEnding::LF)?;
-    let indent = |text: &str| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let manifests = format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -156,14 +152,7 @@ kind: Secret
 metadata: {{name: holds-db-creds, namespace: {NS}}}
 stringData: {{username: {ROLE}, password: "{PASSWORD}"}}
 ---
-apiVersion: v1
-kind: Secret
-metadata: {{name: gatehouse-recording, namespace: {NS}}}
-stringData:
-  access-key-id: "{access}"
-  secret-access-key: "{secret}"
-  signing-key.pem: |
-{key}---
+{recording}---
 apiVersion: gatehouse.dev/v1alpha1
 kind: Connection
 metadata: {{name: holds-db, namespace: {NS}, labels: {{env: holds}}}}
@@ -187,25 +176,14 @@ spec:
       approvers: {{groups: [dba], required: 1}}
     - {{name: no-ddl, match: {{operations: [ddl]}}, action: deny}}
 "#,
-        access = env.s3.access_key,
-        secret = env.s3.secret_key,
-        key = indent(key.as_str()),
+        recording = super::recording_secret(&env, NS)?,
         port = env.postgres.port,
         database = gatehouse_e2e::postgres::DATABASE,
     );
-    kubectl(&env, &["apply", "--server-side", "-f", "-"], Some(&manifests)).await?;
-    let admin = env.kube.client(User::Admin).await?;
-    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), NS);
-    eventually(&deployments, "gatehouse-holds-db", |_| Some(())).await?;
-    let pod = gatehouse_e2e::kubelet::run_deployment(&env, NS, "gatehouse-holds-db").await?;
+    let pod = super::apply_and_serve(&env, NS, "holds-db", &manifests).await?;
     let port = pod.port("postgres")?;
+    let admin = env.kube.client(User::Admin).await?;
     let connections: Api<Connection> = Api::namespaced(admin.clone(), NS);
-    eventually(&connections, "holds-db", |c| {
-        condition(&c.status.as_ref()?.conditions, "Ready")
-            .filter(|r| r.status == "True")
-            .map(|_| ())
-    })
-    .await?;
     let requests: Api<ApprovalRequest> = Api::namespaced(admin.clone(), NS);
     let token = env.kube.gateway_token(NS, "planner").await?;
     // The planner's own kubeconfig, with an API token (no gatehouse audience).

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, bail, ensure};
 use gatehouse_crds::{Connection, Policy};
-use gatehouse_e2e::{TestEnv, User};
+use gatehouse_e2e::{TestEnv, User, kubelet::Pod};
 use gatehouse_operator::{ProxySettings, RecordingS3};
 use k8s_openapi::{
     api::{
@@ -191,6 +191,41 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("{name} did not reach the expected state within 20 s; last seen: {last:#?}")
+}
+
+/// The Secret `gatehouse-recording` of namespace `ns` as YAML: the S3
+/// credentials and the suite's signing key, which a recording proxy reads.
+fn recording_secret(env: &TestEnv, ns: &str) -> anyhow::Result<String> {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
+    let key = crate::recording::signing_key().to_pkcs8_pem(LineEnding::LF)?;
+    let key: String = key.lines().map(|l| format!("    {l}\n")).collect();
+    Ok(format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: gatehouse-recording, namespace: {ns}}}\nstringData:\n  \
+         access-key-id: \"{access}\"\n  secret-access-key: \"{secret}\"\n  signing-key.pem: |\n{key}",
+        access = env.s3.access_key,
+        secret = env.s3.secret_key,
+    ))
+}
+
+/// Applies `manifests` as the admin, then plays the kubelet for Connection
+/// `connection` of `ns`: waits for its proxy Deployment, runs the proxy as
+/// the Deployment says, and waits until the Connection is Ready.
+async fn apply_and_serve(env: &TestEnv, ns: &str, connection: &str, manifests: &str) -> anyhow::Result<Pod> {
+    kubectl(env, &["apply", "--server-side", "-f", "-"], Some(manifests)).await?;
+    let client = env.kube.client(User::Admin).await?;
+    let proxy = format!("gatehouse-{connection}");
+    eventually(&Api::<Deployment>::namespaced(client.clone(), ns), &proxy, |_| {
+        Some(())
+    })
+    .await?;
+    let pod = gatehouse_e2e::kubelet::run_deployment(env, ns, &proxy).await?;
+    eventually(&Api::<Connection>::namespaced(client, ns), connection, |c| {
+        condition(&c.status.as_ref()?.conditions, "Ready")
+            .filter(|r| r.status == "True")
+            .map(|_| ())
+    })
+    .await?;
+    Ok(pod)
 }
 
 fn condition<'a>(conditions: &'a [Condition], kind: &str) -> Option<&'a Condition> {
@@ -452,7 +487,6 @@ fn refusal(error: &tokio_postgres::Error) -> (String, String, String) {
 pub async fn an_invalid_policy_denies_its_subjects_through_the_proxy_until_fixed(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
     operator(&env).await?;
     // The fix needs the operator: its restart test waits for this one.
     let _operator_up = QUIET.read().await;
@@ -462,8 +496,6 @@ pub async fn an_invalid_policy_denies_its_subjects_through_the_proxy_until_fixed
             "CREATE ROLE {INVALID_ROLE} LOGIN PASSWORD '{INVALID_PASSWORD}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {INVALID_ROLE};"
         ))
         .await?;
-    let key = crate::recording::signing_key().to_pkcs8_pem(LineEnding::LF)?;
-    let indent = |text: &str| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
     // The planner and a reporter may do everything; the planner's writes
     // are to be denied by a second Policy.
     let manifests = format!(
@@ -484,14 +516,7 @@ kind: Secret
 metadata: {{name: invalid-db-creds, namespace: {INVALID}}}
 stringData: {{username: {INVALID_ROLE}, password: "{INVALID_PASSWORD}"}}
 ---
-apiVersion: v1
-kind: Secret
-metadata: {{name: gatehouse-recording, namespace: {INVALID}}}
-stringData:
-  access-key-id: "{access}"
-  secret-access-key: "{secret}"
-  signing-key.pem: |
-{key}---
+{recording}---
 apiVersion: gatehouse.dev/v1alpha1
 kind: Connection
 metadata: {{name: invalid-db, namespace: {INVALID}, labels: {{env: invalid}}}}
@@ -511,9 +536,7 @@ spec:
   rules:
     - {{name: everything, action: allow}}
 "#,
-        access = env.s3.access_key,
-        secret = env.s3.secret_key,
-        key = indent(key.as_str()),
+        recording = recording_secret(&env, INVALID)?,
         port = env.postgres.port,
         database = gatehouse_e2e::postgres::DATABASE,
     );
@@ -534,21 +557,12 @@ spec:
 "#
         )
     };
-    kubectl(&env, &["apply", "--server-side", "-f", "-"], Some(&manifests)).await?;
-    let client = env.kube.client(User::Admin).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), INVALID);
-    eventually(&deployments, "gatehouse-invalid-db", |_| Some(())).await?;
-    let pod = gatehouse_e2e::kubelet::run_deployment(&env, INVALID, "gatehouse-invalid-db").await?;
+    let pod = apply_and_serve(&env, INVALID, "invalid-db", &manifests).await?;
     let port = pod.port("postgres")?;
     let admin = pod.port("admin")?;
+    let client = env.kube.client(User::Admin).await?;
     let connections: Api<Connection> = Api::namespaced(client.clone(), INVALID);
     let policies: Api<Policy> = Api::namespaced(client.clone(), INVALID);
-    eventually(&connections, "invalid-db", |c| {
-        condition(&c.status.as_ref()?.conditions, "Ready")
-            .filter(|r| r.status == "True")
-            .map(|_| ())
-    })
-    .await?;
     let planner_token = env.kube.gateway_token(INVALID, "planner").await?;
     let reporter_token = env.kube.gateway_token(INVALID, "reporter").await?;
     let planner = agent(port, &planner_token).await?;
@@ -1053,7 +1067,6 @@ async fn agent(port: u16, token: &str) -> Result<tokio_postgres::Client, tokio_p
 pub async fn the_operators_proxy_serves_an_agent_follows_a_policy_edit_and_a_rotated_secret(
     env: Arc<TestEnv>,
 ) -> anyhow::Result<()> {
-    use ed25519_dalek::pkcs8::{EncodePrivateKey as _, spki::der::pem::LineEnding};
     operator(&env).await?;
     // A role of the story's own, so rotating its password leaves the rest of the suite alone.
     let superuser = env.postgres.superuser(gatehouse_e2e::postgres::DATABASE).await?;
@@ -1062,8 +1075,6 @@ pub async fn the_operators_proxy_serves_an_agent_follows_a_policy_edit_and_a_rot
             "CREATE ROLE {STORY_ROLE} LOGIN PASSWORD '{FIRST_PASSWORD}'; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {STORY_ROLE};"
         ))
         .await?;
-    let key = crate::recording::signing_key().to_pkcs8_pem(LineEnding::LF)?;
-    let indent = |text: &str| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let manifests = format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -1078,14 +1089,7 @@ kind: Secret
 metadata: {{name: story-db-creds, namespace: {STORY}}}
 stringData: {{username: {STORY_ROLE}, password: "{FIRST_PASSWORD}"}}
 ---
-apiVersion: v1
-kind: Secret
-metadata: {{name: gatehouse-recording, namespace: {STORY}}}
-stringData:
-  access-key-id: "{access}"
-  secret-access-key: "{secret}"
-  signing-key.pem: |
-{key}---
+{recording}---
 apiVersion: gatehouse.dev/v1alpha1
 kind: Connection
 metadata: {{name: story-db, namespace: {STORY}, labels: {{env: story}}}}
@@ -1104,27 +1108,13 @@ spec:
     - {{name: reads, match: {{operations: [select]}}, action: allow}}
   masking: {{detectors: [all]}}
 "#,
-        access = env.s3.access_key,
-        secret = env.s3.secret_key,
-        key = indent(key.as_str()),
+        recording = recording_secret(&env, STORY)?,
         port = env.postgres.port,
         database = gatehouse_e2e::postgres::DATABASE,
     );
-    kubectl(&env, &["apply", "--server-side", "-f", "-"], Some(&manifests)).await?;
-    let client = env.kube.client(User::Admin).await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), STORY);
-    eventually(&deployments, "gatehouse-story-db", |_| Some(())).await?;
-
     // The harness plays the kubelet: the proxy runs as the Deployment says.
-    let pod = gatehouse_e2e::kubelet::run_deployment(&env, STORY, "gatehouse-story-db").await?;
+    let pod = apply_and_serve(&env, STORY, "story-db", &manifests).await?;
     let port = pod.port("postgres")?;
-    let connections: Api<Connection> = Api::namespaced(client.clone(), STORY);
-    eventually(&connections, "story-db", |c| {
-        condition(&c.status.as_ref()?.conditions, "Ready")
-            .filter(|r| r.status == "True")
-            .map(|_| ())
-    })
-    .await?;
 
     let token = env.kube.gateway_token(STORY, "planner").await?;
     let session = agent(port, &token).await?;

@@ -15,13 +15,13 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context as _, ensure};
-use gatehouse_crds::{ApprovalRequest, Connection, Phase};
+use gatehouse_crds::{ApprovalRequest, Phase};
 use gatehouse_e2e::{
     TestEnv, User,
     agent::{self, Notices},
     kubelet::Pod,
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::ServiceAccount};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Api;
 
 use super::{
@@ -112,25 +112,8 @@ spec:
             port = env.postgres.port,
             database = gatehouse_e2e::postgres::DATABASE,
         );
-        kubectl(env, &["apply", "--server-side", "-f", "-"], Some(&manifests)).await?;
+        let pod = super::apply_and_serve(env, ns, "gate-db", &manifests).await?;
         let admin = env.kube.client(User::Admin).await?;
-        eventually(
-            &Api::<Deployment>::namespaced(admin.clone(), ns),
-            "gatehouse-gate-db",
-            |_| Some(()),
-        )
-        .await?;
-        let pod = gatehouse_e2e::kubelet::run_deployment(env, ns, "gatehouse-gate-db").await?;
-        eventually(
-            &Api::<Connection>::namespaced(admin.clone(), ns),
-            "gate-db",
-            |c| {
-                condition(&c.status.as_ref()?.conditions, "Ready")
-                    .filter(|r| r.status == "True")
-                    .map(|_| ())
-            },
-        )
-        .await?;
         Ok(Gate {
             ns,
             schema,
