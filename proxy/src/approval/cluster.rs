@@ -151,10 +151,12 @@ impl ClusterApprover {
         }
     }
 
-    /// Checks an approved request and marks it Consumed, with the
+    /// What a decided request means for the held statement: a denial, an
+    /// expiry, or, for an approved request this proxy's own checks accept,
+    /// the statement runs once it is marked Consumed, with the
     /// resourceVersion it was read at: of two sessions holding the same
     /// request, one runs.
-    async fn consume(&self, request: &ApprovalRequest, ticket: &Ticket) -> Outcome {
+    async fn conclude(&self, request: &ApprovalRequest, ticket: &Ticket) -> Outcome {
         let name = request.name_any();
         let mut current = request.clone();
         for _ in 0..5 {
@@ -302,27 +304,9 @@ impl ClusterApprover {
             }
         };
         let outcome = match decided {
-            Ok(request) => {
-                let message = request
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.message.clone())
-                    .unwrap_or_default();
-                match request.phase() {
-                    Phase::Approved => {
-                        if tx.is_closed() {
-                            // Approved as the client left: the approval stays for a retry.
-                            return;
-                        }
-                        self.consume(&request, &ticket).await
-                    }
-                    Phase::Denied => Outcome::Denied { name, message },
-                    Phase::Expired => Outcome::Expired { name, message },
-                    Phase::Consumed | Phase::Pending => Outcome::Failed(format!(
-                        "ApprovalRequest {name} was already used by another session; send the statement again to ask for a new approval"
-                    )),
-                }
-            }
+            // Approved as the client left: the approval stays for a retry.
+            Ok(request) if request.phase() == Phase::Approved && tx.is_closed() => return,
+            Ok(request) => self.conclude(&request, &ticket).await,
             Err(why) => Outcome::Failed(why),
         };
         tracing::info!(
