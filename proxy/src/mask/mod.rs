@@ -192,22 +192,7 @@ impl Scanner {
                 }
             }
         }
-        out.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
-        out.dedup_by(|later, earlier| {
-            if later.range.start < earlier.range.end {
-                earlier.range.end = earlier.range.end.max(later.range.end);
-                // A secret inside what looks like an e-mail address (a
-                // token in a URL's user part) is named as the secret.
-                let personal = |f: &Found| DETECTORS.get(f.id).is_some_and(|d| d.opt_in);
-                if personal(earlier) && !personal(later) {
-                    earlier.detector = later.detector;
-                    earlier.id = later.id;
-                }
-                true
-            } else {
-                false
-            }
-        });
+        merge(out);
     }
 
     /// `value` with every secret replaced by `[masked:<detector>]`, or
@@ -217,6 +202,27 @@ impl Scanner {
         self.find(value, &mut found);
         (!found.is_empty()).then(|| replace(value, &found))
     }
+}
+
+/// Sorts `found` by position and merges overlapping finds, so that
+/// [`replace`] can take them in order.
+fn merge(found: &mut Vec<Found>) {
+    found.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
+    found.dedup_by(|later, earlier| {
+        if later.range.start < earlier.range.end {
+            earlier.range.end = earlier.range.end.max(later.range.end);
+            // A secret inside what looks like an e-mail address (a
+            // token in a URL's user part) is named as the secret.
+            let personal = |f: &Found| DETECTORS.get(f.id).is_some_and(|d| d.opt_in);
+            if personal(earlier) && !personal(later) {
+                earlier.detector = later.detector;
+                earlier.id = later.id;
+            }
+            true
+        } else {
+            false
+        }
+    });
 }
 
 /// Every built-in secret detector, for text the proxy itself shows.

@@ -14,7 +14,7 @@ use std::{borrow::Cow, collections::BTreeMap, ops::Range};
 
 use pg_query::protobuf::{ScanToken, Token};
 
-use super::{ALL_SECRETS, Found, replace};
+use super::{ALL_SECRETS, Found, merge, replace};
 
 /// A statement's text with its secrets masked, and the parameters (`$n`)
 /// whose values are secrets by their place in it.
@@ -45,14 +45,7 @@ pub fn statement_text(sql: &str) -> Cow<'_, str> {
             // statement the parser then refuses).
             let mut cut = value_cuts(sql, &scanned.tokens, &found);
             cut.extend(found.iter().filter(|f| names_itself(f)).cloned());
-            cut.sort_by_key(|f| (f.range.start, std::cmp::Reverse(f.range.end)));
-            cut.dedup_by(|later, earlier| {
-                let overlapping = later.range.start < earlier.range.end;
-                if overlapping {
-                    earlier.range.end = earlier.range.end.max(later.range.end);
-                }
-                overlapping
-            });
+            merge(&mut cut);
             Cow::Owned(String::from_utf8_lossy(&replace(sql.as_bytes(), &cut)).into_owned())
         }
         Err(_) => Cow::Owned(String::from_utf8_lossy(&replace(sql.as_bytes(), &found)).into_owned()),
