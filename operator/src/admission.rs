@@ -277,6 +277,18 @@ mod tests {
         policy
     }
 
+    /// The policy's resource rules, to edit.
+    fn resource_rules(
+        policy: &mut ValidatingAdmissionPolicy,
+    ) -> &mut Vec<k8s_openapi::api::admissionregistration::v1::NamedRuleWithOperations> {
+        policy
+            .spec
+            .as_mut()
+            .and_then(|s| s.match_constraints.as_mut())
+            .and_then(|m| m.resource_rules.as_mut())
+            .expect("the shipped policy has resource rules")
+    }
+
     fn binding(actions: &[&str]) -> Arc<ValidatingAdmissionPolicyBinding> {
         let yaml = format!(
             "metadata: {{name: gatehouse-approvalrequests}}\nspec: {{policyName: {POLICY_NAME}, validationActions: {actions:?}}}"
@@ -344,12 +356,7 @@ mod tests {
         assert!(dropped.contains("spec.validations"), "{dropped}");
         // The status subresource no longer matched.
         let mut edited = installed();
-        let rules = edited
-            .spec
-            .as_mut()
-            .and_then(|s| s.match_constraints.as_mut())
-            .and_then(|m| m.resource_rules.as_mut())
-            .expect("rules");
+        let rules = resource_rules(&mut edited);
         rules[0].resources = Some(vec!["approvalrequests".into()]);
         assert!(check(Some(&edited), &[binding(&["Deny"])], &expected()).is_err());
         // A condition or selector that leaves requests out.
@@ -383,24 +390,14 @@ mod tests {
         ];
         for (edit, field) in edits {
             let mut edited = installed();
-            let rules = edited
-                .spec
-                .as_mut()
-                .and_then(|s| s.match_constraints.as_mut())
-                .and_then(|m| m.resource_rules.as_mut())
-                .expect("rules");
+            let rules = resource_rules(&mut edited);
             edit(&mut rules[0]);
             let out = check(Some(&edited), &[binding(&["Deny"])], &expected()).expect_err(field);
             assert!(out.contains(field), "{field}: {out}");
         }
         // As the API server returns it: scope "*" and no names narrow nothing.
         let mut defaulted = installed();
-        let rules = defaulted
-            .spec
-            .as_mut()
-            .and_then(|s| s.match_constraints.as_mut())
-            .and_then(|m| m.resource_rules.as_mut())
-            .expect("rules");
+        let rules = resource_rules(&mut defaulted);
         rules[0].scope = Some("*".into());
         rules[0].resource_names = Some(Vec::new());
         assert_eq!(

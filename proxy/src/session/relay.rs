@@ -1280,6 +1280,15 @@ mod hold_tests {
 
     type End = Framed<DuplexStream, FrameCodec>;
 
+    /// Settings without an idle timeout or a cancel.
+    fn quiet(metrics: &Metrics) -> Settings<'_> {
+        Settings {
+            idle_timeout: Duration::ZERO,
+            metrics,
+            cancel: None,
+        }
+    }
+
     fn link() -> (End, End, End, End) {
         let (a, b) = duplex(1 << 16);
         let (c, d) = duplex(1 << 16);
@@ -1345,11 +1354,7 @@ mod hold_tests {
         let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
         let (asked, mut asks) = mpsc::unbounded_channel();
         let mut judge = Holder { asked };
-        let settings = Settings {
-            idle_timeout: Duration::ZERO,
-            metrics: &metrics,
-            cancel: None,
-        };
+        let settings = quiet(&metrics);
         let relaying = relay(
             &mut proxy_client,
             &mut proxy_server,
@@ -1493,11 +1498,7 @@ mod hold_tests {
         let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
         let (asked, mut asks) = mpsc::unbounded_channel();
         let mut judge = Holder { asked };
-        let settings = Settings {
-            idle_timeout: Duration::ZERO,
-            metrics: &metrics,
-            cancel: None,
-        };
+        let settings = quiet(&metrics);
         let relaying = relay(
             &mut proxy_client,
             &mut proxy_server,
@@ -1743,11 +1744,7 @@ mod hold_tests {
         let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
         let (asked, _asks) = mpsc::unbounded_channel();
         let mut judge = Holder { asked };
-        let settings = Settings {
-            idle_timeout: Duration::ZERO,
-            metrics: &metrics,
-            cancel: None,
-        };
+        let settings = quiet(&metrics);
         let relaying = relay(
             &mut proxy_client,
             &mut proxy_server,
@@ -1782,11 +1779,7 @@ mod hold_tests {
         let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
         let (asked, _asks) = mpsc::unbounded_channel();
         let mut judge = Holder { asked };
-        let settings = Settings {
-            idle_timeout: Duration::ZERO,
-            metrics: &metrics,
-            cancel: None,
-        };
+        let settings = quiet(&metrics);
         let relaying = relay(
             &mut proxy_client,
             &mut proxy_server,
@@ -1825,11 +1818,7 @@ mod hold_tests {
         let (mut proxy_client, mut client, mut proxy_server, mut server) = link();
         let (asked, _asks) = mpsc::unbounded_channel();
         let mut judge = Holder { asked };
-        let settings = Settings {
-            idle_timeout: Duration::ZERO,
-            metrics: &metrics,
-            cancel: None,
-        };
+        let settings = quiet(&metrics);
         let relaying = relay(
             &mut proxy_client,
             &mut proxy_server,
