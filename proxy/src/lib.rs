@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod approval;
+pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod identity;

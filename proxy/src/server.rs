@@ -114,6 +114,8 @@ pub struct Shared {
     runtime: RwLock<Arc<Runtime>>,
     /// Classifications by constant-free key, shared by every session.
     cache: ClassificationCache,
+    /// What the target's catalog says of the functions statements call.
+    catalog: crate::catalog::Catalog,
     /// The proxy's cancel keys handed to clients → the server's key and address.
     cancels: Mutex<HashMap<CancelKey, UpstreamCancel>>,
     /// The process's metrics.
@@ -142,6 +144,7 @@ impl Shared {
         Arc::new(Shared {
             runtime: RwLock::new(Arc::new(runtime)),
             cache: ClassificationCache::with_counters(CACHE_BYTES, counters),
+            catalog: crate::catalog::Catalog::default(),
             cancels: Mutex::new(HashMap::new()),
             metrics,
             listening: AtomicBool::new(false),
@@ -226,6 +229,11 @@ impl Shared {
     /// Classifies `sql` through the shared cache.
     pub fn classify(&self, sql: &str) -> Result<Arc<Classification>, ClassifyError> {
         self.cache.classify(sql)
+    }
+
+    /// The target's catalog, as the proxy reads it.
+    pub fn catalog(&self) -> &crate::catalog::Catalog {
+        &self.catalog
     }
 
     /// The configuration in force now. Sessions take it per statement, so a

@@ -433,6 +433,33 @@ impl Walker {
                 }
                 self.children(node);
             }
+            // Operators are calls of their functions.
+            NodeRef::AExpr(expr) => {
+                for name in operator_names(expr) {
+                    self.b.operator(name);
+                }
+                self.children(node);
+            }
+            NodeRef::SubLink(link) => {
+                if let Some(op) = function_ref(&link.oper_name) {
+                    self.b.operator(op);
+                }
+                self.children(node);
+            }
+            NodeRef::SortBy(sort) => {
+                if let Some(op) = function_ref(&sort.use_op) {
+                    self.b.operator(op);
+                }
+                self.children(node);
+            }
+            // `CASE x WHEN y` compares with `=`.
+            NodeRef::CaseExpr(case) if case.arg.is_some() => {
+                self.b.operator(FunctionRef {
+                    schema: None,
+                    name: "=".to_owned(),
+                });
+                self.children(node);
+            }
             NodeRef::IntoClause(into) => {
                 // SELECT ... INTO and CREATE TABLE ... AS create a table and fill it.
                 if let Some(rel) = &into.rel {
@@ -571,6 +598,14 @@ impl Walker {
                 };
                 self.utility(op, node);
             }
+            // The procedure CALL names is the class `call`, not a function
+            // call; its arguments are walked like any expression.
+            (Kind::Utility(op), NodeRef::CallStmt(call)) => {
+                self.utility_except(op, node, &["funccall"]);
+                if let Some(funccall) = &call.funccall {
+                    self.children(NodeRef::FuncCall(funccall));
+                }
+            }
             (Kind::Utility(op), _) => self.utility(op, node),
             (Kind::Utility2(op, also), _) => {
                 self.b.op(also);
@@ -693,13 +728,17 @@ impl Walker {
     }
 
     fn utility(&mut self, op: Operation, node: NodeRef<'_>) {
+        self.utility_except(op, node, &[]);
+    }
+
+    fn utility_except(&mut self, op: Operation, node: NodeRef<'_>, skip: &[&str]) {
         self.b.op(op);
         self.ctx = Ctx {
             read_op: Operation::Select,
             target: Some(op),
             lock: false,
         };
-        self.children(node);
+        self.children_except(node, skip);
     }
 
     fn copy(&mut self, s: &pb::CopyStmt, node: NodeRef<'_>) {
@@ -900,6 +939,23 @@ fn function_ref(names: &[pb::Node]) -> Option<FunctionRef> {
         schema: rest.last().map(|s| (*s).to_owned()),
         name: (*name).to_owned(),
     })
+}
+
+/// The operators an `A_Expr` uses. Most kinds name their operator (`IN`
+/// names `=` or `<>`, `LIKE` names `~~`, `IS DISTINCT FROM` names `=`);
+/// `BETWEEN` names only the keyword, and compares with `>=` and `<=` (or,
+/// negated, `<` and `>`).
+fn operator_names(expr: &pb::AExpr) -> Vec<FunctionRef> {
+    use pb::AExprKind as K;
+    let unqualified = |name: &str| FunctionRef {
+        schema: None,
+        name: name.to_owned(),
+    };
+    match K::try_from(expr.kind) {
+        Ok(K::AexprBetween | K::AexprBetweenSym) => vec![unqualified(">="), unqualified("<=")],
+        Ok(K::AexprNotBetween | K::AexprNotBetweenSym) => vec![unqualified("<"), unqualified(">")],
+        _ => function_ref(&expr.name).into_iter().collect(),
+    }
 }
 
 /// The relations a DROP names (DROP TABLE, VIEW, INDEX, ...; for DROP

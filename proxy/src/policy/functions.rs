@@ -1,14 +1,18 @@
-//! The maintained list of built-in functions with side effects.
+//! Named groups of built-in and extension functions that act outside the
+//! tables a statement names.
 //!
-//! A call of any of them, in any position of a statement, gives the
-//! statement the class [`Operation::SideEffectFunction`](super::Operation),
-//! so that a Policy can deny or hold them whatever else the statement does.
-//! Each group says why it is on the list.
+//! Whether a call is a read is the catalog's to say (see
+//! [`judge_function`](super::judge_function)): most of these are VOLATILE
+//! and would count as side effects anyway; the groups name why in a
+//! refusal's hint. A few are STABLE or IMMUTABLE and still act outside the
+//! tables (`table_to_xml` reads any table by name, `crosstab` and
+//! `xpath_table` run their text arguments as queries): for them, the group
+//! is what makes the call a side effect.
 //!
-//! Names are matched on the function's own name, case-insensitively, whatever
-//! schema the call names: `pg_catalog.pg_read_file`, `pg_read_file` and a
-//! look-alike `public.pg_read_file` all match. Over-matching a user function
-//! that shares a name is the safe error.
+//! A group applies to a function the catalog shows as a built-in (schema
+//! `pg_catalog`) or an extension's, by its own name, case-insensitively. A
+//! user's function that happens to share a name or prefix is judged on its
+//! volatility like any other.
 
 /// A group of functions with side effects, and why they are listed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +37,9 @@ pub const SIDE_EFFECT_GROUPS: &[SideEffectGroup] = &[
             "pg_read_binary_file",
             "pg_stat_file",
             "pg_logdir_ls",
+            "pg_hba_file_rules",
+            "pg_ident_file_mappings",
+            "pg_show_all_file_settings",
         ],
         // pg_ls_dir, pg_ls_logdir, pg_ls_waldir, pg_ls_tmpdir, ...; and
         // adminpack's pg_file_write, pg_file_rename, pg_file_unlink, pg_file_sync.
@@ -75,6 +82,8 @@ pub const SIDE_EFFECT_GROUPS: &[SideEffectGroup] = &[
             "ts_rewrite",
             // tablefunc: crosstab runs its text arguments, connectby reads a table by name.
             "connectby",
+            // xml2: xpath_table builds and runs a query from its arguments.
+            "xpath_table",
         ],
         prefixes: &["crosstab"],
     },
@@ -141,8 +150,34 @@ pub const SIDE_EFFECT_GROUPS: &[SideEffectGroup] = &[
             "pg_restore_attribute_stats",
             "pg_clear_relation_stats",
             "pg_clear_attribute_stats",
+            // The pg_stat_statements extension's.
+            "pg_stat_statements_reset",
         ],
         prefixes: &["pg_stat_reset"],
+    },
+    SideEffectGroup {
+        name: "index and counter maintenance",
+        why: "writes index pages, or advances a cluster-wide counter, outside any table a policy names",
+        exact: &[
+            "brin_summarize_new_values",
+            "brin_summarize_range",
+            "brin_desummarize_range",
+            "gin_clean_pending_list",
+            "pg_nextoid",
+        ],
+        prefixes: &[],
+    },
+    SideEffectGroup {
+        name: "page surgery",
+        why: "the pg_surgery extension changes table pages directly, past every check PostgreSQL makes",
+        exact: &["heap_force_kill", "heap_force_freeze"],
+        prefixes: &[],
+    },
+    SideEffectGroup {
+        name: "job scheduling",
+        why: "schedules statements to run later as another session (the pg_cron extension), where no policy applies",
+        exact: &["schedule", "schedule_in_database", "unschedule", "alter_job"],
+        prefixes: &[],
     },
     SideEffectGroup {
         name: "advisory locks",

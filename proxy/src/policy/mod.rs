@@ -36,6 +36,7 @@
 //! touches any of the rule's tables"; for allow rules it is the safe reading.
 
 mod cache;
+mod catalog;
 mod classify;
 mod functions;
 mod prepared;
@@ -51,6 +52,10 @@ use std::fmt;
 pub use gatehouse_crds::policy::Operation;
 
 pub use cache::{CacheCounters, CacheStats, ClassificationCache, cache_key};
+pub use catalog::{
+    CatalogView, HARMLESS_VOLATILE, OperatorRow, Routine, Unvouched, Volatility, judge_calls, judge_function,
+    judge_operator,
+};
 pub use classify::classify;
 pub use functions::{SIDE_EFFECT_GROUPS, SideEffectGroup, side_effect_group};
 pub use prepared::{MAX_PREPARED_STATEMENTS, PreparedStatements};
@@ -115,6 +120,32 @@ impl fmt::Display for FunctionRef {
             Some(schema) => write!(f, "{schema}.{}", self.name),
             None => f.write_str(&self.name),
         }
+    }
+}
+
+/// A function or operator call that is not a read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideEffectCall {
+    /// The function or operator as the statement names it.
+    pub call: FunctionRef,
+    /// Whether it is an operator.
+    pub operator: bool,
+    /// Why it is not a read.
+    pub why: Unvouched,
+}
+
+impl fmt::Display for SideEffectCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.operator {
+            f.write_str("operator ")?;
+        }
+        let why = match &self.why {
+            Unvouched::Listed(group) => group.name,
+            Unvouched::Volatile => "volatile",
+            Unvouched::NotInCatalog => "not in the database's catalog",
+            Unvouched::CatalogUnavailable => "catalog unavailable",
+        };
+        write!(f, "{} [{why}]", self.call)
     }
 }
 
@@ -197,10 +228,16 @@ pub struct Statement {
     pub accesses: Vec<Access>,
     /// Every function called, in any position, distinct.
     pub functions: Vec<FunctionRef>,
-    /// The calls of built-ins with side effects (see [`side_effect_group`]);
-    /// when not empty, [`Operation::SideEffectFunction`] is among the
-    /// operations.
-    pub side_effect_functions: Vec<FunctionRef>,
+    /// Every operator used, in any position, distinct (`=` for `IN` and
+    /// `CASE x WHEN`, `>=` and `<=` for `BETWEEN`, ...).
+    pub operators: Vec<FunctionRef>,
+    /// Whether [`judge_calls`] has judged the functions and operators
+    /// against the database's catalog. [`decide`] refuses a statement that
+    /// calls anything and was not judged.
+    pub calls_judged: bool,
+    /// The calls that are not reads, as [`judge_calls`] found them; when not
+    /// empty, [`Operation::SideEffectFunction`] is among the operations.
+    pub side_effect_functions: Vec<SideEffectCall>,
     /// Prepared statements this statement runs or explains. [`decide`]
     /// refuses a statement whose references [`PreparedStatements::resolve`]
     /// has not replaced.
@@ -272,6 +309,7 @@ pub(crate) struct StatementBuilder {
     stmt: Statement,
     seen_accesses: HashSet<(u8, Option<TableRef>, bool)>,
     seen_functions: HashSet<FunctionRef>,
+    seen_operators: HashSet<FunctionRef>,
 }
 
 /// A stable small number per operation, for hashing (the API type derives
@@ -301,15 +339,18 @@ impl StatementBuilder {
         }
     }
 
+    /// Records a function call; [`judge_calls`] decides whether it reads.
     pub(crate) fn function(&mut self, function: FunctionRef) {
-        if !self.seen_functions.insert(function.clone()) {
-            return;
+        if self.seen_functions.insert(function.clone()) {
+            self.stmt.functions.push(function);
         }
-        if side_effect_group(&function.name).is_some() {
-            self.op(Operation::SideEffectFunction);
-            self.stmt.side_effect_functions.push(function.clone());
+    }
+
+    /// Records an operator use; [`judge_calls`] decides whether it reads.
+    pub(crate) fn operator(&mut self, operator: FunctionRef) {
+        if self.seen_operators.insert(operator.clone()) {
+            self.stmt.operators.push(operator);
         }
-        self.stmt.functions.push(function);
     }
 
     pub(crate) fn execute(&mut self, execute: ExecuteRef) {
@@ -367,6 +408,9 @@ impl StatementBuilder {
     fn merge_calls(&mut self, other: &Statement) {
         for f in &other.functions {
             self.function(f.clone());
+        }
+        for o in &other.operators {
+            self.operator(o.clone());
         }
         if other.constant_sensitive {
             self.constant_sensitive();

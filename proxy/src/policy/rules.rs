@@ -383,6 +383,17 @@ fn decide_statement(applicable: &[&CompiledPolicy], identity: &Identity, stmt: &
             ),
         };
     }
+    if !stmt.calls_judged && !(stmt.functions.is_empty() && stmt.operators.is_empty()) {
+        // Whether a call is a read is the catalog's to say; nothing judged
+        // it, so nothing vouches for it.
+        return Decision::Deny {
+            policy: String::new(),
+            rule: DEFAULT_DENY.to_owned(),
+            hint:
+                "the statement's function and operator calls were not checked against the database's catalog"
+                    .to_owned(),
+        };
+    }
     let mut worst: Option<Decision> = None;
     for access in &stmt.accesses {
         let d = decide_access(applicable, identity, stmt, access);

@@ -8,13 +8,32 @@ use gatehouse_crds::PolicySpec;
 use gatehouse_crds::policy::Operation::{self, *};
 use serde_json::json;
 
+use super::catalog::FixtureCatalog;
 use super::*;
 
 // ---------------------------------------------------------------- helpers
 
+/// The PostgreSQL 15 catalog, with a user's functions and operators in
+/// `public`: `purge_orders()` (volatile, deletes), `monthly_total()`
+/// (stable), `purge_agg` (an aggregate whose state function is volatile)
+/// and `###` (an operator whose function is volatile).
+fn test_catalog() -> &'static FixtureCatalog {
+    static CATALOG: std::sync::OnceLock<FixtureCatalog> = std::sync::OnceLock::new();
+    CATALOG.get_or_init(|| {
+        let mut c = FixtureCatalog::pg15();
+        c.function("purge_orders", "public", Volatility::Volatile, "");
+        c.function("monthly_total", "public", Volatility::Stable, "");
+        c.function("purge_agg", "public", Volatility::Volatile, "");
+        c.function("lo_summary", "reports", Volatility::Stable, "");
+        c.operator("###", "public", Volatility::Volatile);
+        c
+    })
+}
+
+/// `sql` classified, with its calls judged against [`test_catalog`].
 fn classified(sql: &str) -> Classification {
     match classify(sql) {
-        Ok(c) => c,
+        Ok(c) => judge_calls(&c, test_catalog()),
         Err(e) => panic!("{sql:?} should classify, got {e}"),
     }
 }
@@ -467,7 +486,127 @@ fn ordinary_functions_are_not_side_effects() {
     let s = one("SELECT lower(name), count(*), now(), currval('s') FROM orders GROUP BY 1");
     assert_eq!(s.operations, vec![Select]);
     assert_eq!(s.functions.len(), 4);
+    assert!(s.calls_judged && s.side_effect_functions.is_empty());
     assert_allowed("SELECT lower(name), count(*), now() FROM orders GROUP BY 1");
+}
+
+/// The catalog, not the name, says whether a call reads.
+#[test]
+fn calls_the_catalog_cannot_vouch_for_are_side_effects() {
+    let side_effect = [
+        // A user's volatile function that deletes, however it is named.
+        "SELECT purge_orders()",
+        "SELECT public.purge_orders()",
+        "SELECT * FROM orders WHERE id = (SELECT purge_orders())",
+        "SELECT count(*) FROM orders WHERE purge_orders() IS NULL",
+        // An aggregate whose state function is volatile: PostgreSQL marks
+        // every aggregate IMMUTABLE, so the support functions decide.
+        "SELECT purge_agg(id) FROM orders",
+        // Extensions' functions.
+        "SELECT heap_force_kill('orders'::regclass, ARRAY['(0,1)']::tid[])",
+        "SELECT pg_stat_statements_reset()",
+        "SELECT * FROM xpath_table('id', 'doc', 'orders', '/a', 'true') AS t(id int, a text)",
+        "SELECT * FROM crosstab('SELECT purge_orders()') AS t(a int)",
+        // Built-ins a name list forgot: volatile in the catalog.
+        "SELECT pg_nextoid('pg_class'::regclass, 'oid', 'pg_class_oid_index'::regclass)",
+        "SELECT brin_summarize_range('orders_brin'::regclass, 0)",
+        "SELECT gin_clean_pending_list('orders_gin'::regclass)",
+        "SELECT * FROM pg_hba_file_rules()",
+        "SELECT pg_export_snapshot()",
+        // A volatile overload among harmless ones: ts_rewrite(query, text) runs its text.
+        "SELECT ts_rewrite('a'::tsquery, 'SELECT purge_orders()')",
+        // A name the catalog does not hold.
+        "SELECT no_such_function()",
+        "SELECT nosuchschema.lower('x')",
+        // A function another session created in its temporary schema.
+        "SELECT pg_temp.purge()",
+        // An operator whose function is volatile, however it is written.
+        "SELECT 1 ### 2",
+        "SELECT 1 OPERATOR(public.###) 2",
+        "SELECT * FROM orders WHERE id ### 1",
+        "SELECT * FROM orders ORDER BY id USING ###",
+        "SELECT 1 WHERE 1 ### ANY (SELECT 1)",
+    ];
+    for sql in side_effect {
+        let c = classified(sql);
+        assert!(
+            c.statements
+                .iter()
+                .any(|s| s.has(SideEffectFunction) && !s.side_effect_functions.is_empty()),
+            "{sql:?} should be a side effect: {c:?}"
+        );
+        assert_denied(sql);
+    }
+    // The hint says why.
+    let d = decision("SELECT purge_orders()");
+    assert!(
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("purge_orders [volatile]")),
+        "{d:?}"
+    );
+    let d = decision("SELECT no_such_function()");
+    assert!(
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("not in the database's catalog")),
+        "{d:?}"
+    );
+    let d = decision("SELECT 1 ### 2");
+    assert!(
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("operator ### [volatile]")),
+        "{d:?}"
+    );
+}
+
+/// Harmless reads that exact-name and prefix matching used to refuse.
+#[test]
+fn reads_the_catalog_vouches_for_are_allowed() {
+    for sql in [
+        "SELECT monthly_total()",
+        "SELECT reports.lo_summary()",
+        "SELECT lower(item), count(*), now(), currval('s') FROM orders GROUP BY 1",
+        "SELECT pg_relation_size('orders'), pg_total_relation_size('orders')",
+        "SELECT random(), clock_timestamp(), gen_random_uuid()",
+        "SELECT * FROM orders WHERE id BETWEEN 1 AND 10 AND item LIKE 'a%' AND id IN (1, 2)",
+        "SELECT CASE id WHEN 1 THEN 'one' END FROM orders",
+        "SELECT * FROM orders WHERE id = ANY (SELECT 1) ORDER BY id USING <",
+        "SELECT 1 OPERATOR(pg_catalog.=) 1",
+        "SELECT extract(year FROM now()), substring('abc' FROM 2), trim('  x ')",
+        "SELECT pg_catalog.lower('X')",
+    ] {
+        assert_allowed(sql);
+    }
+    // Operators are found wherever the grammar hides them.
+    let s = one("SELECT * FROM orders WHERE id NOT BETWEEN 1 AND 2 AND CASE id WHEN 1 THEN true END");
+    let names: Vec<&str> = s.operators.iter().map(|o| o.name.as_str()).collect();
+    for op in ["<", ">", "="] {
+        assert!(names.contains(&op), "{op} in {names:?}");
+    }
+}
+
+/// A path that forgets to judge calls against the catalog denies them.
+#[test]
+fn unjudged_calls_are_denied() {
+    let c = classify("SELECT lower('x')").unwrap_or_default();
+    assert!(!c.statements[0].calls_judged);
+    let d = decide(&design_policies(), &planner(), &c);
+    assert!(
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("not checked against the database's catalog")),
+        "{d:?}"
+    );
+    // A catalog that cannot be read vouches for nothing.
+    struct Unreadable;
+    impl CatalogView for Unreadable {
+        fn routines(&self, _: &str) -> Option<&[Routine]> {
+            None
+        }
+        fn operators(&self, _: &str) -> Option<&[OperatorRow]> {
+            None
+        }
+    }
+    let judged = judge_calls(&c, &Unreadable);
+    assert!(!decide(&design_policies(), &planner(), &judged).is_allow());
+    assert_eq!(
+        judged.statements[0].side_effect_functions[0].why,
+        Unvouched::CatalogUnavailable
+    );
 }
 
 #[test]
@@ -548,8 +687,9 @@ fn prepare_and_execute_are_tracked_per_session() {
     assert!(resolved.is_ok());
     assert_eq!(session.len(), 1);
 
+    // Calls are judged on the statement as it runs, after resolving.
     let exec = match session.resolve(&classified("EXECUTE del(42)")) {
-        Ok(c) => c,
+        Ok(c) => judge_calls(&c, test_catalog()),
         Err(e) => panic!("{e}"),
     };
     assert_eq!(exec.operations(), vec![Delete]);
@@ -566,7 +706,9 @@ fn prepare_and_execute_are_tracked_per_session() {
     ));
 
     // Side effects in the parameters count too.
-    let exec = session.resolve(&classified("EXECUTE del(length(pg_read_file('x')))"));
+    let exec = session
+        .resolve(&classified("EXECUTE del(length(pg_read_file('x')))"))
+        .map(|c| judge_calls(&c, test_catalog()));
     assert!(exec.is_ok_and(|c| c.statements[0].has(SideEffectFunction) && c.statements[0].has(Delete)));
 
     // EXPLAIN EXECUTE only plans; EXPLAIN ANALYZE EXECUTE and CREATE TABLE AS EXECUTE run it.
@@ -664,10 +806,11 @@ fn select_into_and_locking_are_writes() {
 fn call_merge_truncate_grant_and_set_role() {
     let s = one("CALL app.archive_orders(30)");
     assert_eq!(s.operations, vec![Call]);
-    assert!(s.functions.contains(&FunctionRef {
-        schema: Some("app".into()),
-        name: "archive_orders".into()
-    }));
+    // The procedure is the class `call`, not a function call...
+    assert!(s.functions.is_empty(), "{s:?}");
+    // ...and its arguments are walked like any expression.
+    let s = one("CALL app.archive_orders(pg_read_file('x'))");
+    assert_eq!(s.operations, vec![Call, SideEffectFunction]);
     assert_denied("CALL app.archive_orders(30)");
     let s = one(
         "MERGE INTO orders o USING staging s ON o.id = s.id WHEN MATCHED THEN UPDATE SET total = s.total WHEN NOT MATCHED THEN INSERT VALUES (s.id)",
@@ -1116,7 +1259,7 @@ fn an_invalid_selector_denies_the_subjects_named() {
 fn side_effect_hints_name_the_function() {
     let d = decision("SELECT pg_read_file('/etc/passwd')");
     assert!(
-        matches!(&d, Decision::Deny { hint, .. } if hint.contains("sideEffectFunction (pg_read_file)")),
+        matches!(&d, Decision::Deny { hint, .. } if hint.contains("sideEffectFunction (pg_read_file [server files])")),
         "{d:?}"
     );
 }

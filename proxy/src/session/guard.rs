@@ -47,12 +47,20 @@ impl Guard {
     /// `Ok(None)` when it runs, `Ok(Some(need))` when it runs once approved.
     /// A proxy that cannot ask for approval (outside a cluster) refuses
     /// what needs it.
-    fn decide(&mut self, classification: &Classification, can_hold: bool) -> Result<Option<Need>, Refusal> {
+    async fn decide(
+        &mut self,
+        classification: &Classification,
+        can_hold: bool,
+    ) -> Result<Option<Need>, Refusal> {
         let runtime = self.shared.runtime();
         let resolved = self
             .prepared
             .resolve(classification)
             .map_err(|e| self.refuse(&e))?;
+        // Whether each function and operator call reads is the target's
+        // catalog's to say, for the statement as it runs (after EXECUTE
+        // took its prepared statement's calls).
+        let resolved = self.shared.catalog().judge(&runtime, resolved).await;
         let decision = policy::decide(&runtime.policies, &self.identity, &resolved);
         self.shared.metrics().statements.inc(match decision {
             Decision::Allow { .. } => StatementDecision::Allow,
@@ -110,15 +118,14 @@ impl Guard {
 }
 
 impl Judge for Guard {
-    fn judge_sql(&mut self, sql: &str) -> Verdict {
-        let judged = self
-            .shared
-            .classify(sql)
-            .map_err(|e| self.refuse(&e))
-            .and_then(|classification| {
-                self.decide(&classification, true)
-                    .map(|need| (classification, need))
-            });
+    async fn judge_sql(&mut self, sql: &str) -> Verdict {
+        let judged = match self.shared.classify(sql) {
+            Err(e) => Err(self.refuse(&e)),
+            Ok(classification) => self
+                .decide(&classification, true)
+                .await
+                .map(|need| (classification, need)),
+        };
         match &judged {
             Ok((_, Some(need))) => tracing::info!(
                 user = %self.identity.username,
@@ -188,7 +195,7 @@ impl Judge for Guard {
         }
     }
 
-    fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+    async fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
         if self.prepared.get(statement).is_none() {
             return Ok(());
         }
@@ -203,7 +210,7 @@ impl Judge for Guard {
         let execute = Classification {
             statements: vec![b.finish()],
         };
-        let decided = self.decide(&execute, false).map(drop);
+        let decided = self.decide(&execute, false).await.map(drop);
         if let Err(refusal) = &decided {
             tracing::info!(
                 user = %self.identity.username,
@@ -220,7 +227,7 @@ impl Judge for Guard {
         !self.prepared.is_empty()
     }
 
-    fn judge_function_call(&mut self) -> Result<(), Refusal> {
+    async fn judge_function_call(&mut self) -> Result<(), Refusal> {
         let call = Classification {
             statements: vec![policy::Statement {
                 operations: vec![Operation::FunctionCall],
@@ -234,7 +241,7 @@ impl Judge for Guard {
         };
         // A FunctionCall is never held: it names a function by OID, with
         // nothing an approver could read.
-        self.decide(&call, false).map(drop)
+        self.decide(&call, false).await.map(drop)
     }
 }
 
@@ -270,31 +277,36 @@ mod tests {
     /// PostgreSQL: a Bind names a statement that `PREPARE` made as readily
     /// as one a Parse made. Such a Bind runs the statement, so it is
     /// decided as `EXECUTE` of it would be.
-    #[test]
-    fn a_bind_of_a_statement_prepared_in_sql_is_decided_as_its_execute() {
+    #[tokio::test]
+    async fn a_bind_of_a_statement_prepared_in_sql_is_decided_as_its_execute() {
         let mut guard = guard();
         assert!(
             matches!(
-                guard.judge_sql("PREPARE wipe AS DELETE FROM public.orders"),
+                guard.judge_sql("PREPARE wipe AS DELETE FROM public.orders").await,
                 Verdict::Run(_)
             ),
             "premise: preparing runs nothing, and the Policy allows it"
         );
         assert!(
-            matches!(guard.judge_sql("EXECUTE wipe"), Verdict::Refuse(_)),
+            matches!(guard.judge_sql("EXECUTE wipe").await, Verdict::Refuse(_)),
             "premise: EXECUTE of it is refused (an approver would not see it)"
         );
-        let refusal = guard.judge_bind("wipe").expect_err("the Bind runs the DELETE");
+        let refusal = guard
+            .judge_bind("wipe")
+            .await
+            .expect_err("the Bind runs the DELETE");
         assert_eq!(refusal.sqlstate, "42501");
         assert!(refusal.message.contains("EXECUTE"), "{refusal:?}");
 
         assert!(matches!(
-            guard.judge_sql("PREPARE look AS SELECT * FROM public.orders"),
+            guard
+                .judge_sql("PREPARE look AS SELECT * FROM public.orders")
+                .await,
             Verdict::Run(_)
         ));
-        assert_eq!(guard.judge_bind("look"), Ok(()), "a read runs");
+        assert_eq!(guard.judge_bind("look").await, Ok(()), "a read runs");
         assert_eq!(
-            guard.judge_bind("made_by_parse"),
+            guard.judge_bind("made_by_parse").await,
             Ok(()),
             "a Parse's statement was judged at the Parse"
         );

@@ -79,16 +79,16 @@ pub enum Verdict {
 /// What the relay asks the policy about a statement.
 pub trait Judge {
     /// The verdict on `sql`.
-    fn judge_sql(&mut self, sql: &str) -> Verdict;
+    fn judge_sql(&mut self, sql: &str) -> impl Future<Output = Verdict> + Send;
     /// Whether a protocol-level FunctionCall may run.
-    fn judge_function_call(&mut self) -> Result<(), Refusal>;
+    fn judge_function_call(&mut self) -> impl Future<Output = Result<(), Refusal>> + Send;
     /// Whether a Bind of `statement` may run, for a statement the session
     /// prepared in SQL (`PREPARE`), which shares its namespace with the
     /// Parse messages': a Bind of it runs it as `EXECUTE` would. Statements
     /// a Parse made were judged at the Parse.
-    fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+    fn judge_bind(&mut self, statement: &str) -> impl Future<Output = Result<(), Refusal>> + Send {
         let _ = statement;
-        Ok(())
+        async { Ok(()) }
     }
     /// Whether [`Judge::judge_bind`] has anything to judge (the session
     /// prepared a statement in SQL), so a Bind is worth decoding.
@@ -506,7 +506,7 @@ where
             // Between round trips: a changed masking takes effect.
             self.results.set_masker(self.judge.masker());
         }
-        match self.judged(frame)? {
+        match self.judged(frame).await? {
             Handled::Forward(before, outgoing) => {
                 self.forward(before, outgoing).await?;
             }
@@ -668,7 +668,7 @@ where
     /// The frame to forward for a client frame (a refused statement's
     /// marker in place of the statement, the masking's Describe before an
     /// Execute), or the hold of a statement that needs approval.
-    fn judged(&mut self, frame: Frame) -> Result<Handled<'s>, ProtocolError> {
+    async fn judged(&mut self, frame: Frame) -> Result<Handled<'s>, ProtocolError> {
         if self.pending.open_since.is_some() {
             // Skipped after an error earlier in the pipeline, these would get
             // no ReadyForQuery, and every answer after them would be taken
@@ -689,7 +689,7 @@ where
         let (frame, classification) = match frame.tag() {
             tag::frontend::QUERY => {
                 let query = Query::decode(&frame)?;
-                let verdict = self.judge.judge_sql(&query.sql);
+                let verdict = self.judge.judge_sql(&query.sql).await;
                 let out = match verdict {
                     Verdict::Run(classification) => {
                         self.record_statement(None, &query.sql, Ok(()));
@@ -721,7 +721,7 @@ where
             }
             tag::frontend::PARSE => {
                 let parse = Parse::decode(&frame)?;
-                match self.judge.judge_sql(&parse.sql) {
+                match self.judge.judge_sql(&parse.sql).await {
                     Verdict::Run(classification) => {
                         self.replace_held(&parse.statement, None);
                         self.record_statement(Some(&parse.statement), &parse.sql, Ok(()));
@@ -758,7 +758,7 @@ where
             tag::frontend::BIND if !self.held_statements.is_empty() || self.judge.judges_binds() => {
                 let bind = Bind::decode(&frame)?;
                 let open = self.pending.open_id;
-                let judged = self.judge.judge_bind(&bind.statement);
+                let judged = self.judge.judge_bind(&bind.statement).await;
                 let held = match (judged, self.held_statements.get(&bind.statement)) {
                     (Ok(()), None) => None,
                     (Ok(()), Some(HeldName::Held(held))) => Some(held.clone()),
@@ -803,7 +803,7 @@ where
                 (frame, None)
             }
             tag::frontend::FUNCTION_CALL => {
-                let out = match self.judge.judge_function_call() {
+                let out = match self.judge.judge_function_call().await {
                     Ok(()) => frame,
                     // A FunctionCall answers with a result and ReadyForQuery; a
                     // failing Query answers with an error and ReadyForQuery.
@@ -1004,10 +1004,10 @@ mod tests {
     struct AllowAll;
 
     impl Judge for AllowAll {
-        fn judge_sql(&mut self, _: &str) -> Verdict {
+        async fn judge_sql(&mut self, _: &str) -> Verdict {
             Verdict::Run(Arc::default())
         }
-        fn judge_function_call(&mut self) -> Result<(), Refusal> {
+        async fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())
         }
     }
@@ -1221,7 +1221,7 @@ mod hold_tests {
     }
 
     impl Judge for Holder {
-        fn judge_sql(&mut self, sql: &str) -> Verdict {
+        async fn judge_sql(&mut self, sql: &str) -> Verdict {
             if sql.contains("held") {
                 Verdict::Hold(
                     Arc::default(),
@@ -1239,12 +1239,12 @@ mod hold_tests {
                 Verdict::Run(Arc::default())
             }
         }
-        fn judge_function_call(&mut self) -> Result<(), Refusal> {
+        async fn judge_function_call(&mut self) -> Result<(), Refusal> {
             Ok(())
         }
         /// `wipe` stands for a statement the session prepared in SQL that
         /// the Policy does not let run.
-        fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
+        async fn judge_bind(&mut self, statement: &str) -> Result<(), Refusal> {
             if statement == "wipe" {
                 return Err(Refusal {
                     sqlstate: sqlstate::INSUFFICIENT_PRIVILEGE,
