@@ -57,3 +57,33 @@ INSERT INTO api_credentials (id, service, api_key, config, blob, note) VALUES
  (6, 'internal', 'password=hunter2-but-longer',
      '{"secret": "token: abcdef0123456789abcdef0123456789"}',
      NULL, 'generic assignments');
+
+-- Functions an agent might find: a STABLE report, a VOLATILE purge that
+-- deletes, an aggregate and an operator that call it, and extensions whose
+-- functions act outside the tables. A read-only agent may call the report
+-- and none of the others.
+CREATE FUNCTION open_order_count() RETURNS bigint
+    LANGUAGE sql STABLE AS $$ SELECT count(*) FROM orders WHERE status = 'open' $$;
+CREATE FUNCTION purge_orders() RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+DECLARE n bigint;
+BEGIN
+    DELETE FROM orders WHERE status = 'shipped';
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+CREATE FUNCTION purge_step(total bigint, id bigint) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM orders WHERE orders.id = purge_step.id;
+    RETURN coalesce(total, 0) + 1;
+END $$;
+-- PostgreSQL marks every aggregate IMMUTABLE, whatever its state function does.
+CREATE AGGREGATE purge_all(bigint) (SFUNC = purge_step, STYPE = bigint);
+CREATE FUNCTION purge_eq(a bigint, b bigint) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM orders WHERE id = a;
+    RETURN a = b;
+END $$;
+CREATE OPERATOR ### (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = purge_eq);
+CREATE EXTENSION pg_surgery;
+CREATE EXTENSION pg_stat_statements;
+CREATE EXTENSION tablefunc;

@@ -91,6 +91,8 @@ fn main() -> ExitCode {
         drivers::a_function_call_message_is_refused,
         drivers::evasions_are_refused_over_the_extended_protocol,
         drivers::evasions_are_refused_over_the_simple_protocol_and_literals_are_not,
+        drivers::evasions_are_refused_through_prepare_and_execute,
+        drivers::the_database_catalog_decides_which_calls_read,
         drivers::an_oversized_frame_is_refused_and_the_proxy_serves_the_next_client,
         drivers::a_slow_startup_is_closed_after_the_startup_timeout,
         drivers::a_client_vanishing_mid_pipeline_releases_its_backend,

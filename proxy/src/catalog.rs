@@ -44,7 +44,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// does not depend on it.
 const LOOKUP_SQL: &str = "\
 SELECT 'f', p.proname::pg_catalog.text, n.nspname::pg_catalog.text,
-       p.provolatile::pg_catalog.text || pg_catalog.coalesce((
+       p.provolatile::pg_catalog.text || COALESCE((
            SELECT pg_catalog.string_agg(s.provolatile::pg_catalog.text, '')
            FROM pg_catalog.pg_proc s
            WHERE s.oid OPERATOR(pg_catalog.=) ANY (ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn,

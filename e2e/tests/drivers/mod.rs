@@ -831,7 +831,31 @@ const EVASIONS: &[&str] = &[
     "SELECT * FROM orders WHERE id IN (SELECT pg_terminate_backend(pid) FROM pg_stat_activity)",
     "SELECT upper(set_config('role', 'postgres', false))",
     "SELECT (SELECT count(*) FROM pg_ls_dir('.')) AS n",
+    // Functions the database's catalog does not vouch for (e2e/sql/seed.sql):
+    // a user's VOLATILE purge, in any position...
+    "SELECT purge_orders()",
+    "SELECT id FROM orders WHERE purge_orders() > 0",
+    "SELECT public.purge_orders() AS n",
+    // ...an aggregate and an operator that call it...
+    "SELECT purge_all(id) FROM orders",
+    "SELECT count(*) FROM orders WHERE id ### 1",
+    // ...extensions' functions, one of them STABLE and running its text...
+    "SELECT heap_force_kill('orders'::regclass, ARRAY['(0,1)']::tid[])",
+    "SELECT pg_stat_statements_reset()",
+    "SELECT * FROM crosstab('SELECT 1::text, 2::text, purge_orders()::text') AS t(a text, b text)",
+    // ...built-ins no list named, and a name the catalog does not hold.
+    "SELECT pg_nextoid('pg_class'::regclass, 'oid', 'pg_class_oid_index'::regclass)",
+    "SELECT pg_export_snapshot()",
+    "SELECT no_such_function()",
 ];
+
+/// Whether `sql` can follow `PREPARE name AS`.
+fn preparable(sql: &str) -> bool {
+    let head = sql.trim_start().to_ascii_uppercase();
+    ["SELECT", "WITH", "VALUES", "INSERT", "UPDATE", "DELETE", "MERGE"]
+        .iter()
+        .any(|k| head.starts_with(k))
+}
 
 pub async fn evasions_are_refused_over_the_extended_protocol(env: Arc<TestEnv>) -> anyhow::Result<()> {
     let proxy = crate::proxy::proxy(&env).await?;
@@ -897,6 +921,83 @@ pub async fn evasions_are_refused_over_the_simple_protocol_and_literals_are_not(
         });
         ensure!(value.as_deref() == Some(expected), "{sql} gave {value:?}");
     }
+    ensure!(orders_count(&env).await? == 1000, "orders lost rows");
+    Ok(())
+}
+
+/// Every evasion again through SQL-level PREPARE and EXECUTE, with a Policy
+/// that lets the agent prepare. Preparing runs nothing, so a PREPARE may
+/// pass (a side-effect call in it is refused at once: the planner may run
+/// it); its EXECUTE is always refused.
+pub async fn evasions_are_refused_through_prepare_and_execute(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    let gate = edge(&env).await?;
+    let client = agent(gate.port, AGENT_TOKEN).await?;
+    let mut prepared = 0;
+    for (i, sql) in EVASIONS.iter().filter(|s| preparable(s)).enumerate() {
+        let prepare = format!("PREPARE ev{i} AS {sql}");
+        match client.batch_execute(&prepare).await {
+            Ok(()) => prepared += 1,
+            refused => ensure_refused(refused, &prepare)?,
+        }
+        let execute = format!("EXECUTE ev{i}");
+        ensure_refused(client.batch_execute(&execute).await, &execute)?;
+        // Over the extended protocol too.
+        ensure_refused(client.query(&execute, &[]).await, &format!("extended {execute}"))?;
+    }
+    ensure!(prepared > 0, "premise: the Policy lets some statements be prepared");
+    // The same, prepared and run in one query.
+    let both = "PREPARE evboth AS SELECT purge_orders(); EXECUTE evboth";
+    ensure_refused(client.batch_execute(both).await, both)?;
+    ensure!(orders_count(&env).await? == 1000, "orders lost rows");
+    Ok(())
+}
+
+/// What the catalog vouches for runs, including a function created after
+/// the proxy started; what it does not is refused with a hint that says why.
+pub async fn the_database_catalog_decides_which_calls_read(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    let proxy = crate::proxy::proxy(&env).await?;
+    let client = agent(proxy.port, AGENT_TOKEN).await?;
+    let open: i64 = client.query_one("SELECT open_order_count()", &[]).await?.get(0);
+    ensure!(open == 800, "open_order_count() gave {open}");
+    let row = client
+        .query_one(
+            "SELECT pg_relation_size('orders') > 0, random() < 2, length(gen_random_uuid()::text)",
+            &[],
+        )
+        .await?;
+    ensure!(row.get::<_, bool>(0) && row.get::<_, bool>(1) && row.get::<_, i32>(2) == 36);
+
+    // Unknown until created: refused, then found without a restart.
+    let err = client
+        .query_one("SELECT shipped_order_count()", &[])
+        .await
+        .expect_err("an unknown function ran");
+    let db = err.as_db_error().context("not a server error")?;
+    ensure!(
+        db.code() == &SqlState::INSUFFICIENT_PRIVILEGE && db.hint().is_some_and(|h| h.contains("not in the database's catalog")),
+        "{db:?}"
+    );
+    let admin = env.postgres.superuser(DATABASE).await?;
+    admin
+        .batch_execute(
+            "CREATE FUNCTION shipped_order_count() RETURNS bigint LANGUAGE sql STABLE \
+             AS $$ SELECT count(*) FROM orders WHERE status = 'shipped' $$",
+        )
+        .await?;
+    let shipped: i64 = client.query_one("SELECT shipped_order_count()", &[]).await?.get(0);
+    ensure!(shipped == 200, "shipped_order_count() gave {shipped}");
+    admin.batch_execute("DROP FUNCTION shipped_order_count()").await?;
+
+    // The hint names the call and why it is refused.
+    let err = client
+        .query_one("SELECT purge_orders()", &[])
+        .await
+        .expect_err("purge ran");
+    let db = err.as_db_error().context("not a server error")?;
+    ensure!(
+        db.hint().is_some_and(|h| h.contains("purge_orders [volatile]")),
+        "{db:?}"
+    );
     ensure!(orders_count(&env).await? == 1000, "orders lost rows");
     Ok(())
 }

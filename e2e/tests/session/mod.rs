@@ -134,12 +134,13 @@ pub async fn sessions_that_the_policy_could_misread_are_refused(env: Arc<TestEnv
         .context("the SET ran")?;
     ensure!(err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE), "{err}");
 
-    // ...but a function can flip it where no statement shows it. The
-    // server reports the change and the proxy closes the session.
+    // ...but a function can flip it where no statement shows it (STABLE,
+    // so the catalog vouches for the call: set_config is no data change).
+    // The server reports the change and the proxy closes the session.
     let admin = env.postgres.superuser(DATABASE).await?;
     admin
         .batch_execute(
-            "CREATE OR REPLACE FUNCTION public.legacy_strings() RETURNS int LANGUAGE sql AS \
+            "CREATE OR REPLACE FUNCTION public.legacy_strings() RETURNS int LANGUAGE sql STABLE AS \
              $$ SELECT 1 FROM (SELECT set_config('standard_conforming_strings', 'off', false)) s $$;
              GRANT EXECUTE ON FUNCTION public.legacy_strings() TO PUBLIC;",
         )
