@@ -87,3 +87,10 @@ CREATE OPERATOR ### (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = purge_eq);
 CREATE EXTENSION pg_surgery;
 CREATE EXTENSION pg_stat_statements;
 CREATE EXTENSION tablefunc;
+-- Called as o.purge_order or (o).purge_order (attribute notation), it is a
+-- column to the eye and a call to the server.
+CREATE FUNCTION purge_order(o orders) RETURNS bigint LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM orders WHERE id = o.id;
+    RETURN o.id;
+END $$;

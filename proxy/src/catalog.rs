@@ -35,15 +35,17 @@ pub const FRESH_FOR: Duration = Duration::from_secs(60);
 /// vouched for.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every routine and operator of the names asked for, one row each:
-/// `f` rows give the routine's own volatility followed by its aggregate
-/// support functions' (PostgreSQL marks every aggregate IMMUTABLE whatever
-/// its state function does) and its extension; `o` rows give the volatility
-/// of the operator's function (none for a shell operator). Every name is
-/// schema-qualified: the session's search_path is set too, but the query
-/// does not depend on it.
+/// Every routine and operator of the names asked for, one row each. `f`
+/// rows give the routine's argument count, its own volatility followed by
+/// its aggregate support functions' (PostgreSQL marks every aggregate
+/// IMMUTABLE whatever its state function does), and its extension. `o` rows
+/// give the volatility of the operator's function (none for a shell
+/// operator). Functions that take an `internal` argument are left out: SQL
+/// cannot call them (index, table-sample and planner support), and a column
+/// named like one (`system`) is no call. Every name is schema-qualified: the
+/// session's search_path is set too, but the query does not depend on it.
 const LOOKUP_SQL: &str = "\
-SELECT 'f', p.proname::pg_catalog.text, n.nspname::pg_catalog.text,
+SELECT 'f', p.proname::pg_catalog.text, n.nspname::pg_catalog.text, p.pronargs::pg_catalog.text,
        p.provolatile::pg_catalog.text || COALESCE((
            SELECT pg_catalog.string_agg(s.provolatile::pg_catalog.text, '')
            FROM pg_catalog.pg_proc s
@@ -57,8 +59,10 @@ LEFT JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog
     AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
 LEFT JOIN pg_catalog.pg_extension e ON e.oid OPERATOR(pg_catalog.=) d.refobjid
 WHERE p.proname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text[])
+  AND NOT ('pg_catalog.internal'::pg_catalog.regtype::pg_catalog.oid OPERATOR(pg_catalog.=)
+           ANY (p.proargtypes::pg_catalog.oid[]))
 UNION ALL
-SELECT 'o', o.oprname::pg_catalog.text, n.nspname::pg_catalog.text, p.provolatile::pg_catalog.text, NULL
+SELECT 'o', o.oprname::pg_catalog.text, n.nspname::pg_catalog.text, NULL, p.provolatile::pg_catalog.text, NULL
 FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace
 LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode
@@ -137,6 +141,7 @@ impl Catalog {
         let mut operators = HashSet::new();
         for stmt in &classification.statements {
             functions.extend(stmt.functions.iter().map(|f| f.name.as_str()));
+            functions.extend(stmt.attribute_calls.iter().map(|f| f.name.as_str()));
             operators.extend(stmt.operators.iter().map(|o| o.name.as_str()));
         }
         if functions.is_empty() && operators.is_empty() {
@@ -340,8 +345,8 @@ fn read_row(row: &DataRow, found: &mut Found) -> Result<(), LookupError> {
         .cells()
         .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
         .collect();
-    let [Some(kind), Some(name), Some(schema), volatility, extension] =
-        <[Option<String>; 5]>::try_from(cells).map_err(|_| LookupError::Row)?
+    let [Some(kind), Some(name), Some(schema), arity, volatility, extension] =
+        <[Option<String>; 6]>::try_from(cells).map_err(|_| LookupError::Row)?
     else {
         return Err(LookupError::Row);
     };
@@ -352,6 +357,7 @@ fn read_row(row: &DataRow, found: &mut Found) -> Result<(), LookupError> {
     match kind.as_str() {
         "f" => found.0.entry(name).or_default().push(Routine {
             schema,
+            arity: arity.and_then(|a| a.parse().ok()).ok_or(LookupError::Row)?,
             volatility: worst.unwrap_or(Volatility::Volatile),
             extension,
         }),

@@ -839,6 +839,9 @@ const EVASIONS: &[&str] = &[
     // ...an aggregate and an operator that call it...
     "SELECT purge_all(id) FROM orders",
     "SELECT count(*) FROM orders WHERE id ### 1",
+    // ...a function of the row, in attribute notation...
+    "SELECT o.purge_order FROM orders o WHERE id = 1",
+    "SELECT (o).purge_order FROM orders o WHERE id = 1",
     // ...extensions' functions, one of them STABLE and running its text...
     "SELECT heap_force_kill('orders'::regclass, ARRAY['(0,1)']::tid[])",
     "SELECT pg_stat_statements_reset()",
@@ -944,7 +947,10 @@ pub async fn evasions_are_refused_through_prepare_and_execute(env: Arc<TestEnv>)
         // Over the extended protocol too.
         ensure_refused(client.query(&execute, &[]).await, &format!("extended {execute}"))?;
     }
-    ensure!(prepared > 0, "premise: the Policy lets some statements be prepared");
+    ensure!(
+        prepared > 0,
+        "premise: the Policy lets some statements be prepared"
+    );
     // The same, prepared and run in one query.
     let both = "PREPARE evboth AS SELECT purge_orders(); EXECUTE evboth";
     ensure_refused(client.batch_execute(both).await, both)?;
@@ -974,7 +980,10 @@ pub async fn the_database_catalog_decides_which_calls_read(env: Arc<TestEnv>) ->
         .expect_err("an unknown function ran");
     let db = err.as_db_error().context("not a server error")?;
     ensure!(
-        db.code() == &SqlState::INSUFFICIENT_PRIVILEGE && db.hint().is_some_and(|h| h.contains("not in the database's catalog")),
+        db.code() == &SqlState::INSUFFICIENT_PRIVILEGE
+            && db
+                .hint()
+                .is_some_and(|h| h.contains("not in the database's catalog")),
         "{db:?}"
     );
     let admin = env.postgres.superuser(DATABASE).await?;
@@ -984,7 +993,10 @@ pub async fn the_database_catalog_decides_which_calls_read(env: Arc<TestEnv>) ->
              AS $$ SELECT count(*) FROM orders WHERE status = 'shipped' $$",
         )
         .await?;
-    let shipped: i64 = client.query_one("SELECT shipped_order_count()", &[]).await?.get(0);
+    let shipped: i64 = client
+        .query_one("SELECT shipped_order_count()", &[])
+        .await?
+        .get(0);
     ensure!(shipped == 200, "shipped_order_count() gave {shipped}");
     admin.batch_execute("DROP FUNCTION shipped_order_count()").await?;
 

@@ -63,6 +63,8 @@ impl Volatility {
 pub struct Routine {
     /// Its schema.
     pub schema: String,
+    /// How many arguments it declares (`pg_proc.pronargs`).
+    pub arity: u16,
     /// The worst volatility of the routine and, for an aggregate, of its
     /// support functions.
     pub volatility: Volatility,
@@ -209,6 +211,24 @@ pub fn judge_function(call: &FunctionRef, routines: &[Routine]) -> Result<(), Un
     }
 }
 
+/// The verdict on `call` as the last name of a qualified column reference
+/// (`o.purge`, `(o).purge`): PostgreSQL reads it as a call of a function of
+/// one argument, the row, when the row has no column of that name
+/// (attribute notation). Only such functions count, and a name no
+/// function of one argument has is a column.
+///
+/// # Errors
+///
+/// Why the call, if it is one, is not a read.
+pub fn judge_attribute(call: &FunctionRef, routines: &[Routine]) -> Result<(), Unvouched> {
+    let unary: Vec<Routine> = routines.iter().filter(|r| r.arity == 1).cloned().collect();
+    if unary.iter().any(|r| in_scope(call.schema.as_deref(), &r.schema)) {
+        judge_function(call, &unary)
+    } else {
+        Ok(())
+    }
+}
+
 /// The verdict on a use of operator `call`, given every operator of its name.
 ///
 /// # Errors
@@ -273,6 +293,18 @@ fn judge_statement(stmt: &Statement, view: &impl CatalogView) -> Statement {
             });
         }
     }
+    for call in &stmt.attribute_calls {
+        let verdict = view
+            .routines(&call.name)
+            .map_or(unavailable.clone(), |r| judge_attribute(call, r));
+        if let Err(why) = verdict {
+            out.side_effect_functions.push(SideEffectCall {
+                call: call.clone(),
+                operator: false,
+                why,
+            });
+        }
+    }
     for call in &stmt.operators {
         let verdict = view
             .operators(&call.name)
@@ -324,7 +356,7 @@ impl FixtureCatalog {
         let mut catalog = Self::default();
         for line in include_str!("testdata/pg15-catalog.tsv").lines() {
             let fields: Vec<&str> = line.split('\t').collect();
-            let [kind, name, schema, volatility, extension] = fields[..] else {
+            let [kind, name, schema, arity, volatility, extension] = fields[..] else {
                 panic!("bad fixture line {line:?}");
             };
             let volatility = volatility.chars().next().map(Volatility::from_code);
@@ -332,6 +364,7 @@ impl FixtureCatalog {
                 "f" => catalog.function(
                     name,
                     schema,
+                    arity.parse().unwrap_or_default(),
                     volatility.unwrap_or(Volatility::Volatile),
                     extension,
                 ),
@@ -349,9 +382,17 @@ impl FixtureCatalog {
     }
 
     /// Adds a routine (`extension` empty for none).
-    pub(crate) fn function(&mut self, name: &str, schema: &str, volatility: Volatility, extension: &str) {
+    pub(crate) fn function(
+        &mut self,
+        name: &str,
+        schema: &str,
+        arity: u16,
+        volatility: Volatility,
+        extension: &str,
+    ) {
         self.functions.entry(name.to_owned()).or_default().push(Routine {
             schema: schema.to_owned(),
+            arity,
             volatility,
             extension: (!extension.is_empty()).then(|| extension.to_owned()),
         });
@@ -394,6 +435,7 @@ mod tests {
     fn routine(schema: &str, volatility: Volatility, extension: Option<&str>) -> Routine {
         Routine {
             schema: schema.to_owned(),
+            arity: 0,
             volatility,
             extension: extension.map(str::to_owned),
         }
@@ -504,6 +546,35 @@ mod tests {
             judge_function(&call(None, "random"), &own),
             Err(Unvouched::Volatile)
         );
+    }
+
+    #[test]
+    fn attribute_notation_counts_functions_of_one_argument_only() {
+        let purge = Routine {
+            arity: 1,
+            ..routine("public", Volatile, None)
+        };
+        assert_eq!(
+            judge_attribute(&call(None, "purge_row"), &[purge.clone()]),
+            Err(Unvouched::Volatile)
+        );
+        // A column, not a function: nothing to judge.
+        assert_eq!(judge_attribute(&call(None, "status"), &[]), Ok(()));
+        // Functions of another arity cannot be called so.
+        let nullary = routine("public", Volatile, None);
+        assert_eq!(
+            judge_attribute(&call(None, "purge_orders"), &[nullary.clone()]),
+            Ok(())
+        );
+        assert_eq!(
+            judge_attribute(&call(None, "purge_row"), &[nullary, purge]),
+            Err(Unvouched::Volatile)
+        );
+        let report = Routine {
+            arity: 1,
+            ..routine("public", Stable, None)
+        };
+        assert_eq!(judge_attribute(&call(None, "total"), &[report]), Ok(()));
     }
 
     #[test]

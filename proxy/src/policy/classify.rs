@@ -433,6 +433,27 @@ impl Walker {
                 }
                 self.children(node);
             }
+            // `o.f` and `(o).f` call `f(o)` when `o` has no column `f`.
+            NodeRef::ColumnRef(column) if column.fields.len() >= 2 => {
+                if let Some(NodeEnum::String(last)) = column.fields.last().and_then(|f| f.node.as_ref()) {
+                    self.b.attribute_call(FunctionRef {
+                        schema: None,
+                        name: last.sval.clone(),
+                    });
+                }
+                self.children(node);
+            }
+            NodeRef::AIndirection(indirection) => {
+                for step in &indirection.indirection {
+                    if let Some(NodeEnum::String(name)) = &step.node {
+                        self.b.attribute_call(FunctionRef {
+                            schema: None,
+                            name: name.sval.clone(),
+                        });
+                    }
+                }
+                self.children(node);
+            }
             // Operators are calls of their functions.
             NodeRef::AExpr(expr) => {
                 for name in operator_names(expr) {

@@ -53,8 +53,8 @@ pub use gatehouse_crds::policy::Operation;
 
 pub use cache::{CacheCounters, CacheStats, ClassificationCache, cache_key};
 pub use catalog::{
-    CatalogView, HARMLESS_VOLATILE, OperatorRow, Routine, Unvouched, Volatility, judge_calls, judge_function,
-    judge_operator,
+    CatalogView, HARMLESS_VOLATILE, OperatorRow, Routine, Unvouched, Volatility, judge_attribute,
+    judge_calls, judge_function, judge_operator,
 };
 pub use classify::classify;
 pub use functions::{SIDE_EFFECT_GROUPS, SideEffectGroup, side_effect_group};
@@ -228,6 +228,10 @@ pub struct Statement {
     pub accesses: Vec<Access>,
     /// Every function called, in any position, distinct.
     pub functions: Vec<FunctionRef>,
+    /// The last names of qualified column references (`o.purge`,
+    /// `(o).purge`), distinct: PostgreSQL calls a function of one argument
+    /// by that name when the row has no such column (attribute notation).
+    pub attribute_calls: Vec<FunctionRef>,
     /// Every operator used, in any position, distinct (`=` for `IN` and
     /// `CASE x WHEN`, `>=` and `<=` for `BETWEEN`, ...).
     pub operators: Vec<FunctionRef>,
@@ -310,6 +314,7 @@ pub(crate) struct StatementBuilder {
     seen_accesses: HashSet<(u8, Option<TableRef>, bool)>,
     seen_functions: HashSet<FunctionRef>,
     seen_operators: HashSet<FunctionRef>,
+    seen_attributes: HashSet<FunctionRef>,
 }
 
 /// A stable small number per operation, for hashing (the API type derives
@@ -343,6 +348,13 @@ impl StatementBuilder {
     pub(crate) fn function(&mut self, function: FunctionRef) {
         if self.seen_functions.insert(function.clone()) {
             self.stmt.functions.push(function);
+        }
+    }
+
+    /// Records a name that may be a call in attribute notation.
+    pub(crate) fn attribute_call(&mut self, name: FunctionRef) {
+        if self.seen_attributes.insert(name.clone()) {
+            self.stmt.attribute_calls.push(name);
         }
     }
 
@@ -411,6 +423,9 @@ impl StatementBuilder {
         }
         for o in &other.operators {
             self.operator(o.clone());
+        }
+        for a in &other.attribute_calls {
+            self.attribute_call(a.clone());
         }
         if other.constant_sensitive {
             self.constant_sensitive();

@@ -15,16 +15,19 @@ use super::*;
 
 /// The PostgreSQL 15 catalog, with a user's functions and operators in
 /// `public`: `purge_orders()` (volatile, deletes), `monthly_total()`
-/// (stable), `purge_agg` (an aggregate whose state function is volatile)
-/// and `###` (an operator whose function is volatile).
+/// (stable), `purge_agg` (an aggregate whose state function is volatile),
+/// `purge_row(orders)` (volatile) and `order_total(orders)` (stable), and
+/// `###` (an operator whose function is volatile).
 fn test_catalog() -> &'static FixtureCatalog {
     static CATALOG: std::sync::OnceLock<FixtureCatalog> = std::sync::OnceLock::new();
     CATALOG.get_or_init(|| {
         let mut c = FixtureCatalog::pg15();
-        c.function("purge_orders", "public", Volatility::Volatile, "");
-        c.function("monthly_total", "public", Volatility::Stable, "");
-        c.function("purge_agg", "public", Volatility::Volatile, "");
-        c.function("lo_summary", "reports", Volatility::Stable, "");
+        c.function("purge_orders", "public", 0, Volatility::Volatile, "");
+        c.function("monthly_total", "public", 0, Volatility::Stable, "");
+        c.function("purge_agg", "public", 1, Volatility::Volatile, "");
+        c.function("lo_summary", "reports", 0, Volatility::Stable, "");
+        c.function("purge_row", "public", 1, Volatility::Volatile, "");
+        c.function("order_total", "public", 1, Volatility::Stable, "");
         c.operator("###", "public", Volatility::Volatile);
         c
     })
@@ -526,6 +529,11 @@ fn calls_the_catalog_cannot_vouch_for_are_side_effects() {
         "SELECT * FROM orders WHERE id ### 1",
         "SELECT * FROM orders ORDER BY id USING ###",
         "SELECT 1 WHERE 1 ### ANY (SELECT 1)",
+        // A function of the row in attribute notation.
+        "SELECT o.purge_row FROM orders o",
+        "SELECT (o).purge_row FROM orders o",
+        "SELECT public.orders.purge_row FROM public.orders",
+        "SELECT id FROM orders o WHERE (o.*).purge_row = 1",
     ];
     for sql in side_effect {
         let c = classified(sql);
@@ -570,6 +578,9 @@ fn reads_the_catalog_vouches_for_are_allowed() {
         "SELECT 1 OPERATOR(pg_catalog.=) 1",
         "SELECT extract(year FROM now()), substring('abc' FROM 2), trim('  x ')",
         "SELECT pg_catalog.lower('X')",
+        // Columns, and a stable function in attribute notation.
+        "SELECT o.id, o.status, o.created_at FROM orders o",
+        "SELECT o.order_total FROM orders o",
     ] {
         assert_allowed(sql);
     }
