@@ -555,7 +555,7 @@ mod tests {
             ..routine("public", Volatile, None)
         };
         assert_eq!(
-            judge_attribute(&call(None, "purge_row"), &[purge.clone()]),
+            judge_attribute(&call(None, "purge_row"), std::slice::from_ref(&purge)),
             Err(Unvouched::Volatile)
         );
         // A column, not a function: nothing to judge.
@@ -563,7 +563,7 @@ mod tests {
         // Functions of another arity cannot be called so.
         let nullary = routine("public", Volatile, None);
         assert_eq!(
-            judge_attribute(&call(None, "purge_orders"), &[nullary.clone()]),
+            judge_attribute(&call(None, "purge_orders"), std::slice::from_ref(&nullary)),
             Ok(())
         );
         assert_eq!(

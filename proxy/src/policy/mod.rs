@@ -275,6 +275,12 @@ impl Statement {
             .filter_map(|a| a.table.as_ref())
     }
 
+    /// Whether the statement calls a function or operator, or names what
+    /// may be a call in attribute notation.
+    pub fn calls_anything(&self) -> bool {
+        !(self.functions.is_empty() && self.operators.is_empty() && self.attribute_calls.is_empty())
+    }
+
     /// Whether the statement has operation `op`.
     pub fn has(&self, op: Operation) -> bool {
         self.operations.contains(&op)

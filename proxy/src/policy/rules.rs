@@ -383,9 +383,7 @@ fn decide_statement(applicable: &[&CompiledPolicy], identity: &Identity, stmt: &
             ),
         };
     }
-    if !stmt.calls_judged
-        && !(stmt.functions.is_empty() && stmt.operators.is_empty() && stmt.attribute_calls.is_empty())
-    {
+    if !stmt.calls_judged && stmt.calls_anything() {
         // Whether a call is a read is the catalog's to say; nothing judged
         // it, so nothing vouches for it.
         return Decision::Deny {
