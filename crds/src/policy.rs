@@ -167,7 +167,10 @@ pub enum Operation {
     Prepare,
     /// EXPLAIN without ANALYZE (EXPLAIN ANALYZE takes its inner statement's class).
     Explain,
-    /// Calls of built-in functions with side effects (file access, dblink, ...).
+    /// Calls of functions and operators the database's catalog does not
+    /// vouch for as reads: volatile ones (a user's or a built-in's), names
+    /// the catalog does not hold, and built-ins that act outside the tables
+    /// (file access, dblink, ...); NOTIFY.
     SideEffectFunction,
     /// The protocol-level FunctionCall message.
     FunctionCall,
