@@ -155,8 +155,13 @@ pub enum Operation {
     Role,
     /// SET, RESET, DISCARD, DEALLOCATE, LISTEN and other session settings.
     Session,
-    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT.
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, SET CONSTRAINTS.
     Transaction,
+    /// Two-phase commit: PREPARE TRANSACTION, which leaves the transaction
+    /// behind the session with its locks held, and COMMIT PREPARED and
+    /// ROLLBACK PREPARED, which finish any prepared transaction, whichever
+    /// session prepared it. Not matched by rules for `transaction`.
+    TwoPhaseCommit,
     /// VACUUM, ANALYZE, REINDEX, CLUSTER, CHECKPOINT, REFRESH MATERIALIZED VIEW.
     Maintenance,
     /// DO blocks (anonymous code).

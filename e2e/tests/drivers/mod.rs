@@ -831,6 +831,11 @@ const EVASIONS: &[&str] = &[
     "SELECT * FROM orders WHERE id IN (SELECT pg_terminate_backend(pid) FROM pg_stat_activity)",
     "SELECT upper(set_config('role', 'postgres', false))",
     "SELECT (SELECT count(*) FROM pg_ls_dir('.')) AS n",
+    // Two-phase commit finishes other sessions' prepared transactions; the
+    // agent's rule for `transaction` does not cover it.
+    "PREPARE TRANSACTION 'x'",
+    "COMMIT PREPARED 'x'",
+    "ROLLBACK PREPARED 'x'",
 ];
 
 pub async fn evasions_are_refused_over_the_extended_protocol(env: Arc<TestEnv>) -> anyhow::Result<()> {

@@ -207,7 +207,7 @@ enum Kind {
 fn stmt_kind(node: NodeRef<'_>) -> Option<Kind> {
     use Operation::{
         Call, Ddl, Do, Maintenance, Privilege, Role, Select, Session, SideEffectFunction, Transaction,
-        Truncate, Update,
+        Truncate, TwoPhaseCommit, Update,
     };
     Some(match node {
         NodeRef::SelectStmt(_) => Kind::Select,
@@ -244,6 +244,10 @@ fn stmt_kind(node: NodeRef<'_>) -> Option<Kind> {
         | NodeRef::AlterRoleStmt(_)
         | NodeRef::AlterRoleSetStmt(_)
         | NodeRef::DropRoleStmt(_) => Kind::Utility(Role),
+        // Two-phase commit acts beyond the session: a prepared transaction
+        // outlives it, holding its locks, and COMMIT/ROLLBACK PREPARED
+        // finish transactions other sessions prepared.
+        NodeRef::TransactionStmt(t) if is_two_phase(t) => Kind::Utility(TwoPhaseCommit),
         NodeRef::TransactionStmt(_) | NodeRef::ConstraintsSetStmt(_) => Kind::Utility(Transaction),
         NodeRef::ListenStmt(_) | NodeRef::UnlistenStmt(_) => Kind::Utility(Session),
         // NOTIFY is pg_notify() in statement form.
@@ -342,6 +346,18 @@ fn stmt_kind(node: NodeRef<'_>) -> Option<Kind> {
         | NodeRef::AlterCollationStmt(_) => Kind::Utility(Ddl),
         _ => return None,
     })
+}
+
+/// Whether a transaction statement is part of two-phase commit.
+fn is_two_phase(t: &pb::TransactionStmt) -> bool {
+    use pb::TransactionStmtKind as K;
+    [
+        K::TransStmtPrepare,
+        K::TransStmtCommitPrepared,
+        K::TransStmtRollbackPrepared,
+    ]
+    .iter()
+    .any(|k| *k as i32 == t.kind)
 }
 
 /// What the walker gives to a table reference it meets.

@@ -509,6 +509,7 @@ pub fn operation_name(op: Operation) -> &'static str {
         Operation::Role => "role",
         Operation::Session => "session",
         Operation::Transaction => "transaction",
+        Operation::TwoPhaseCommit => "twoPhaseCommit",
         Operation::Maintenance => "maintenance",
         Operation::Do => "do",
         Operation::Call => "call",

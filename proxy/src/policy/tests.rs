@@ -182,7 +182,12 @@ fn every_class_is_recognised() {
         ("SAVEPOINT a", &[Transaction]),
         ("ROLLBACK TO SAVEPOINT a", &[Transaction]),
         ("COMMIT", &[Transaction]),
-        ("PREPARE TRANSACTION 'x'", &[Transaction]),
+        ("PREPARE TRANSACTION 'x'", &[TwoPhaseCommit]),
+        ("COMMIT PREPARED 'x'", &[TwoPhaseCommit]),
+        ("ROLLBACK PREPARED 'x'", &[TwoPhaseCommit]),
+        ("ROLLBACK AND CHAIN", &[Transaction]),
+        ("END", &[Transaction]),
+        ("RELEASE SAVEPOINT a", &[Transaction]),
         ("SET CONSTRAINTS ALL DEFERRED", &[Transaction]),
         ("VACUUM orders", &[Maintenance]),
         ("ANALYZE orders", &[Maintenance]),
@@ -841,6 +846,45 @@ fn most_restrictive_action_wins() {
         matches!(&d, Decision::Deny { policy, rule, .. } if policy == "no-secrets" && rule == "secret-schema")
     );
     assert!(decide(&policies, &planner(), &classified("SELECT * FROM public.orders")).is_allow());
+}
+
+/// Two-phase commit finishes transactions other sessions prepared, so a
+/// rule for `transaction` (which drivers need for BEGIN and COMMIT) does not
+/// let a caller commit or roll back someone else's prepared transaction.
+#[test]
+fn two_phase_commit_is_not_matched_by_transaction_rules() {
+    let rules = |ops: serde_json::Value| {
+        vec![policy(
+            "txns",
+            json!({"connectionSelector": {}, "subjects": [{"kind": "User", "name": "alice"}],
+                   "rules": [{"name": "reads", "match": {"operations": ops}, "action": "allow"}]}),
+        )]
+    };
+    let alice = caller("alice", &[]);
+    let readers = rules(json!(["select", "transaction", "session"]));
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT a",
+        "START TRANSACTION READ ONLY",
+    ] {
+        assert!(decide(&readers, &alice, &classified(sql)).is_allow(), "{sql}");
+    }
+    for sql in [
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+        "BEGIN; SELECT 1; PREPARE TRANSACTION 'x'",
+    ] {
+        let d = decide(&readers, &alice, &classified(sql));
+        assert!(
+            matches!(&d, Decision::Deny { hint, .. } if hint.contains("no rule allows twoPhaseCommit")),
+            "{sql}: {d:?}"
+        );
+    }
+    let coordinator = rules(json!(["twoPhaseCommit"]));
+    assert!(decide(&coordinator, &alice, &classified("COMMIT PREPARED 'x'")).is_allow());
 }
 
 #[test]
