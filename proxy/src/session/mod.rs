@@ -81,6 +81,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
         idle_timeout: limits.idle_timeout,
         metrics,
         cancel: Some(&cancel),
+        read_only,
     };
     let ended = relay::relay(
         &mut client,
@@ -341,7 +342,11 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
             return Ok(None);
         }
     };
-    if let Some(why) = session.greeting.iter().find_map(relay::unsafe_parameter) {
+    if let Some(why) = session
+        .greeting
+        .iter()
+        .find_map(|frame| relay::unsafe_parameter(frame, read_only))
+    {
         tracing::warn!(reason = %why, "refusing a session the policy could not read safely");
         metrics.sessions.inc(SessionOutcome::UpstreamFailed);
         fatal(client.get_mut(), "0A000", &format!("Gatehouse: {why}")).await?;
