@@ -44,7 +44,11 @@ pub struct PolicySpec {
     /// one of its groups matches a subject.
     #[schemars(length(min = 1, max = 64))]
     pub subjects: Vec<Subject>,
-    /// Rules, each matching statements and choosing an action.
+    /// Rules, each matching statements and choosing an action. A caller
+    /// whom no allow or requireApproval rule lets write (matches an
+    /// operation other than select, explain, session, transaction, prepare
+    /// or copyTo; a rule without operations matches them all) gets a
+    /// read-only database session, and may not turn it read-write.
     #[schemars(length(min = 1, max = 64))]
     pub rules: Vec<PolicyRule>,
     /// Masking of result columns and of secret-looking values, for the callers
@@ -155,8 +159,13 @@ pub enum Operation {
     Role,
     /// SET, RESET, DISCARD, DEALLOCATE, LISTEN and other session settings.
     Session,
-    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT.
+    /// BEGIN, COMMIT, ROLLBACK, SAVEPOINT, SET TRANSACTION, SET CONSTRAINTS.
     Transaction,
+    /// Two-phase commit: PREPARE TRANSACTION, which leaves the transaction
+    /// behind the session with its locks held, and COMMIT PREPARED and
+    /// ROLLBACK PREPARED, which finish any prepared transaction, whichever
+    /// session prepared it. Not matched by rules for `transaction`.
+    TwoPhaseCommit,
     /// VACUUM, ANALYZE, REINDEX, CLUSTER, CHECKPOINT, REFRESH MATERIALIZED VIEW.
     Maintenance,
     /// DO blocks (anonymous code).

@@ -22,6 +22,7 @@ mod proxy;
 mod recording;
 mod session;
 mod tls;
+mod wall;
 
 /// The ApprovalRequest admission policy: tests that rely on it (every
 /// [`admission::Namespace`], the holds) hold it shared; the test that
@@ -97,6 +98,10 @@ fn main() -> ExitCode {
         drivers::a_slow_startup_is_closed_after_the_startup_timeout,
         drivers::a_client_vanishing_mid_pipeline_releases_its_backend,
         drivers::an_unknown_protocol_version_gets_a_fatal_error,
+        wall::a_write_the_classifier_cannot_see_is_refused_by_postgresql,
+        wall::every_way_to_turn_the_read_only_session_off_is_refused,
+        wall::a_function_that_turns_the_session_read_write_ends_it,
+        wall::a_caller_whose_policy_allows_a_write_gets_a_read_write_session,
         masking::psql_gets_every_secret_masked_in_rows_copy_and_errors,
         masking::tokio_postgres_gets_binary_results_masked,
         masking::psycopg_gets_text_and_binary_results_masked,

@@ -69,8 +69,7 @@ LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode
 WHERE o.oprname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[])";
 
 /// What the session runs once, before any lookup.
-const SESSION_SQL: &str = "SET search_path = pg_catalog, pg_temp; SET default_transaction_read_only = on; \
-     SET statement_timeout = '5s'";
+const SESSION_SQL: &str = "SET search_path = pg_catalog, pg_temp; SET statement_timeout = '5s'";
 
 /// An answer kept with when it was given.
 #[derive(Debug)]
@@ -385,8 +384,13 @@ async fn open(runtime: &Runtime) -> Result<Framed<ServerStream, FrameCodec>, Loo
         ("application_name", "gatehouse catalog"),
         ("client_encoding", "UTF8"),
     ]);
-    let session =
-        upstream::connect(&runtime.config.upstream, runtime.upstream_tls.as_ref(), &startup).await?;
+    let session = upstream::connect(
+        &runtime.config.upstream,
+        runtime.upstream_tls.as_ref(),
+        &startup,
+        true,
+    )
+    .await?;
     let mut conn = session.conn;
     conn.send(Query::new(SESSION_SQL).to_frame()?).await?;
     let mut failed = None;

@@ -850,6 +850,11 @@ const EVASIONS: &[&str] = &[
     "SELECT pg_nextoid('pg_class'::regclass, 'oid', 'pg_class_oid_index'::regclass)",
     "SELECT pg_export_snapshot()",
     "SELECT no_such_function()",
+    // Two-phase commit finishes other sessions' prepared transactions; the
+    // agent's rule for `transaction` does not cover it.
+    "PREPARE TRANSACTION 'x'",
+    "COMMIT PREPARED 'x'",
+    "ROLLBACK PREPARED 'x'",
 ];
 
 /// Whether `sql` can follow `PREPARE name AS`.

@@ -207,7 +207,7 @@ enum Kind {
 fn stmt_kind(node: NodeRef<'_>) -> Option<Kind> {
     use Operation::{
         Call, Ddl, Do, Maintenance, Privilege, Role, Select, Session, SideEffectFunction, Transaction,
-        Truncate, Update,
+        Truncate, TwoPhaseCommit, Update,
     };
     Some(match node {
         NodeRef::SelectStmt(_) => Kind::Select,
@@ -244,6 +244,10 @@ fn stmt_kind(node: NodeRef<'_>) -> Option<Kind> {
         | NodeRef::AlterRoleStmt(_)
         | NodeRef::AlterRoleSetStmt(_)
         | NodeRef::DropRoleStmt(_) => Kind::Utility(Role),
+        // Two-phase commit acts beyond the session: a prepared transaction
+        // outlives it, holding its locks, and COMMIT/ROLLBACK PREPARED
+        // finish transactions other sessions prepared.
+        NodeRef::TransactionStmt(t) if is_two_phase(t) => Kind::Utility(TwoPhaseCommit),
         NodeRef::TransactionStmt(_) | NodeRef::ConstraintsSetStmt(_) => Kind::Utility(Transaction),
         NodeRef::ListenStmt(_) | NodeRef::UnlistenStmt(_) => Kind::Utility(Session),
         // NOTIFY is pg_notify() in statement form.
@@ -344,6 +348,18 @@ fn stmt_kind(node: NodeRef<'_>) -> Option<Kind> {
     })
 }
 
+/// Whether a transaction statement is part of two-phase commit.
+fn is_two_phase(t: &pb::TransactionStmt) -> bool {
+    use pb::TransactionStmtKind as K;
+    [
+        K::TransStmtPrepare,
+        K::TransStmtCommitPrepared,
+        K::TransStmtRollbackPrepared,
+    ]
+    .iter()
+    .any(|k| *k as i32 == t.kind)
+}
+
 /// What the walker gives to a table reference it meets.
 #[derive(Debug, Clone, Copy)]
 struct Ctx {
@@ -429,6 +445,9 @@ impl Walker {
             NodeRef::RangeVar(rv) => self.range_var(rv),
             NodeRef::FuncCall(call) => {
                 if let Some(f) = function_ref(&call.funcname) {
+                    if f.name.eq_ignore_ascii_case("set_config") {
+                        self.set_config(call);
+                    }
                     self.b.function(f);
                 }
                 self.children(node);
@@ -627,6 +646,12 @@ impl Walker {
                     self.children(NodeRef::FuncCall(funccall));
                 }
             }
+            (Kind::Utility(op), NodeRef::TransactionStmt(t)) => {
+                if read_write_mode(&t.options) {
+                    self.b.leaves_read_only(READ_WRITE_MODE);
+                }
+                self.utility(op, node);
+            }
             (Kind::Utility(op), _) => self.utility(op, node),
             (Kind::Utility2(op, also), _) => {
                 self.b.op(also);
@@ -739,6 +764,8 @@ impl Walker {
                         schema: Some("pg_catalog".to_owned()),
                         name: "set_config".to_owned(),
                     });
+                    self.b
+                        .leaves_read_only("a write to pg_settings, which sets settings by name");
                 }
             }
             None => self.b.op(op),
@@ -796,10 +823,66 @@ impl Walker {
         self.children_except(node, &["relation"]);
     }
 
+    /// `set_config(name, value, is_local)` sets any setting by name; one
+    /// that may name a read-only setting may turn a read-only session
+    /// read-write. Looking at the name's value makes the classification
+    /// constant-sensitive (`set_config('search_path', ...)` and
+    /// `set_config('transaction_read_only', ...)` share a cache key).
+    fn set_config(&mut self, call: &pb::FuncCall) {
+        self.b.constant_sensitive();
+        // The parser has decoded E'', U&'' and dollar-quoted strings.
+        let name = match call
+            .args
+            .first()
+            .and_then(|a| a.node.as_ref())
+            .and_then(const_value)
+        {
+            // PostgreSQL compares setting names ignoring ASCII case, and
+            // trims nothing; trimming here only errs on the safe side.
+            Some(Value::Text(name)) => Some(name.trim()),
+            _ => None,
+        };
+        match name {
+            Some(n) if n.eq_ignore_ascii_case("default_transaction_read_only") => self
+                .b
+                .leaves_read_only("set_config of default_transaction_read_only"),
+            Some(n) if n.eq_ignore_ascii_case("transaction_read_only") => {
+                self.b.leaves_read_only("set_config of transaction_read_only");
+            }
+            Some(_) => {}
+            // A column, a parameter, an expression, a cast, a named
+            // argument, a number: it could be either name.
+            None => self
+                .b
+                .leaves_read_only("set_config of a setting whose name is not a string constant"),
+        }
+    }
+
     fn variable_set(&mut self, s: &pb::VariableSetStmt) {
         let kind = pb::VariableSetKind::try_from(s.kind).unwrap_or(pb::VariableSetKind::Undefined);
         // GUC names are case-insensitive: SET "ROLE" = ... sets the role.
         let name = s.name.to_ascii_lowercase();
+        match kind {
+            // SET TRANSACTION SNAPSHOT imports a snapshot; its argument is
+            // the snapshot's id, not a mode.
+            pb::VariableSetKind::VarSetMulti if name == "transaction snapshot" => {}
+            // SET TRANSACTION ..., SET SESSION CHARACTERISTICS AS TRANSACTION ...
+            pb::VariableSetKind::VarSetMulti => {
+                if read_write_mode(&s.args) {
+                    self.b.leaves_read_only(READ_WRITE_MODE);
+                }
+            }
+            pb::VariableSetKind::VarResetAll => {}
+            // Whatever the value: a read-only session has no reason to touch
+            // them, and the refusal then depends on no constant.
+            _ => match name.as_str() {
+                "default_transaction_read_only" => self
+                    .b
+                    .leaves_read_only("SET or RESET of default_transaction_read_only"),
+                "transaction_read_only" => self.b.leaves_read_only("SET or RESET of transaction_read_only"),
+                _ => {}
+            },
+        }
         let op = match kind {
             pb::VariableSetKind::VarSetMulti if name.starts_with("transaction") => Operation::Transaction,
             pb::VariableSetKind::VarSetMulti | pb::VariableSetKind::VarResetAll => Operation::Session,
@@ -837,6 +920,26 @@ impl Walker {
     }
 }
 
+/// How a `READ WRITE` transaction mode turns read-only off.
+const READ_WRITE_MODE: &str = "a READ WRITE transaction mode";
+
+/// Whether transaction options (of BEGIN, START TRANSACTION, SET
+/// TRANSACTION, SET SESSION CHARACTERISTICS) set anything but a clear
+/// `READ ONLY`: the grammar writes `READ WRITE` as `transaction_read_only`
+/// 0. An option of another shape counts as read-write (the safe side).
+fn read_write_mode(options: &[pb::Node]) -> bool {
+    options.iter().any(|option| match &option.node {
+        Some(NodeEnum::DefElem(def)) if def.defname.eq_ignore_ascii_case("transaction_read_only") => !def
+            .arg
+            .as_deref()
+            .and_then(|a| a.node.as_ref())
+            .and_then(const_value)
+            .is_some_and(is_true),
+        Some(NodeEnum::DefElem(_)) => false,
+        _ => true,
+    })
+}
+
 /// A constant value in a SET or option argument.
 enum Value<'a> {
     Text(&'a str),
@@ -844,7 +947,6 @@ enum Value<'a> {
     Bool(bool),
 }
 
-/// The single constant of a SET's argument list.
 /// The format a `COPY ... TO` writes in, from its options (the legacy
 /// `CSV`, `BINARY` and `DELIMITER AS` forms parse into the same options).
 fn copy_format(options: &[pb::Node]) -> CopyFormat {
@@ -898,9 +1000,15 @@ fn copy_format(options: &[pb::Node]) -> CopyFormat {
     }
 }
 
+/// The single constant of a SET's argument list.
 fn single_value(args: &[pb::Node]) -> Option<Value<'_>> {
     let [arg] = args else { return None };
-    match arg.node.as_ref()? {
+    const_value(arg.node.as_ref()?)
+}
+
+/// The value of a constant node.
+fn const_value(node: &NodeEnum) -> Option<Value<'_>> {
+    match node {
         NodeEnum::AConst(c) => match c.val.as_ref()? {
             pb::a_const::Val::Sval(s) => Some(Value::Text(&s.sval)),
             pb::a_const::Val::Ival(i) => Some(Value::Int(i.ival)),

@@ -16,6 +16,12 @@
 //! 4. [`decide`] matches the result against [`CompiledPolicy`] rules, and
 //!    [`refusal`] turns a refusal into the ErrorResponse fields.
 //!
+//! [`may_write`] tells a session at its start whether any rule lets its
+//! caller write at all. A caller no rule lets write gets a read-only
+//! database session, a second wall behind the classifier; statements that
+//! could turn it off (marked [`Statement::leaves_read_only`]) are refused
+//! there with [`read_only_refusal`].
+//!
 //! [`PolicySet`] compiles a configuration's Policies, rules and masking; a
 //! Policy that does not compile denies everything to the callers it names
 //! until it is fixed.
@@ -61,7 +67,8 @@ pub use functions::{SIDE_EFFECT_GROUPS, SideEffectGroup, side_effect_group};
 pub use prepared::{MAX_PREPARED_STATEMENTS, PreparedStatements};
 pub use rules::{
     CompileError, CompiledPolicy, CompiledRule, DEFAULT_DENY, Decision, INVALID_POLICY_RULE, Identity,
-    Refusal, decide, operation_name, refusal, refusal_for_error,
+    READ_OPERATIONS, Refusal, decide, may_write, operation_name, read_only_refusal, refusal,
+    refusal_for_error, write_rule,
 };
 pub use set::PolicySet;
 
@@ -252,10 +259,18 @@ pub struct Statement {
     /// can read their fields.
     pub copy_out: Option<CopyFormat>,
     /// `true` when the classification looked at the value of a constant
-    /// (`SET standard_conforming_strings = ...`, `EXPLAIN (ANALYZE off)`):
-    /// such a classification is never shared through the cache, whose key
-    /// ignores constants.
+    /// (`SET standard_conforming_strings = ...`, `EXPLAIN (ANALYZE off)`,
+    /// `set_config('...', ...)`): such a classification is never shared
+    /// through the cache, whose key ignores constants.
     pub constant_sensitive: bool,
+    /// When running the statement may turn a read-only session read-write,
+    /// how (for the refusal): a `SET` or `RESET` of
+    /// `default_transaction_read_only` or `transaction_read_only`, a `READ
+    /// WRITE` transaction mode, `set_config` of either name or of a name
+    /// that is not a constant, a write to `pg_settings`. A session whose
+    /// caller no Policy lets write refuses such statements (see
+    /// [`may_write`]).
+    pub leaves_read_only: Option<&'static str>,
 }
 
 impl Statement {
@@ -310,6 +325,12 @@ impl Classification {
     /// Whether some statement's classification depends on a constant's value.
     pub fn constant_sensitive(&self) -> bool {
         self.statements.iter().any(|s| s.constant_sensitive)
+    }
+
+    /// How some statement may turn a read-only session read-write, if one
+    /// may (the first found).
+    pub fn leaves_read_only(&self) -> Option<&'static str> {
+        self.statements.iter().find_map(|s| s.leaves_read_only)
     }
 }
 
@@ -385,6 +406,12 @@ impl StatementBuilder {
         self.stmt.constant_sensitive = true;
     }
 
+    /// Notes that the statement may turn read-only off, `how`; the first
+    /// reason found is kept.
+    pub(crate) fn leaves_read_only(&mut self, how: &'static str) {
+        self.stmt.leaves_read_only.get_or_insert(how);
+    }
+
     pub(crate) fn copy_out(&mut self, format: CopyFormat) {
         self.stmt.copy_out = Some(format);
     }
@@ -435,6 +462,12 @@ impl StatementBuilder {
         }
         if other.constant_sensitive {
             self.constant_sensitive();
+        }
+        // Also for statements only planned (PREPARE, plain EXPLAIN): their
+        // EXECUTE takes the prepared statement's own classification anyway,
+        // and refusing to prepare such a statement is the clearer answer.
+        if let Some(how) = other.leaves_read_only {
+            self.leaves_read_only(how);
         }
     }
 

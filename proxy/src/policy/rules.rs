@@ -372,6 +372,46 @@ pub fn decide(policies: &[CompiledPolicy], identity: &Identity, classification: 
     })
 }
 
+/// The operations that write nothing: reads, and what drivers send around
+/// them. Every other operation writes, or may.
+pub const READ_OPERATIONS: &[Operation] = &[
+    Operation::Select,
+    Operation::Explain,
+    Operation::Session,
+    Operation::Transaction,
+    Operation::Prepare,
+    Operation::CopyTo,
+];
+
+/// Whether `identity` may write under `policies` (the compiled Policies that
+/// select this connection): some `allow` or `requireApproval` rule of a
+/// Policy that names the caller matches an operation outside
+/// [`READ_OPERATIONS`]. A rule that names no operation matches every one, so
+/// it writes; `deny` rules never let anyone write.
+///
+/// A caller who may not write gets a read-only database session (see
+/// [`read_only_refusal`]), so that PostgreSQL itself refuses a write the
+/// classifier missed.
+pub fn may_write(policies: &[CompiledPolicy], identity: &Identity) -> bool {
+    write_rule(policies, identity).is_some()
+}
+
+/// The first rule that lets `identity` write (see [`may_write`]), with its
+/// Policy.
+pub fn write_rule<'a>(
+    policies: &'a [CompiledPolicy],
+    identity: &Identity,
+) -> Option<(&'a CompiledPolicy, &'a CompiledRule)> {
+    policies
+        .iter()
+        .filter(|p| p.applies_to(identity))
+        .flat_map(|p| p.rules.iter().map(move |r| (p, r)))
+        .find(|(_, r)| {
+            matches!(r.action, Action::Allow | Action::RequireApproval)
+                && (r.operations.is_empty() || r.operations.iter().any(|op| !READ_OPERATIONS.contains(op)))
+        })
+}
+
 fn decide_statement(applicable: &[&CompiledPolicy], identity: &Identity, stmt: &Statement) -> Decision {
     if let Some(e) = stmt.executes.first() {
         return Decision::Deny {
@@ -520,6 +560,7 @@ pub fn operation_name(op: Operation) -> &'static str {
         Operation::Role => "role",
         Operation::Session => "session",
         Operation::Transaction => "transaction",
+        Operation::TwoPhaseCommit => "twoPhaseCommit",
         Operation::Maintenance => "maintenance",
         Operation::Do => "do",
         Operation::Call => "call",
@@ -601,6 +642,29 @@ pub fn refusal(decision: &Decision) -> Option<Refusal> {
             ),
             decision: "requireApproval",
         }),
+    }
+}
+
+/// The refusal of a statement that could turn a read-only session
+/// read-write (`how`, from [`Statement::leaves_read_only`]), in a session of
+/// a caller no Policy lets write.
+pub fn read_only_refusal(identity: &Identity, how: &str) -> Refusal {
+    let reads: Vec<&str> = READ_OPERATIONS.iter().map(|op| operation_name(*op)).collect();
+    Refusal {
+        sqlstate: INSUFFICIENT_PRIVILEGE,
+        message: format!(
+            "permission denied by Gatehouse: this session is read-only because no Policy lets you write, \
+             and this statement could turn that off ({how})"
+        ),
+        hint: format!(
+            "no rule of a Policy naming {} allows (or holds for approval) an operation other than {}, so \
+             Gatehouse opened the database session read-only (default_transaction_read_only on) and \
+             refuses statements that could change that; leave the session read-only, or, to write, ask \
+             for a Policy rule that allows the write and reconnect (a session is read-only or not from its start)",
+            identity.username,
+            reads.join(", ")
+        ),
+        decision: "deny",
     }
 }
 

@@ -204,7 +204,12 @@ fn every_class_is_recognised() {
         ("SAVEPOINT a", &[Transaction]),
         ("ROLLBACK TO SAVEPOINT a", &[Transaction]),
         ("COMMIT", &[Transaction]),
-        ("PREPARE TRANSACTION 'x'", &[Transaction]),
+        ("PREPARE TRANSACTION 'x'", &[TwoPhaseCommit]),
+        ("COMMIT PREPARED 'x'", &[TwoPhaseCommit]),
+        ("ROLLBACK PREPARED 'x'", &[TwoPhaseCommit]),
+        ("ROLLBACK AND CHAIN", &[Transaction]),
+        ("END", &[Transaction]),
+        ("RELEASE SAVEPOINT a", &[Transaction]),
         ("SET CONSTRAINTS ALL DEFERRED", &[Transaction]),
         ("VACUUM orders", &[Maintenance]),
         ("ANALYZE orders", &[Maintenance]),
@@ -864,6 +869,258 @@ fn settings_that_change_how_text_is_read_are_refused() {
     }
 }
 
+// ------------------------------------------------- read-only sessions
+
+/// How `sql` may turn a read-only session read-write, by the classifier.
+fn leaves(sql: &str) -> Option<&'static str> {
+    classified(sql).leaves_read_only()
+}
+
+#[test]
+fn every_way_to_turn_read_only_off_is_marked() {
+    for sql in [
+        // SET, RESET, DEFAULT, LOCAL, FROM CURRENT, any value, any case, quoted.
+        "SET default_transaction_read_only = off",
+        "SET default_transaction_read_only TO 'off'",
+        "SET default_transaction_read_only = on",
+        "SET SESSION default_transaction_read_only = false",
+        "SET LOCAL default_transaction_read_only = off",
+        "SET default_transaction_read_only TO DEFAULT",
+        "SET default_transaction_read_only FROM CURRENT",
+        "RESET default_transaction_read_only",
+        "SET Default_Transaction_Read_Only = off",
+        "SET \"DEFAULT_TRANSACTION_READ_ONLY\" = off",
+        "SET transaction_read_only = off",
+        "SET LOCAL transaction_read_only TO 0",
+        "SET transaction_read_only TO DEFAULT",
+        "RESET transaction_read_only",
+        "SET \"Transaction_Read_Only\" = 'no'",
+        // READ WRITE transaction modes.
+        "BEGIN READ WRITE",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+        "BEGIN TRANSACTION READ WRITE",
+        "START TRANSACTION READ WRITE",
+        "START TRANSACTION READ ONLY, READ WRITE",
+        "SET TRANSACTION READ WRITE",
+        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ WRITE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        // set_config of either name, decoded, any case, any schema.
+        "SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SELECT set_config('transaction_read_only', 'off', true)",
+        "SELECT pg_catalog.set_config('TRANSACTION_READ_ONLY', 'off', false)",
+        "SELECT set_config(E'default\\x5ftransaction_read_only', 'off', false)",
+        "SELECT set_config(U&'transaction\\005fread_only', 'off', false)",
+        "SELECT set_config($$default_transaction_read_only$$, 'off', false)",
+        "SELECT SET_CONFIG('default_transaction_read_only', 'off', false)",
+        "SELECT set_config(' transaction_read_only ', 'off', false)",
+        "SELECT set_config(1, 'off', false)",
+        // ... or of a name that is not a constant.
+        "SELECT set_config(name, 'off', false) FROM pg_settings",
+        "SELECT set_config($1, 'off', false)",
+        "SELECT set_config('transaction_' || 'read_only', 'off', false)",
+        "SELECT set_config('default_transaction_read_only'::text, 'off', false)",
+        "SELECT set_config(lower('DEFAULT_TRANSACTION_READ_ONLY'), 'off', false)",
+        "SELECT set_config(NULL, 'off', false)",
+        "SELECT set_config(setting_name => 'transaction_read_only', new_value => 'off', is_local => false)",
+        // Nested anywhere the walk goes, prepared, explained, with other statements.
+        "SELECT id FROM orders WHERE set_config('default_transaction_read_only', 'off', false) IS NOT NULL",
+        "SELECT * FROM set_config('default_transaction_read_only', 'off', false)",
+        "WITH x AS (SELECT set_config('default_transaction_read_only', 'off', false)) SELECT * FROM x",
+        "SELECT upper(coalesce(NULL, set_config('transaction_read_only', 'off', false)))",
+        "SELECT (SELECT set_config('default_transaction_read_only', 'off', false))",
+        "DECLARE c CURSOR FOR SELECT set_config('default_transaction_read_only', 'off', false)",
+        "COPY (SELECT set_config('default_transaction_read_only', 'off', false)) TO STDOUT",
+        "PREPARE p AS SELECT set_config('default_transaction_read_only', 'off', false)",
+        "PREPARE p(text) AS SELECT set_config($1, 'off', false)",
+        "EXPLAIN ANALYZE SELECT set_config('default_transaction_read_only', 'off', false)",
+        "EXPLAIN SELECT set_config('default_transaction_read_only', 'off', false)",
+        "SELECT 1; SET default_transaction_read_only = off",
+        "COMMIT; BEGIN READ WRITE",
+        // The view over the settings.
+        "UPDATE pg_settings SET setting = 'off' WHERE name = 'default_transaction_read_only'",
+    ] {
+        assert!(leaves(sql).is_some(), "{sql} should be marked");
+    }
+}
+
+#[test]
+fn harmless_transaction_and_setting_statements_are_not_marked() {
+    for sql in [
+        "BEGIN",
+        "BEGIN READ ONLY",
+        "START TRANSACTION",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE",
+        "SET TRANSACTION READ ONLY",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET TRANSACTION SNAPSHOT '00000003-0000001B-1'",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        "COMMIT",
+        "COMMIT AND CHAIN",
+        "ROLLBACK",
+        "SAVEPOINT a",
+        "SET search_path = public",
+        "SET statement_timeout = 0",
+        "SET default_transaction_isolation = 'serializable'",
+        "RESET ALL",
+        "DISCARD ALL",
+        "SHOW default_transaction_read_only",
+        "SELECT current_setting('transaction_read_only')",
+        "SELECT set_config('search_path', 'public', false)",
+        "SELECT set_config('application_name', 'default_transaction_read_only', false)",
+        "SELECT 'set_config(''transaction_read_only'', ''off'', false)'",
+        "SELECT * FROM orders",
+        "UPDATE orders SET status = 'x'",
+    ] {
+        assert_eq!(leaves(sql), None, "{sql} should not be marked");
+    }
+}
+
+/// `set_config('search_path', ...)` and `set_config('transaction_read_only',
+/// ...)` share a cache key: a cached classification of the first must never
+/// answer for the second.
+#[test]
+fn set_config_is_never_shared_through_the_cache() {
+    let cache = ClassificationCache::default();
+    for _ in 0..2 {
+        let harmless = cache.classify("SELECT set_config('search_path', 'public', false)");
+        assert!(harmless.is_ok_and(|c| c.leaves_read_only().is_none()));
+        let wall = cache.classify("SELECT set_config('transaction_read_only', 'off', false)");
+        assert!(wall.is_ok_and(|c| c.leaves_read_only().is_some()));
+    }
+    assert_eq!(cache.stats().hits, 0);
+    // The SET forms name the setting with an identifier, which the key keeps.
+    assert_ne!(
+        cache_key("SET search_path = off"),
+        cache_key("SET transaction_read_only = off")
+    );
+    assert_ne!(cache_key("BEGIN READ ONLY"), cache_key("BEGIN READ WRITE"));
+}
+
+/// EXECUTE takes the prepared statement's marks, however it reaches it.
+#[test]
+fn execute_of_a_marked_statement_is_marked() {
+    let mut prepared = PreparedStatements::new();
+    let prepare = classified("PREPARE p AS SELECT set_config('default_transaction_read_only', 'off', false)");
+    assert!(prepared.apply(&prepare).is_ok());
+    let resolved = prepared.resolve(&classified("EXECUTE p"));
+    assert!(resolved.is_ok_and(|c| c.leaves_read_only().is_some()));
+    let resolved = prepared.resolve(&classified("EXPLAIN ANALYZE EXECUTE p"));
+    assert!(resolved.is_ok_and(|c| c.leaves_read_only().is_some()));
+}
+
+fn rule_policy(subject: &str, rules: serde_json::Value) -> CompiledPolicy {
+    policy(
+        &format!("{subject}-policy"),
+        json!({"connectionSelector": {}, "subjects": [{"kind": "User", "name": subject}], "rules": rules}),
+    )
+}
+
+#[test]
+fn only_allow_and_approval_rules_on_writing_operations_let_a_caller_write() {
+    let alice = caller("alice", &["team"]);
+    let writes = |policies: &[CompiledPolicy]| may_write(policies, &alice);
+
+    assert!(!writes(&[]), "no Policy");
+    let reads = rule_policy(
+        "alice",
+        json!([{"name": "reads", "match": {"operations": ["select", "explain", "session", "transaction", "prepare", "copyTo"]}, "action": "allow"}]),
+    );
+    assert!(
+        !writes(std::slice::from_ref(&reads)),
+        "the read set writes nothing"
+    );
+    let denies = rule_policy(
+        "alice",
+        json!([{"name": "no-writes", "match": {"operations": ["insert", "delete"]}, "action": "deny"},
+               {"name": "deny-all", "action": "deny"}]),
+    );
+    assert!(!writes(&[reads.clone(), denies]), "deny rules let no one write");
+
+    for (what, rule) in [
+        (
+            "an allowed insert",
+            json!({"name": "w", "match": {"operations": ["insert"]}, "action": "allow"}),
+        ),
+        (
+            "an allowed delete on one table",
+            json!({"name": "w", "match": {"operations": ["select", "delete"], "tables": ["public.orders"]}, "action": "allow"}),
+        ),
+        (
+            "a held update",
+            json!({"name": "w", "match": {"operations": ["update"]}, "action": "requireApproval", "approvers": {"groups": ["dba"], "required": 1}}),
+        ),
+        ("an empty match", json!({"name": "w", "action": "allow"})),
+        (
+            "empty operations on a table",
+            json!({"name": "w", "match": {"tables": ["public.orders"]}, "action": "allow"}),
+        ),
+        (
+            "a side-effect function",
+            json!({"name": "w", "match": {"operations": ["sideEffectFunction"]}, "action": "allow"}),
+        ),
+        (
+            "two-phase commit",
+            json!({"name": "w", "match": {"operations": ["twoPhaseCommit"]}, "action": "allow"}),
+        ),
+        (
+            "a DO block",
+            json!({"name": "w", "match": {"operations": ["do"]}, "action": "allow"}),
+        ),
+        (
+            "SET ROLE",
+            json!({"name": "w", "match": {"operations": ["role"]}, "action": "allow"}),
+        ),
+    ] {
+        let p = rule_policy("alice", json!([rule]));
+        assert!(writes(&[reads.clone(), p]), "{what} lets alice write");
+    }
+
+    // Other callers' rules do not count; group subjects do.
+    let bobs = rule_policy("bob", json!([{"name": "w", "action": "allow"}]));
+    assert!(!writes(&[reads.clone(), bobs]));
+    let team = policy(
+        "team",
+        json!({"connectionSelector": {}, "subjects": [{"kind": "Group", "name": "team"}],
+               "rules": [{"name": "w", "match": {"operations": ["insert"]}, "action": "allow"}]}),
+    );
+    assert!(writes(&[reads, team.clone()]));
+    let found =
+        write_rule(std::slice::from_ref(&team), &alice).map(|(p, r)| (p.name.clone(), r.name.clone()));
+    assert_eq!(found, Some(("team".to_owned(), "w".to_owned())));
+
+    // A Policy that does not compile denies: its callers do not write.
+    let invalid = CompiledPolicy::denying(
+        "broken",
+        &spec(
+            json!({"connectionSelector": {}, "subjects": [{"kind": "User", "name": "alice"}],
+                     "rules": [{"name": "w", "action": "allow"}]}),
+        ),
+        "a problem",
+    );
+    assert!(!writes(&[invalid]));
+}
+
+#[test]
+fn the_read_only_refusal_says_why_and_what_to_do() {
+    let r = read_only_refusal(&caller("alice", &[]), "a READ WRITE transaction mode");
+    assert_eq!(r.sqlstate, "42501");
+    assert_eq!(r.decision, "deny");
+    assert!(
+        r.message.contains("Gatehouse")
+            && r.message
+                .contains("this session is read-only because no Policy lets you write")
+            && r.message.contains("a READ WRITE transaction mode"),
+        "{r:?}"
+    );
+    assert!(
+        r.hint.contains("alice")
+            && r.hint.contains("reconnect")
+            && r.hint.contains("default_transaction_read_only"),
+        "{r:?}"
+    );
+}
+
 #[test]
 fn statements_that_reach_outside_the_database_are_refused() {
     assert!(matches!(
@@ -995,6 +1252,45 @@ fn most_restrictive_action_wins() {
         matches!(&d, Decision::Deny { policy, rule, .. } if policy == "no-secrets" && rule == "secret-schema")
     );
     assert!(decide(&policies, &planner(), &classified("SELECT * FROM public.orders")).is_allow());
+}
+
+/// Two-phase commit finishes transactions other sessions prepared, so a
+/// rule for `transaction` (which drivers need for BEGIN and COMMIT) does not
+/// let a caller commit or roll back someone else's prepared transaction.
+#[test]
+fn two_phase_commit_is_not_matched_by_transaction_rules() {
+    let rules = |ops: serde_json::Value| {
+        vec![policy(
+            "txns",
+            json!({"connectionSelector": {}, "subjects": [{"kind": "User", "name": "alice"}],
+                   "rules": [{"name": "reads", "match": {"operations": ops}, "action": "allow"}]}),
+        )]
+    };
+    let alice = caller("alice", &[]);
+    let readers = rules(json!(["select", "transaction", "session"]));
+    for sql in [
+        "BEGIN",
+        "COMMIT",
+        "ROLLBACK",
+        "SAVEPOINT a",
+        "START TRANSACTION READ ONLY",
+    ] {
+        assert!(decide(&readers, &alice, &classified(sql)).is_allow(), "{sql}");
+    }
+    for sql in [
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+        "BEGIN; SELECT 1; PREPARE TRANSACTION 'x'",
+    ] {
+        let d = decide(&readers, &alice, &classified(sql));
+        assert!(
+            matches!(&d, Decision::Deny { hint, .. } if hint.contains("no rule allows twoPhaseCommit")),
+            "{sql}: {d:?}"
+        );
+    }
+    let coordinator = rules(json!(["twoPhaseCommit"]));
+    assert!(decide(&coordinator, &alice, &classified("COMMIT PREPARED 'x'")).is_allow());
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub struct Guard {
     prepared: PreparedStatements,
     /// The masker of the configuration seen last, and that configuration.
     masker: Option<(Arc<Runtime>, Option<Arc<Masker>>)>,
+    /// Whether the upstream session is read-only because no Policy lets the
+    /// caller write: statements that could turn that off are refused.
+    read_only: bool,
 }
 
 impl Guard {
@@ -41,6 +44,27 @@ impl Guard {
             session,
             prepared: PreparedStatements::new(),
             masker: None,
+            read_only: false,
+        }
+    }
+
+    /// Keeps the session read-only (see [`policy::may_write`]): statements
+    /// that could turn its upstream session read-write are refused.
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// The refusal of a statement that could turn a read-only session
+    /// read-write. Before the Policies: whatever they allow, the session
+    /// stays read-only.
+    fn keep_read_only(&self, resolved: &Classification) -> Result<(), Refusal> {
+        match resolved.leaves_read_only() {
+            Some(how) if self.read_only => {
+                self.shared.metrics().statements.inc(StatementDecision::Deny);
+                Err(policy::read_only_refusal(&self.identity, how))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -57,6 +81,7 @@ impl Guard {
             .prepared
             .resolve(classification)
             .map_err(|e| self.refuse(&e))?;
+        self.keep_read_only(&resolved)?;
         // Whether each function and operator call reads is the target's
         // catalog's to say, for the statement as it runs (after EXECUTE
         // took its prepared statement's calls).
@@ -271,6 +296,103 @@ mod tests {
             groups: vec!["agents".into()],
         };
         Guard::new(shared, identity, "s".into())
+    }
+
+    fn refusal(verdict: Verdict) -> Option<Refusal> {
+        match verdict {
+            Verdict::Refuse(refusal) => Some(refusal),
+            _ => None,
+        }
+    }
+
+    /// In a read-only session, statements that could turn the database
+    /// session read-write are refused before the Policies are asked (which
+    /// allow SET and transactions here), with a refusal that says why.
+    #[tokio::test]
+    async fn a_read_only_session_refuses_what_would_turn_it_off() {
+        let mut guard = guard().with_read_only(true);
+        for sql in [
+            "SET default_transaction_read_only = off",
+            "SET LOCAL transaction_read_only TO off",
+            "RESET default_transaction_read_only",
+            "SET \"Default_Transaction_Read_Only\" TO DEFAULT",
+            "BEGIN READ WRITE",
+            "START TRANSACTION READ WRITE",
+            "SET TRANSACTION READ WRITE",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "SELECT set_config('transaction_read_only', 'off', false)",
+            "SELECT 1; SELECT upper(set_config(E'DEFAULT_TRANSACTION_READ_ONLY', 'off', false))",
+            "PREPARE p AS SELECT set_config('default_transaction_read_only', 'off', false)",
+            "EXPLAIN ANALYZE SELECT set_config($$transaction_read_only$$, 'off', false)",
+        ] {
+            let refusal = refusal(guard.judge_sql(sql).await).unwrap_or_else(|| panic!("{sql} ran"));
+            assert_eq!(refusal.sqlstate, "42501", "{sql}");
+            assert!(
+                refusal
+                    .message
+                    .contains("this session is read-only because no Policy lets you write"),
+                "{sql}: {refusal:?}"
+            );
+            assert!(refusal.hint.contains("planner"), "{sql}: {refusal:?}");
+        }
+        for sql in [
+            "BEGIN",
+            "SET TRANSACTION READ ONLY",
+            "COMMIT",
+            "BEGIN READ ONLY",
+            "ROLLBACK",
+            "SET search_path = public",
+            "RESET ALL",
+            "SELECT * FROM public.orders",
+        ] {
+            assert!(
+                matches!(guard.judge_sql(sql).await, Verdict::Run(_)),
+                "{sql} should run"
+            );
+        }
+    }
+
+    /// Without the wall (the caller may write), the same statements are
+    /// the Policies' to decide: these Policies allow SET and transactions.
+    #[tokio::test]
+    async fn a_read_write_session_leaves_them_to_the_policies() {
+        let mut guard = guard();
+        for sql in [
+            "SET default_transaction_read_only = off",
+            "BEGIN READ WRITE",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+        ] {
+            assert!(
+                matches!(guard.judge_sql(sql).await, Verdict::Run(_)),
+                "{sql} should run"
+            );
+        }
+        let refusal = refusal(
+            guard
+                .judge_sql("SELECT set_config('transaction_read_only', 'off', false)")
+                .await,
+        );
+        assert!(
+            refusal
+                .is_some_and(|r| r.hint.contains("sideEffectFunction") && !r.message.contains("read-only")),
+            "set_config is a side-effect function no rule allows"
+        );
+    }
+
+    /// A Bind of a statement prepared in SQL is decided as its EXECUTE,
+    /// through the same check. (Such a statement cannot have been prepared
+    /// in a read-only session: its PREPARE is refused; here it is put in
+    /// place by hand.)
+    #[tokio::test]
+    async fn a_bind_of_a_marked_statement_is_refused_in_a_read_only_session() {
+        let mut guard = guard().with_read_only(true);
+        let marked = policy::classify("SELECT set_config('default_transaction_read_only', 'off', false)")
+            .expect("classifies")
+            .statements
+            .remove(0);
+        assert!(guard.prepared.insert("marked", marked));
+        let refusal = guard.judge_bind("marked").await.expect_err("refused");
+        assert!(refusal.message.contains("read-only"), "{refusal:?}");
     }
 
     /// SQL-level PREPARE and protocol-level Bind share one namespace in

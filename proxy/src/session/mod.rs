@@ -66,6 +66,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
         key,
         cancel,
         mut tape,
+        read_only,
     }) = startup
     else {
         return Ok(());
@@ -75,11 +76,12 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) -> Result<(), Session
     let session = tape
         .as_ref()
         .map_or_else(|| nonce.clone(), |t| t.session().to_owned());
-    let mut guard = guard::Guard::new(shared.clone(), identity, session);
+    let mut guard = guard::Guard::new(shared.clone(), identity, session).with_read_only(read_only);
     let settings = relay::Settings {
         idle_timeout: limits.idle_timeout,
         metrics,
         cancel: Some(&cancel),
+        read_only,
     };
     let ended = relay::relay(
         &mut client,
@@ -136,6 +138,8 @@ struct Started {
     /// Fired by a CancelRequest with the session's key.
     cancel: Arc<tokio::sync::Notify>,
     tape: Option<crate::record::Tape>,
+    /// Whether the upstream session is read-only: no Policy lets the caller write.
+    read_only: bool,
 }
 
 async fn fatal<S: AsyncWrite + Unpin>(stream: &mut S, code: &str, message: &str) -> Result<(), SessionError> {
@@ -312,27 +316,51 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         }
     };
 
-    let session =
-        match upstream::connect(&runtime.config.upstream, runtime.upstream_tls.as_ref(), &startup).await {
-            Ok(session) => session,
-            Err(e) => {
-                if let upstream::UpstreamError::Refused { server_message, .. } = &e {
-                    tracing::warn!(error = %e, server_message, "upstream refused the session");
-                } else {
-                    tracing::warn!(error = %e, "upstream session failed");
-                }
-                metrics.sessions.inc(SessionOutcome::UpstreamFailed);
-                fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
-                return Ok(None);
+    // A caller no Policy lets write gets a read-only database session, so
+    // that PostgreSQL refuses a write the classifier missed. Decided once:
+    // the server's setting cannot follow later Policy changes.
+    let writer = crate::policy::write_rule(&runtime.policies, &identity)
+        .map(|(policy, rule)| format!("rule {} of Policy {} lets it write", rule.name, policy.name));
+    let read_only = writer.is_none();
+    let session = match upstream::connect(
+        &runtime.config.upstream,
+        runtime.upstream_tls.as_ref(),
+        &startup,
+        read_only,
+    )
+    .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            if let upstream::UpstreamError::Refused { server_message, .. } = &e {
+                tracing::warn!(error = %e, server_message, "upstream refused the session");
+            } else {
+                tracing::warn!(error = %e, "upstream session failed");
             }
-        };
-    if let Some(why) = session.greeting.iter().find_map(relay::unsafe_parameter) {
+            metrics.sessions.inc(SessionOutcome::UpstreamFailed);
+            fatal(client.get_mut(), e.sqlstate(), &format!("Gatehouse: {e}")).await?;
+            return Ok(None);
+        }
+    };
+    if let Some(why) = session
+        .greeting
+        .iter()
+        .find_map(|frame| relay::unsafe_parameter(frame, read_only))
+    {
         tracing::warn!(reason = %why, "refusing a session the policy could not read safely");
         metrics.sessions.inc(SessionOutcome::UpstreamFailed);
         fatal(client.get_mut(), "0A000", &format!("Gatehouse: {why}")).await?;
         return Ok(None);
     }
-    tracing::info!(user = %identity.username, "session started");
+    tracing::info!(
+        user = %identity.username,
+        read_only,
+        why = %writer.as_deref().unwrap_or(
+            "no Policy rule naming the caller allows or holds an operation other than select, explain, \
+             session, transaction, prepare or copyTo"
+        ),
+        "session started"
+    );
 
     client.feed(Authentication::Ok.to_frame()?).await?;
     for frame in session.greeting {
@@ -350,6 +378,7 @@ async fn handshake(tcp: TcpStream, shared: &Arc<Shared>) -> Result<Option<Starte
         key,
         cancel,
         tape,
+        read_only,
     }))
 }
 

@@ -70,6 +70,22 @@ pub fn check(name: &str, value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a parameter value the server reports breaks a read-only session (see
+/// `upstream::connect`), as a message for the client. PostgreSQL reports
+/// `default_transaction_read_only` (since version 14), so a change no
+/// statement showed (a function calling `set_config`) is seen when the
+/// statement that made it ends.
+pub fn check_read_only(name: &str, value: &str) -> Result<(), String> {
+    if name.eq_ignore_ascii_case("default_transaction_read_only") && !value.eq_ignore_ascii_case("on") {
+        return Err(format!(
+            "default_transaction_read_only is {value} in this session, which Gatehouse keeps read-only \
+             because no Policy lets you write; something the last statement ran turned it off, so the \
+             session is closed (a new one starts read-only)"
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the parameters of a client's startup packet.
 pub fn check_startup(startup: &StartupMessage) -> Result<(), String> {
     startup
@@ -118,6 +134,17 @@ mod tests {
             assert!(err.contains("use UTF8"), "{err}");
         }
         assert!(check("application_name", "SJIS").is_ok());
+    }
+
+    #[test]
+    fn a_read_only_session_must_stay_read_only() {
+        assert!(check_read_only("default_transaction_read_only", "on").is_ok());
+        assert!(check_read_only("application_name", "off").is_ok());
+        for value in ["off", "OFF", "false", ""] {
+            let err = check_read_only("default_transaction_read_only", value).unwrap_err();
+            assert!(err.contains("no Policy lets you write"), "{err}");
+        }
+        assert!(check_read_only("Default_Transaction_Read_Only", "off").is_err());
     }
 
     #[test]

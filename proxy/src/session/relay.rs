@@ -147,13 +147,20 @@ pub enum Ended {
     UnsafeParameter,
 }
 
-/// Why a ParameterStatus frame ends the session, if it does.
-pub fn unsafe_parameter(frame: &Frame) -> Option<String> {
+/// Why a ParameterStatus frame ends the session, if it does: a setting
+/// under which the policy could misread statements, or, in a `read_only`
+/// session, one that is no longer read-only.
+pub fn unsafe_parameter(frame: &Frame, read_only: bool) -> Option<String> {
     if frame.tag() != tag::backend::PARAMETER_STATUS {
         return None;
     }
     match ParameterStatus::decode(frame) {
-        Ok(status) => super::params::check(&status.name, &status.value).err(),
+        Ok(status) => super::params::check(&status.name, &status.value)
+            .and_then(|()| match read_only {
+                true => super::params::check_read_only(&status.name, &status.value),
+                false => Ok(()),
+            })
+            .err(),
         Err(e) => Some(format!("the database sent a malformed ParameterStatus: {e}")),
     }
 }
@@ -169,6 +176,9 @@ pub struct Settings<'a> {
     /// Notified when the client sends a CancelRequest for this session: a
     /// held statement is withdrawn.
     pub cancel: Option<&'a Notify>,
+    /// Whether the upstream session is read-only (no Policy lets the caller
+    /// write): the server reporting it read-write closes the session.
+    pub read_only: bool,
 }
 
 /// Frames the client may send while a statement is held before the relay
@@ -548,7 +558,7 @@ where
     }
 
     async fn on_server_frame(&mut self, frame: Frame) -> Result<Option<Ended>, ProtocolError> {
-        if let Some(why) = unsafe_parameter(&frame) {
+        if let Some(why) = unsafe_parameter(&frame, self.settings.read_only) {
             tracing::warn!(reason = %why, "closing a session the policy can no longer read safely");
             let fatal = ErrorResponse::new(Severity::Fatal, "0A000", format!("Gatehouse: {why}"));
             self.client.send(fatal.to_frame()?).await?;
@@ -1026,11 +1036,31 @@ mod tests {
         )
     }
 
+    /// A read-only session whose server reports it read-write (a function
+    /// called `set_config`) ends; other sessions may change it as they like.
+    #[test]
+    fn a_read_only_session_reported_read_write_ends() {
+        let status = |value: &str| {
+            ParameterStatus::new("default_transaction_read_only", value)
+                .to_frame()
+                .unwrap()
+        };
+        assert_eq!(unsafe_parameter(&status("off"), false), None);
+        assert_eq!(unsafe_parameter(&status("on"), true), None);
+        let why = unsafe_parameter(&status("off"), true).unwrap_or_default();
+        assert!(why.contains("keeps read-only"), "{why}");
+        let other = ParameterStatus::new("application_name", "off")
+            .to_frame()
+            .unwrap();
+        assert_eq!(unsafe_parameter(&other, true), None);
+    }
+
     fn settings(metrics: &Metrics, idle: Duration) -> Settings<'_> {
         Settings {
             idle_timeout: idle,
             metrics,
             cancel: None,
+            read_only: false,
         }
     }
 
@@ -1286,6 +1316,7 @@ mod hold_tests {
             idle_timeout: Duration::ZERO,
             metrics,
             cancel: None,
+            read_only: false,
         }
     }
 
@@ -1429,6 +1460,7 @@ mod hold_tests {
             idle_timeout: Duration::ZERO,
             metrics: &metrics,
             cancel: Some(&cancel),
+            read_only: false,
         };
         let relaying = relay(
             &mut proxy_client,
@@ -1665,6 +1697,7 @@ mod hold_tests {
                 idle_timeout: Duration::ZERO,
                 metrics: &metrics,
                 cancel: None,
+                read_only: false,
             };
             let relaying = relay(
                 &mut proxy_client,

@@ -25,7 +25,8 @@ use crate::{
 
 /// Client startup parameters passed on to the target. Everything else
 /// (notably `options`, which can set any server setting, and `user` and
-/// `database`, which the proxy decides) stays behind.
+/// `database`, which the proxy decides) stays behind. None of them may be
+/// [`READ_ONLY_PARAMETER`].
 const FORWARDED_PARAMETERS: &[&str] = &[
     "application_name",
     "client_encoding",
@@ -34,6 +35,10 @@ const FORWARDED_PARAMETERS: &[&str] = &[
     "IntervalStyle",
     "extra_float_digits",
 ];
+
+/// The setting that makes a session read-only: every transaction starts
+/// `READ ONLY` unless it asks otherwise (which the guard refuses).
+const READ_ONLY_PARAMETER: &str = "default_transaction_read_only";
 
 /// Why the proxy could not open an upstream session. Messages are safe to
 /// show the client: they never hold the credential.
@@ -140,7 +145,9 @@ pub struct UpstreamSession {
 }
 
 /// Opens and authenticates an upstream session for a client that sent `client`,
-/// in TLS when `tls` is set (from `upstream.tls`).
+/// in TLS when `tls` is set (from `upstream.tls`); `read_only` for a caller
+/// no Policy lets write (`default_transaction_read_only=on`, set by the
+/// proxy, so PostgreSQL itself refuses writes the classifier missed).
 ///
 /// The server's messages are limited only by what PostgreSQL itself can
 /// send (`limits.maxMessageBytes` is for clients): refusing a row the
@@ -150,6 +157,7 @@ pub async fn connect(
     upstream: &config::Upstream,
     tls: Option<&UpstreamTls>,
     client: &StartupMessage,
+    read_only: bool,
 ) -> Result<UpstreamSession, UpstreamError> {
     let read = |which: &'static str, path: &std::path::Path| {
         std::fs::read_to_string(path)
@@ -173,15 +181,7 @@ pub async fn connect(
     };
     let mut conn = Framed::new(stream, FrameCodec::backend());
 
-    let mut params = vec![
-        ("user".to_owned(), user.clone()),
-        ("database".to_owned(), upstream.database.clone()),
-    ];
-    for name in FORWARDED_PARAMETERS {
-        if let Some(value) = client.get(name) {
-            params.push(((*name).to_owned(), value.to_owned()));
-        }
-    }
+    let params = startup_parameters(&user, &upstream.database, client, read_only);
     let mut startup = bytes::BytesMut::new();
     StartupMessage::new(params).encode(&mut startup)?;
     conn.get_mut()
@@ -272,6 +272,31 @@ pub async fn connect(
             _ => greeting.push(frame),
         }
     }
+}
+
+/// The startup parameters of the upstream session: the proxy's `user` and
+/// `database`, the client's [`FORWARDED_PARAMETERS`], and, for a read-only
+/// session, [`READ_ONLY_PARAMETER`] last (PostgreSQL applies them in order,
+/// so nothing before it could override it even if a forwarded name did).
+fn startup_parameters(
+    user: &str,
+    database: &str,
+    client: &StartupMessage,
+    read_only: bool,
+) -> Vec<(String, String)> {
+    let mut params = vec![
+        ("user".to_owned(), user.to_owned()),
+        ("database".to_owned(), database.to_owned()),
+    ];
+    for name in FORWARDED_PARAMETERS {
+        if let Some(value) = client.get(name) {
+            params.push(((*name).to_owned(), value.to_owned()));
+        }
+    }
+    if read_only {
+        params.push((READ_ONLY_PARAMETER.to_owned(), "on".to_owned()));
+    }
+    params
 }
 
 /// The SSLRequest: length 8, code 1234.5679.
@@ -367,6 +392,45 @@ mod tests {
         };
         let (result, rest) = tokio::join!(connect, serve);
         (result, rest)
+    }
+
+    /// A client cannot switch the read-only session back to read-write with
+    /// startup parameters of its own: not by name, not through `options`,
+    /// and not by case.
+    #[test]
+    fn a_read_only_session_is_read_only_whatever_the_client_asks() {
+        let client = StartupMessage::new([
+            ("user", "planner"),
+            ("database", "postgres"),
+            ("default_transaction_read_only", "off"),
+            ("DEFAULT_TRANSACTION_READ_ONLY", "off"),
+            ("transaction_read_only", "off"),
+            ("options", "-c default_transaction_read_only=off"),
+            ("application_name", "agent"),
+        ]);
+        let params = startup_parameters("gatehouse_app", "orders", &client, true);
+        assert_eq!(
+            params,
+            [
+                ("user", "gatehouse_app"),
+                ("database", "orders"),
+                ("application_name", "agent"),
+                ("default_transaction_read_only", "on"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        let params = startup_parameters("gatehouse_app", "orders", &client, false);
+        assert!(
+            params
+                .iter()
+                .all(|(k, _)| !k.to_ascii_lowercase().contains("read_only")),
+            "{params:?}"
+        );
+        assert!(
+            FORWARDED_PARAMETERS
+                .iter()
+                .all(|p| !p.eq_ignore_ascii_case(READ_ONLY_PARAMETER) && !p.eq_ignore_ascii_case("options"))
+        );
     }
 
     #[tokio::test]
