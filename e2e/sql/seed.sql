@@ -94,3 +94,21 @@ BEGIN
     DELETE FROM orders WHERE id = o.id;
     RETURN o.id;
 END $$;
+-- An IMMUTABLE comparison whose negator deletes: the planner rewrites
+-- NOT (a === b) as a !== b, which no statement names.
+CREATE FUNCTION same_id(a bigint, b bigint) RETURNS boolean
+    LANGUAGE sql IMMUTABLE AS $$ SELECT a = b $$;
+CREATE FUNCTION purge_ne(a bigint, b bigint) RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM orders WHERE id = a;
+    RETURN a <> b;
+END $$;
+CREATE OPERATOR !== (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = purge_ne);
+CREATE OPERATOR === (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = same_id, NEGATOR = !==);
+-- Extra arguments with defaults still allow o.purge_some (attribute notation).
+CREATE FUNCTION purge_some(o orders, why text DEFAULT 'cleanup') RETURNS bigint
+    LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    DELETE FROM orders WHERE id = o.id;
+    RETURN o.id;
+END $$;

@@ -35,25 +35,39 @@ pub const FRESH_FOR: Duration = Duration::from_secs(60);
 /// vouched for.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Every routine and operator of the names asked for, one row each. `f`
-/// rows give the routine's argument count, its own volatility followed by
-/// its aggregate support functions' (PostgreSQL marks every aggregate
-/// IMMUTABLE whatever its state function does), and its extension. `o` rows
-/// give the volatility of the operator's function (none for a shell
-/// operator). Functions that take an `internal` argument are left out: SQL
-/// cannot call them (index, table-sample and planner support), and a column
-/// named like one (`system`) is no call. Every name is schema-qualified: the
-/// session's search_path is set too, but the query does not depend on it.
+/// Every routine and operator of the names asked for, one row each.
+///
+/// `f` rows give the routine's argument count and how many of them have no
+/// default, its own volatility followed by its aggregate support
+/// functions' (PostgreSQL marks every aggregate IMMUTABLE whatever its
+/// state function does), and its extension, for C and internal functions
+/// only: only a superuser can create those, while the owner of a trusted
+/// extension can add any SQL or PL/pgSQL function to it. Functions that
+/// take an `internal` argument are left out: SQL cannot call them (index,
+/// table-sample and planner support), and a column named like one
+/// (`system`) is no call.
+///
+/// `o` rows give the volatility of the operator's function followed by its
+/// negator's, its commutator's and the commutator's negator's: the planner
+/// rewrites `NOT (a = b)` with the negator and may swap the sides with the
+/// commutator, so they run where the statement names only the operator. A
+/// shell operator (no function yet) has none.
+///
+/// Every name is schema-qualified: the session's search_path is set too,
+/// but the query does not depend on it.
 const LOOKUP_SQL: &str = "\
 SELECT 'f', p.proname::pg_catalog.text, n.nspname::pg_catalog.text, p.pronargs::pg_catalog.text,
+       (p.pronargs OPERATOR(pg_catalog.-) p.pronargdefaults)::pg_catalog.text,
        p.provolatile::pg_catalog.text || COALESCE((
            SELECT pg_catalog.string_agg(s.provolatile::pg_catalog.text, '')
            FROM pg_catalog.pg_proc s
            WHERE s.oid OPERATOR(pg_catalog.=) ANY (ARRAY[a.aggtransfn, a.aggfinalfn, a.aggcombinefn,
                a.aggserialfn, a.aggdeserialfn, a.aggmtransfn, a.aggminvtransfn, a.aggmfinalfn]::pg_catalog.oid[])), ''),
-       e.extname::pg_catalog.text
+       CASE WHEN l.lanname OPERATOR(pg_catalog.=) ANY (ARRAY['c', 'internal']::pg_catalog.name[])
+            THEN e.extname::pg_catalog.text END
 FROM pg_catalog.pg_proc p
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+JOIN pg_catalog.pg_language l ON l.oid OPERATOR(pg_catalog.=) p.prolang
 LEFT JOIN pg_catalog.pg_aggregate a ON a.aggfnoid OPERATOR(pg_catalog.=) p.oid
 LEFT JOIN pg_catalog.pg_depend d ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
     AND d.objid OPERATOR(pg_catalog.=) p.oid AND d.deptype OPERATOR(pg_catalog.=) 'e'
@@ -62,10 +76,17 @@ WHERE p.proname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.text
   AND NOT ('pg_catalog.internal'::pg_catalog.regtype::pg_catalog.oid OPERATOR(pg_catalog.=)
            ANY (p.proargtypes::pg_catalog.oid[]))
 UNION ALL
-SELECT 'o', o.oprname::pg_catalog.text, n.nspname::pg_catalog.text, NULL, p.provolatile::pg_catalog.text, NULL
+SELECT 'o', o.oprname::pg_catalog.text, n.nspname::pg_catalog.text, NULL, NULL,
+       p.provolatile::pg_catalog.text || COALESCE((
+           SELECT pg_catalog.string_agg(q.provolatile::pg_catalog.text, '')
+           FROM pg_catalog.pg_operator r
+           JOIN pg_catalog.pg_proc q ON q.oid OPERATOR(pg_catalog.=) r.oprcode
+           WHERE r.oid OPERATOR(pg_catalog.=) ANY (ARRAY[o.oprnegate, o.oprcom, c.oprnegate]::pg_catalog.oid[])), ''),
+       NULL
 FROM pg_catalog.pg_operator o
 JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) o.oprnamespace
 LEFT JOIN pg_catalog.pg_proc p ON p.oid OPERATOR(pg_catalog.=) o.oprcode
+LEFT JOIN pg_catalog.pg_operator c ON c.oid OPERATOR(pg_catalog.=) o.oprcom
 WHERE o.oprname::pg_catalog.text OPERATOR(pg_catalog.=) ANY ($2::pg_catalog.text[])";
 
 /// What the session runs once, before any lookup.
@@ -344,8 +365,15 @@ fn read_row(row: &DataRow, found: &mut Found) -> Result<(), LookupError> {
         .cells()
         .map(|c| c.map(|b| String::from_utf8_lossy(&b).into_owned()))
         .collect();
-    let [Some(kind), Some(name), Some(schema), arity, volatility, extension] =
-        <[Option<String>; 6]>::try_from(cells).map_err(|_| LookupError::Row)?
+    let [
+        Some(kind),
+        Some(name),
+        Some(schema),
+        arity,
+        required,
+        volatility,
+        extension,
+    ] = <[Option<String>; 7]>::try_from(cells).map_err(|_| LookupError::Row)?
     else {
         return Err(LookupError::Row);
     };
@@ -357,6 +385,7 @@ fn read_row(row: &DataRow, found: &mut Found) -> Result<(), LookupError> {
         "f" => found.0.entry(name).or_default().push(Routine {
             schema,
             arity: arity.and_then(|a| a.parse().ok()).ok_or(LookupError::Row)?,
+            required: required.and_then(|a| a.parse().ok()).ok_or(LookupError::Row)?,
             volatility: worst.unwrap_or(Volatility::Volatile),
             extension,
         }),

@@ -65,6 +65,8 @@ pub struct Routine {
     pub schema: String,
     /// How many arguments it declares (`pg_proc.pronargs`).
     pub arity: u16,
+    /// How many of them have no default.
+    pub required: u16,
     /// The worst volatility of the routine and, for an aggregate, of its
     /// support functions.
     pub volatility: Volatility,
@@ -128,10 +130,17 @@ pub const HARMLESS_VOLATILE: &[&str] = &[
     "pg_sleep",
     "pg_sleep_for",
     "pg_sleep_until",
-    // The session's own sequence values and query text.
+    // The session's own sequence values and query text, and a sequence's
+    // last value (what SELECT last_value FROM seq shows).
     "currval",
     "lastval",
     "current_query",
+    "pg_sequence_last_value",
+    // Random bytes and UUIDs from extensions (uuid-ossp, pgcrypto).
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "gen_random_bytes",
     // Sizes of relations, databases and tablespaces.
     "pg_relation_size",
     "pg_table_size",
@@ -158,6 +167,9 @@ pub const HARMLESS_VOLATILE: &[&str] = &[
     "pg_xact_status",
     "txid_status",
     "pg_jit_available",
+    "pg_notification_queue_usage",
+    "pg_xact_commit_timestamp",
+    "pg_last_committed_xact",
 ];
 
 fn harmless_volatile(name: &str) -> bool {
@@ -214,14 +226,19 @@ pub fn judge_function(call: &FunctionRef, routines: &[Routine]) -> Result<(), Un
 /// The verdict on `call` as the last name of a qualified column reference
 /// (`o.purge`, `(o).purge`): PostgreSQL reads it as a call of a function of
 /// one argument, the row, when the row has no column of that name
-/// (attribute notation). Only such functions count, and a name no
-/// function of one argument has is a column.
+/// (attribute notation). Only functions callable with one argument count
+/// (the others having defaults), and a name no such function has is a
+/// column.
 ///
 /// # Errors
 ///
 /// Why the call, if it is one, is not a read.
 pub fn judge_attribute(call: &FunctionRef, routines: &[Routine]) -> Result<(), Unvouched> {
-    let unary: Vec<Routine> = routines.iter().filter(|r| r.arity == 1).cloned().collect();
+    let unary: Vec<Routine> = routines
+        .iter()
+        .filter(|r| r.arity >= 1 && r.required <= 1)
+        .cloned()
+        .collect();
     if unary.iter().any(|r| in_scope(call.schema.as_deref(), &r.schema)) {
         judge_function(call, &unary)
     } else {
@@ -356,7 +373,7 @@ impl FixtureCatalog {
         let mut catalog = Self::default();
         for line in include_str!("testdata/pg15-catalog.tsv").lines() {
             let fields: Vec<&str> = line.split('\t').collect();
-            let [kind, name, schema, arity, volatility, extension] = fields[..] else {
+            let [kind, name, schema, arity, required, volatility, extension] = fields[..] else {
                 panic!("bad fixture line {line:?}");
             };
             let volatility = volatility.chars().next().map(Volatility::from_code);
@@ -365,6 +382,7 @@ impl FixtureCatalog {
                     name,
                     schema,
                     arity.parse().unwrap_or_default(),
+                    required.parse().unwrap_or_default(),
                     volatility.unwrap_or(Volatility::Volatile),
                     extension,
                 ),
@@ -387,12 +405,14 @@ impl FixtureCatalog {
         name: &str,
         schema: &str,
         arity: u16,
+        required: u16,
         volatility: Volatility,
         extension: &str,
     ) {
         self.functions.entry(name.to_owned()).or_default().push(Routine {
             schema: schema.to_owned(),
             arity,
+            required,
             volatility,
             extension: (!extension.is_empty()).then(|| extension.to_owned()),
         });
@@ -436,6 +456,7 @@ mod tests {
         Routine {
             schema: schema.to_owned(),
             arity: 0,
+            required: 0,
             volatility,
             extension: extension.map(str::to_owned),
         }
@@ -552,6 +573,7 @@ mod tests {
     fn attribute_notation_counts_functions_of_one_argument_only() {
         let purge = Routine {
             arity: 1,
+            required: 1,
             ..routine("public", Volatile, None)
         };
         assert_eq!(
@@ -572,9 +594,26 @@ mod tests {
         );
         let report = Routine {
             arity: 1,
+            required: 1,
             ..routine("public", Stable, None)
         };
         assert_eq!(judge_attribute(&call(None, "total"), &[report]), Ok(()));
+        // Extra arguments with defaults: callable with the row alone.
+        let defaults = Routine {
+            arity: 3,
+            required: 1,
+            ..routine("public", Volatile, None)
+        };
+        assert_eq!(
+            judge_attribute(&call(None, "wr_row"), &[defaults]),
+            Err(Unvouched::Volatile)
+        );
+        let two = Routine {
+            arity: 2,
+            required: 2,
+            ..routine("public", Volatile, None)
+        };
+        assert_eq!(judge_attribute(&call(None, "pair"), &[two]), Ok(()));
     }
 
     #[test]

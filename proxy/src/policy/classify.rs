@@ -481,9 +481,21 @@ impl Walker {
                 self.children(node);
             }
             NodeRef::SubLink(link) => {
-                if let Some(op) = function_ref(&link.oper_name) {
-                    self.b.operator(op);
+                match function_ref(&link.oper_name) {
+                    Some(op) => self.b.operator(op),
+                    // `x IN (SELECT ...)` leaves the operator to the analyzer,
+                    // which looks `=` up by name.
+                    None if link.sub_link_type == pb::SubLinkType::AnySublink as i32 => {
+                        self.b.operator(equals())
+                    }
+                    None => {}
                 }
+                self.children(node);
+            }
+            // `JOIN ... USING (c)` and `NATURAL JOIN` compare with `=`, looked
+            // up by name.
+            NodeRef::JoinExpr(join) if join.is_natural || !join.using_clause.is_empty() => {
+                self.b.operator(equals());
                 self.children(node);
             }
             NodeRef::SortBy(sort) => {
@@ -494,10 +506,7 @@ impl Walker {
             }
             // `CASE x WHEN y` compares with `=`.
             NodeRef::CaseExpr(case) if case.arg.is_some() => {
-                self.b.operator(FunctionRef {
-                    schema: None,
-                    name: "=".to_owned(),
-                });
+                self.b.operator(equals());
                 self.children(node);
             }
             NodeRef::IntoClause(into) => {
@@ -1068,6 +1077,14 @@ fn function_ref(names: &[pb::Node]) -> Option<FunctionRef> {
         schema: rest.last().map(|s| (*s).to_owned()),
         name: (*name).to_owned(),
     })
+}
+
+/// The `=` operator, unqualified: the one the analyzer looks up by name.
+fn equals() -> FunctionRef {
+    FunctionRef {
+        schema: None,
+        name: "=".to_owned(),
+    }
 }
 
 /// The operators an `A_Expr` uses. Most kinds name their operator (`IN`

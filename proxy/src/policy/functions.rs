@@ -157,13 +157,16 @@ pub const SIDE_EFFECT_GROUPS: &[SideEffectGroup] = &[
     },
     SideEffectGroup {
         name: "index and counter maintenance",
-        why: "writes index pages, or advances a cluster-wide counter, outside any table a policy names",
+        why: "writes index pages, or advances a cluster-wide counter (OIDs, transaction ids, which wrap around), outside any table a policy names",
         exact: &[
             "brin_summarize_new_values",
             "brin_summarize_range",
             "brin_desummarize_range",
             "gin_clean_pending_list",
             "pg_nextoid",
+            // STABLE, and each assigns the calling transaction an id.
+            "txid_current",
+            "pg_current_xact_id",
         ],
         prefixes: &[],
     },

@@ -22,12 +22,12 @@ fn test_catalog() -> &'static FixtureCatalog {
     static CATALOG: std::sync::OnceLock<FixtureCatalog> = std::sync::OnceLock::new();
     CATALOG.get_or_init(|| {
         let mut c = FixtureCatalog::pg15();
-        c.function("purge_orders", "public", 0, Volatility::Volatile, "");
-        c.function("monthly_total", "public", 0, Volatility::Stable, "");
-        c.function("purge_agg", "public", 1, Volatility::Volatile, "");
-        c.function("lo_summary", "reports", 0, Volatility::Stable, "");
-        c.function("purge_row", "public", 1, Volatility::Volatile, "");
-        c.function("order_total", "public", 1, Volatility::Stable, "");
+        c.function("purge_orders", "public", 0, 0, Volatility::Volatile, "");
+        c.function("monthly_total", "public", 0, 0, Volatility::Stable, "");
+        c.function("purge_agg", "public", 1, 1, Volatility::Volatile, "");
+        c.function("lo_summary", "reports", 0, 0, Volatility::Stable, "");
+        c.function("purge_row", "public", 1, 1, Volatility::Volatile, "");
+        c.function("order_total", "public", 1, 1, Volatility::Stable, "");
         c.operator("###", "public", Volatility::Volatile);
         c
     })
@@ -521,6 +521,9 @@ fn calls_the_catalog_cannot_vouch_for_are_side_effects() {
         "SELECT gin_clean_pending_list('orders_gin'::regclass)",
         "SELECT * FROM pg_hba_file_rules()",
         "SELECT pg_export_snapshot()",
+        // STABLE, and each call takes a transaction id from the cluster.
+        "SELECT txid_current()",
+        "SELECT pg_current_xact_id()",
         // A volatile overload among harmless ones: ts_rewrite(query, text) runs its text.
         "SELECT ts_rewrite('a'::tsquery, 'SELECT purge_orders()')",
         // A name the catalog does not hold.
@@ -594,6 +597,45 @@ fn reads_the_catalog_vouches_for_are_allowed() {
     let names: Vec<&str> = s.operators.iter().map(|o| o.name.as_str()).collect();
     for op in ["<", ">", "="] {
         assert!(names.contains(&op), "{op} in {names:?}");
+    }
+    // `=` where the grammar leaves it to the analyzer, which looks it up by
+    // name: IN (SELECT ...), NOT IN, JOIN ... USING, NATURAL JOIN.
+    for sql in [
+        "SELECT 1 FROM orders WHERE id IN (SELECT id FROM items)",
+        "SELECT 1 FROM orders WHERE id NOT IN (SELECT id FROM items)",
+        "SELECT 1 FROM orders JOIN items USING (id)",
+        "SELECT 1 FROM orders NATURAL JOIN items",
+    ] {
+        let s = one(sql);
+        assert!(
+            s.operators.iter().any(|o| o.name == "="),
+            "{sql}: {:?}",
+            s.operators
+        );
+    }
+}
+
+/// A volatile `=` in any schema makes every comparison the analyzer looks
+/// up by name a side effect, written or not.
+#[test]
+fn implicit_equals_counts_like_a_written_one() {
+    let mut catalog = FixtureCatalog::pg15();
+    catalog.operator("=", "evil", Volatility::Volatile);
+    for sql in [
+        "SELECT 1 FROM orders WHERE id = 1",
+        "SELECT 1 FROM orders WHERE id IN (SELECT id FROM items)",
+        "SELECT 1 FROM orders WHERE id NOT IN (SELECT id FROM items)",
+        "SELECT 1 FROM orders JOIN items USING (id)",
+        "SELECT 1 FROM orders NATURAL JOIN items",
+        "SELECT CASE id WHEN 1 THEN 1 END FROM orders",
+    ] {
+        let c = classify(sql)
+            .map(|c| judge_calls(&c, &catalog))
+            .unwrap_or_default();
+        assert!(
+            c.statements.iter().any(|s| s.has(SideEffectFunction)),
+            "{sql}: {c:?}"
+        );
     }
 }
 
