@@ -296,44 +296,30 @@ pub fn judge_calls(classification: &Classification, view: &impl CatalogView) -> 
 fn judge_statement(stmt: &Statement, view: &impl CatalogView) -> Statement {
     let mut out = stmt.clone();
     out.calls_judged = true;
-    out.side_effect_functions.clear();
-    let unavailable = Err(Unvouched::CatalogUnavailable);
-    for call in &stmt.functions {
-        let verdict = view
-            .routines(&call.name)
-            .map_or(unavailable.clone(), |r| judge_function(call, r));
-        if let Err(why) = verdict {
-            out.side_effect_functions.push(SideEffectCall {
-                call: call.clone(),
-                operator: false,
-                why,
-            });
-        }
-    }
-    for call in &stmt.attribute_calls {
-        let verdict = view
-            .routines(&call.name)
-            .map_or(unavailable.clone(), |r| judge_attribute(call, r));
-        if let Err(why) = verdict {
-            out.side_effect_functions.push(SideEffectCall {
-                call: call.clone(),
-                operator: false,
-                why,
-            });
-        }
-    }
-    for call in &stmt.operators {
-        let verdict = view
-            .operators(&call.name)
-            .map_or(unavailable.clone(), |o| judge_operator(call, o));
-        if let Err(why) = verdict {
-            out.side_effect_functions.push(SideEffectCall {
-                call: call.clone(),
-                operator: true,
-                why,
-            });
-        }
-    }
+    // A call whose rows could not be read is not vouched for.
+    let unvouched = |call: &FunctionRef, operator: bool, verdict: Option<Result<(), Unvouched>>| match verdict
+        .unwrap_or(Err(Unvouched::CatalogUnavailable))
+    {
+        Ok(()) => None,
+        Err(why) => Some(SideEffectCall {
+            call: call.clone(),
+            operator,
+            why,
+        }),
+    };
+    let functions = stmt
+        .functions
+        .iter()
+        .filter_map(|c| unvouched(c, false, view.routines(&c.name).map(|r| judge_function(c, r))));
+    let attributes = stmt
+        .attribute_calls
+        .iter()
+        .filter_map(|c| unvouched(c, false, view.routines(&c.name).map(|r| judge_attribute(c, r))));
+    let operators = stmt
+        .operators
+        .iter()
+        .filter_map(|c| unvouched(c, true, view.operators(&c.name).map(|o| judge_operator(c, o))));
+    out.side_effect_functions = functions.chain(attributes).chain(operators).collect();
     if !out.side_effect_functions.is_empty() {
         let op = Operation::SideEffectFunction;
         if !out.operations.contains(&op) {
