@@ -7,26 +7,59 @@
 //!
 //! * every constant token (string, including `E''`, `U&''` and dollar-quoted;
 //!   integer; float; bit-string; hex-string) replaced by a placeholder for its
-//!   token kind;
+//!   token kind, except the string after `UESCAPE` (below);
 //! * comments dropped: the scanner treats them as whitespace and the parser
 //!   never sees them (and drivers put per-request trace ids in them);
 //! * every other token kept verbatim, whitespace between tokens dropped.
 //!
 //! Each token is written as `kind:text` followed by a NUL, which no token can
 //! contain (the parser refuses NUL), so the key is an injective encoding of
-//! the token sequence. Two texts share a key only when the parser reads the
-//! same tokens from both, except for constant values; the parser's grammar
-//! actions put a constant's value into the tree as a constant (`A_Const`) and
-//! the classifier never looks at those values, except where it says so by
-//! marking the statement [`constant_sensitive`](super::Statement), and such
-//! classifications are never cached. No hand-written lexer decides what is a
-//! literal, a comment or a dollar quote: the scanner does.
+//! the token sequence. No hand-written lexer decides what is a literal, a
+//! comment or a dollar quote: the scanner does.
+//!
+//! # Why blanking constants is sound
+//!
+//! Two texts share a key only when the parser reads the same tokens from
+//! both, except for the text of constants. That is enough only if a
+//! constant's text never changes how the parser reads anything but that
+//! constant's own value. PostgreSQL 18's parser has one place where it does,
+//! and the key keeps that constant verbatim:
+//!
+//! * **`UESCAPE`.** The filter between the scanner and the grammar
+//!   (`base_yylex` in `parser.c`) reads the string after `UESCAPE` as the
+//!   escape character of the `U&"..."` identifier or `U&'...'` string before
+//!   it. So `U&"!0070g_read_file" UESCAPE '!'` names `pg_read_file` while
+//!   the same tokens with `UESCAPE '\'` name a function called
+//!   `!0070g_read_file`: the constant decides which identifier, that is which
+//!   function or table, the statement names. The first constant after a
+//!   `UESCAPE` token (comments skipped, as the parser skips them) is kept
+//!   with its text.
+//!
+//! Everywhere else the grammar (`gram.y`) turns a constant token into one
+//! of: a constant value (`A_Const`, including the folded `-1`); a type
+//! modifier (`varchar(10)`, `float(25)`, which picks `float8` over
+//! `float4`); an option's argument (`DefElem`); or the name of something
+//! that is neither a table nor a function (the role of `SET ROLE 'x'`, the
+//! file of `COPY`, an encoding, a language, a two-phase transaction id).
+//! Identifiers, keywords, operators, parameters, and so the names of
+//! tables, functions, CTEs and prepared statements, always come from
+//! non-constant tokens, which the key keeps. The filter's other look-aheads
+//! (`NOT_LA`, `NULLS_LA`, `WITH_LA`, `WITHOUT_LA`, `FORMAT_LA`) turn on the
+//! kind of the next token, which the key keeps too; the grammar's `strcmp`s
+//! compare identifiers, not constants.
+//!
+//! The classifier reads a constant's value in a few places only, and marks
+//! those statements [`constant_sensitive`](super::Statement): `COPY` (a
+//! file, `STDIN`, and the format options), `EXPLAIN (ANALYZE ...)`, and
+//! `SET standard_conforming_strings` or `client_encoding`. Such
+//! classifications are never cached.
 //!
 //! One known difference: a text whose constant the grammar itself rejects
-//! (`float(99)`) shares the key of an accepted sibling and gets its
-//! classification; the server rejects it with the same parser, so nothing
-//! runs. Texts the scanner rejects (an unterminated quote) get no key and are
-//! classified, and refused, every time.
+//! (`float(99)`, a `U&''` escape that is no character) shares the key of an
+//! accepted sibling and gets its classification; the server rejects it with
+//! the same parser, so nothing runs. Texts the scanner rejects (an
+//! unterminated quote) get no key and are classified, and refused, every
+//! time.
 
 use std::sync::Arc;
 
@@ -45,9 +78,12 @@ pub fn cache_key(sql: &str) -> Option<String> {
     // token (whitespace only), which is undefined behaviour.
     let tokens = pg_query::scan(sql).ok()?.tokens;
     let mut key = String::with_capacity(sql.len() + 4 * tokens.len());
+    // The next constant is a `UESCAPE` character, which changes how the
+    // parser reads the `U&` identifier or string before it.
+    let mut escape_next = false;
     for token in &tokens {
         let kind = Token::try_from(token.token).ok();
-        match kind {
+        let constant = match kind {
             Some(Token::SqlComment | Token::CComment) => continue,
             Some(
                 Token::Sconst
@@ -56,17 +92,16 @@ pub fn cache_key(sql: &str) -> Option<String> {
                 | Token::Fconst
                 | Token::Bconst
                 | Token::Xconst,
-            ) => {
-                key.push_str(&token.token.to_string());
-                key.push(':');
-            }
-            _ => {
-                let start = usize::try_from(token.start).ok()?;
-                let end = usize::try_from(token.end).ok()?;
-                key.push_str(&token.token.to_string());
-                key.push(':');
-                key.push_str(sql.get(start..end)?);
-            }
+            ) => !escape_next,
+            _ => false,
+        };
+        escape_next = kind == Some(Token::Uescape);
+        key.push_str(&token.token.to_string());
+        key.push(':');
+        if !constant {
+            let start = usize::try_from(token.start).ok()?;
+            let end = usize::try_from(token.end).ok()?;
+            key.push_str(sql.get(start..end)?);
         }
         key.push('\0');
     }

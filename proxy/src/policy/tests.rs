@@ -422,6 +422,9 @@ fn side_effect_functions_are_found_in_every_position() {
         "SELECT PG_READ_FILE('x')",
         "SELECT \"pg_read_file\"('x')",
         "SELECT pg_catalog . pg_read_file ( 'x' )",
+        "SELECT U&\"pg_read_fil\\0065\"('x')",
+        "SELECT U&\"!0070g_read_file\" UESCAPE '!' ('x')",
+        "SELECT U&\"#0070g_read_file\" UESCAPE /* the escape */ $$#$$ ('x')",
         "SELECT set_config('role', 'postgres', false)",
         "SELECT set_config('standard_conforming_strings', 'off', false)",
         "SELECT dblink_exec('host=evil', 'DROP TABLE orders')",
@@ -1165,6 +1168,11 @@ fn cache_keys_ignore_constants_and_comments_only() {
         ("SELECT $1", "SELECT 1"),
         ("EXPLAIN DELETE FROM t", "EXPLAIN ANALYZE DELETE FROM t"),
         ("SELECT 1; SELECT 2", "SELECT 1, 2"),
+        (
+            "SELECT U&\"!0070g_read_file\" UESCAPE '!' ('x')",
+            "SELECT U&\"!0070g_read_file\" UESCAPE '\\' ('x')",
+        ),
+        ("SELECT U&'!0041' UESCAPE '!'", "SELECT U&'!0041' UESCAPE '#'"),
     ];
     for (a, b) in different {
         assert_ne!(key(a), key(b), "{a:?} / {b:?}");
@@ -1238,6 +1246,235 @@ fn tricky_texts_sharing_a_key_classify_alike() {
             .is_ok_and(|c| c.operations() == vec![CopyProgram])
     );
     assert_eq!(cache.stats().hits, 0);
+}
+
+/// The string after `UESCAPE` is the escape character of the `U&"..."`
+/// name before it, so it decides which function the statement calls: a
+/// statement that names a harmless function must not prime the cache for
+/// one that names `pg_read_file` with the same tokens.
+#[test]
+fn uescape_characters_are_part_of_the_cache_key() {
+    let pairs = [
+        (
+            r#"SELECT U&"!0070g_read_file" UESCAPE '\' ('/etc/passwd')"#,
+            r#"SELECT U&"!0070g_read_file" UESCAPE '!' ('/etc/passwd')"#,
+        ),
+        (
+            r#"SELECT * FROM U&"!0073ecret" UESCAPE '\' WHERE note = U&'!0041' UESCAPE '#'"#,
+            r#"SELECT * FROM U&"!0073ecret" UESCAPE '!' WHERE note = U&'!0041' UESCAPE '!'"#,
+        ),
+    ];
+    let (harmless, dangerous) = pairs[0];
+    assert_eq!(
+        one(harmless).functions,
+        vec![FunctionRef {
+            schema: None,
+            name: "!0070g_read_file".into()
+        }]
+    );
+    assert!(one(dangerous).has(SideEffectFunction));
+    assert_eq!(reads(&one(pairs[1].0)), vec!["!0073ecret"]);
+    assert_eq!(reads(&one(pairs[1].1)), vec!["secret"]);
+    assert_ne!(cache_key(harmless), cache_key(dangerous));
+    for (first, second) in pairs {
+        for (prime, then) in [(first, second), (second, first)] {
+            let cache = ClassificationCache::default();
+            assert!(cache.classify(prime).is_ok(), "{prime}");
+            let got = cache.classify(then).map(|c| (*c).clone());
+            assert_eq!(got, classify(then), "{then} after {prime}");
+        }
+    }
+    let cache = ClassificationCache::default();
+    assert!(cache.classify(harmless).is_ok());
+    let c = cache.classify(dangerous).map(|c| (*c).clone());
+    assert!(
+        c.as_ref()
+            .is_ok_and(|c| !decide(&design_policies(), &planner(), c).is_allow()),
+        "{c:?}"
+    );
+    assert_eq!(cache.stats().hits, 0);
+}
+
+/// Every string literal in this file: the statements of the evasion suite,
+/// its harmless and allowed lists, and (harmlessly) messages, policy names
+/// and templates. Read from the source so that a case added to any test is
+/// covered by [`the_cache_never_changes_a_classification_of_the_suite`].
+fn string_literals_of_this_file() -> Vec<String> {
+    let src: Vec<char> = include_str!("tests.rs").chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < src.len() {
+        let c = src[i];
+        let prev_ident = i > 0 && (src[i - 1].is_alphanumeric() || src[i - 1] == '_');
+        if c == '/' && src.get(i + 1) == Some(&'/') {
+            while i < src.len() && src[i] != '\n' {
+                i += 1;
+            }
+        } else if c == '\'' {
+            // A char literal ('x', '\n', '\'') or a lifetime ('a).
+            i += match (src.get(i + 1), src.get(i + 2)) {
+                (Some('\\'), _) => (i + 3..src.len())
+                    .find(|&j| src[j] == '\'')
+                    .map_or(1, |j| j - i + 1),
+                (Some(_), Some('\'')) => 3,
+                _ => 1,
+            };
+            continue;
+        } else if c == 'r' && !prev_ident && matches!(src.get(i + 1), Some('"' | '#')) {
+            let hashes = src[i + 1..].iter().take_while(|&&h| h == '#').count();
+            let start = i + 1 + hashes + 1;
+            if src.get(start - 1) == Some(&'"') {
+                let closing: Vec<char> = std::iter::once('"')
+                    .chain(std::iter::repeat_n('#', hashes))
+                    .collect();
+                let end = (start..src.len())
+                    .find(|&j| src[j..].starts_with(&closing))
+                    .unwrap_or(src.len());
+                out.push(src[start..end].iter().collect());
+                i = end + closing.len();
+                continue;
+            }
+        } else if c == '"' {
+            let mut text = String::new();
+            i += 1;
+            while i < src.len() && src[i] != '"' {
+                if src[i] == '\\' {
+                    i += 1;
+                    match src.get(i) {
+                        Some('n') => text.push('\n'),
+                        Some('t') => text.push('\t'),
+                        Some('r') => text.push('\r'),
+                        Some('0') => text.push('\0'),
+                        Some('u') => {
+                            let close = (i..src.len()).find(|&j| src[j] == '}').unwrap_or(i);
+                            let hex: String = src[i + 2..close].iter().collect();
+                            text.extend(u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32));
+                            i = close;
+                        }
+                        Some('\n') => {
+                            while src.get(i + 1).is_some_and(|w| w.is_whitespace()) {
+                                i += 1;
+                            }
+                        }
+                        Some(other) => text.push(*other),
+                        None => {}
+                    }
+                } else {
+                    text.push(src[i]);
+                }
+                i += 1;
+            }
+            out.push(text);
+        }
+        i += 1;
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Texts that differ from `sql` in constants only: every constant the
+/// scanner finds replaced by another of its kind, and the character after
+/// `UESCAPE` by another character.
+fn constant_siblings(sql: &str) -> Vec<String> {
+    use pg_query::protobuf::Token;
+    let Ok(scan) = pg_query::scan(sql) else {
+        return Vec::new();
+    };
+    let variants: [fn(Token, bool) -> Option<&'static str>; 3] = [
+        |kind, escape| match kind {
+            Token::Sconst if escape => Some(r"'\'"),
+            Token::Sconst => Some("'s'"),
+            Token::Usconst => Some("U&'u'"),
+            Token::Iconst => Some("7"),
+            Token::Fconst => Some("7.5"),
+            Token::Bconst => Some("B'1'"),
+            Token::Xconst => Some("X'1F'"),
+            _ => None,
+        },
+        |kind, escape| match kind {
+            Token::Sconst if escape => Some("'!'"),
+            Token::Sconst => Some("$q$ '; DROP TABLE orders; -- $q$"),
+            Token::Usconst => Some(r"U&'\0027; DROP TABLE orders'"),
+            Token::Iconst => Some("0x7fffffff"),
+            Token::Fconst => Some("1e308"),
+            Token::Bconst => Some("B''"),
+            Token::Xconst => Some("X''"),
+            _ => None,
+        },
+        |kind, escape| match kind {
+            Token::Sconst if escape => Some("$$#$$"),
+            Token::Sconst => Some(r"E'\\'"),
+            Token::Usconst => Some("U&''"),
+            Token::Iconst => Some("0"),
+            Token::Fconst => Some("0.0"),
+            Token::Bconst | Token::Xconst => None,
+            _ => None,
+        },
+    ];
+    let mut out = Vec::new();
+    for variant in variants {
+        let mut text = String::new();
+        let mut at = 0;
+        let mut escape = false;
+        for token in &scan.tokens {
+            let Ok(kind) = Token::try_from(token.token) else {
+                continue;
+            };
+            if matches!(kind, Token::SqlComment | Token::CComment) {
+                continue;
+            }
+            let (start, end) = (token.start as usize, token.end as usize);
+            if let Some(replacement) = variant(kind, escape) {
+                text.push_str(&sql[at..start]);
+                text.push_str(replacement);
+                at = end;
+            }
+            escape = kind == Token::Uescape;
+        }
+        text.push_str(&sql[at..]);
+        if text != sql {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// For every text of the suite: classified through a cache, on a miss, on a
+/// hit, and after a sibling that differs only in constants or escape
+/// characters primed the cache, it gets what `classify` gives it alone.
+#[test]
+fn the_cache_never_changes_a_classification_of_the_suite() {
+    let texts = string_literals_of_this_file();
+    assert!(texts.len() > 400, "{}", texts.len());
+    for needle in [
+        "SELECT * FROM orders WHERE pg_read_file('/etc/passwd') IS NOT NULL",
+        "SELECT $tag$ $$ ; DROP TABLE orders; $$ $tag$",
+        "/* nested /* DROP TABLE x */ still a comment; DELETE FROM y */ SELECT 1",
+        "SELECT U&\"!0070g_read_file\" UESCAPE '!' ('x')",
+        "SELECT '\u{0}'",
+    ] {
+        assert!(texts.iter().any(|t| t == needle), "{needle:?} not found");
+    }
+    let (mut siblings, mut shared) = (0, 0);
+    for sql in &texts {
+        let alone = classify(sql);
+        let cache = ClassificationCache::default();
+        for _ in 0..2 {
+            assert_eq!(cache.classify(sql).map(|c| (*c).clone()), alone, "{sql:?}");
+        }
+        for sibling in constant_siblings(sql) {
+            siblings += 1;
+            shared += usize::from(cache_key(&sibling) == cache_key(sql));
+            let cache = ClassificationCache::default();
+            let _ = cache.classify(&sibling);
+            let got = cache.classify(sql).map(|c| (*c).clone());
+            assert_eq!(got, alone, "{sql:?} after {sibling:?}");
+        }
+    }
+    // Most siblings share the key: the test primes the cache, not just
+    // misses it.
+    assert!(shared * 2 > siblings, "{shared} of {siblings}");
 }
 
 #[test]
@@ -1538,6 +1775,160 @@ mod properties {
         Ok(())
     }
 
+    /// The characters the generated `U&` texts use as escape characters.
+    const ESCAPES: &[char] = &['\\', '!', '#', '*'];
+
+    /// ` UESCAPE 'c'`, or nothing for the default escape character.
+    fn uescape(escape: Option<char>) -> String {
+        escape.map_or_else(String::new, |c| format!(" UESCAPE '{c}'"))
+    }
+
+    /// An escape character of [`ESCAPES`], or none (the default, `\`).
+    fn escape_choice() -> impl Strategy<Value = Option<char>> {
+        prop_oneof![Just(None), prop::sample::select(ESCAPES).prop_map(Some)]
+    }
+
+    /// One name spelled for two texts: plain, quoted, or `U&"..."` with some
+    /// characters written as escapes. A `U&` spelling is shared by both
+    /// texts up to its `UESCAPE` character, which each text picks on its
+    /// own: the same tokens then name different things (`!0070g_read_file`
+    /// is `pg_read_file` only when `!` is the escape character).
+    fn name_pair() -> impl Strategy<Value = (String, String)> {
+        (
+            prop::sample::select(&["pg_read_file", "lower", "orders", "secret", "d", "p"][..]),
+            0..3u8,
+            prop::sample::select(ESCAPES),
+            prop::collection::vec(any::<bool>(), 12),
+            escape_choice(),
+            escape_choice(),
+        )
+            .prop_map(|(name, form, written, mask, a, b)| {
+                let body: String = name
+                    .chars()
+                    .zip(mask.iter().chain(std::iter::repeat(&false)))
+                    .map(|(c, &escaped)| {
+                        if escaped {
+                            format!("{written}{:04X}", u32::from(c))
+                        } else {
+                            c.to_string()
+                        }
+                    })
+                    .collect();
+                match form {
+                    0 => (name.to_owned(), name.to_owned()),
+                    1 => (format!("\"{name}\""), format!("\"{name}\"")),
+                    _ => (
+                        format!("U&\"{body}\"{}", uescape(a)),
+                        format!("U&\"{body}\"{}", uescape(b)),
+                    ),
+                }
+            })
+    }
+
+    /// A string constant with unicode escapes, valid for the escape
+    /// character it declares.
+    fn unicode_string(escape: Option<char>) -> impl Strategy<Value = String> {
+        let e = escape.unwrap_or('\\');
+        prop::collection::vec(
+            prop_oneof![
+                content().prop_map(move |s| s.replace(e, &format!("{e}{e}")).replace('\'', "''")),
+                any::<char>()
+                    .prop_filter("a character U& can write", |c| *c != '\0')
+                    .prop_map(move |c| format!("{e}+{:06X}", u32::from(c))),
+                "[a-zA-Z]".prop_map(move |c| {
+                    let c = c.chars().next().unwrap_or('a');
+                    format!("{e}{:04X}", u32::from(c))
+                }),
+            ],
+            0..4,
+        )
+        .prop_map(move |parts| format!("U&'{}'{}", parts.concat(), uescape(escape)))
+    }
+
+    /// A dollar-quoted string whose body holds other tags and quotes.
+    fn dollar_string() -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(&["", "a", "b_c"][..]),
+            prop::collection::vec(
+                prop_oneof![
+                    content().prop_map(|s| s.replace('$', "")),
+                    Just(" $z$ ".to_owned()),
+                    Just(" $q$ ; DROP TABLE orders; $q$ ".to_owned()),
+                    Just("' /* -- ".to_owned()),
+                ],
+                0..4,
+            ),
+        )
+            .prop_map(|(tag, parts)| {
+                let mut body = parts.concat();
+                if !tag.is_empty() {
+                    body.push_str(" $$ ");
+                }
+                format!("${tag}${body}${tag}$")
+            })
+    }
+
+    /// Two string constants for the same slot, and whether their escape
+    /// characters are the same (they are for the forms that have none).
+    fn escaped_string_pair() -> impl Strategy<Value = (String, String, bool)> {
+        prop_oneof![
+            (escape_choice(), escape_choice()).prop_flat_map(|(a, b)| {
+                (unicode_string(a), unicode_string(b)).prop_map(move |(x, y)| (x, y, a == b))
+            }),
+            (dollar_string(), dollar_string()).prop_map(|(x, y)| (x, y, true)),
+            literal_pair().prop_map(|(x, y)| (x, y, true)),
+        ]
+    }
+
+    /// A comment: nested block comments, line comments, none.
+    fn comment() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just(String::new()),
+                Just("/* /* */ */".to_owned()),
+                Just("/* a /* b /* c */ */ ' $$ */".to_owned()),
+                Just("/**/".to_owned()),
+                content().prop_map(|s| format!("/* {} */", s.replace("*/", "").replace("/*", ""))),
+                content().prop_map(|s| format!("-- {}\n", s.replace(['\n', '\r'], " "))),
+            ],
+            0..3,
+        )
+        .prop_map(|parts| parts.join(" "))
+    }
+
+    /// Templates with `{n}` for a name, `{s}` for a string constant and
+    /// `{c}` for a comment.
+    const ESCAPE_TEMPLATES: &[&str] = &[
+        "SELECT {n}({s}) {c} FROM {n} WHERE note = {s}",
+        "SELECT * FROM {n} {c} JOIN {n} ON {n}({s}) = {s}",
+        "WITH {n} AS (SELECT {s}) SELECT * FROM {n} {c}",
+        "DELETE FROM {n} WHERE {n}({s}) {c} IS NULL",
+        "PREPARE {n} AS SELECT {n}({s}); EXECUTE {n}",
+        "SELECT {s} {c}, {s} ; SELECT {n}() {c}",
+        "CREATE TABLE {n} (a text DEFAULT {n}({s}))",
+        "COPY (SELECT {n}({s})) TO STDOUT",
+        "SELECT pg_catalog.{n}({s}) {c} FROM public.{n}",
+        "{c} UPDATE {n} SET a = {s} FROM {n} WHERE {n}() {c}",
+    ];
+
+    fn render_slots(template: &str, names: &[String], strings: &[String], comments: &[String]) -> String {
+        let (mut n, mut s, mut c) = (names.iter(), strings.iter(), comments.iter());
+        let mut out = String::new();
+        let mut rest = template;
+        while let Some(pos) = rest.find('{') {
+            out.push_str(&rest[..pos]);
+            let slot = match rest.get(pos..pos + 3) {
+                Some("{n}") => n.next(),
+                Some("{s}") => s.next(),
+                _ => c.next(),
+            };
+            out.push_str(slot.map_or("x", String::as_str));
+            rest = &rest[pos + 3..];
+        }
+        out.push_str(rest);
+        out
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -1576,6 +1967,40 @@ mod properties {
             if cache_key(&a).is_some() && cache_key(&a) == cache_key(&b) {
                 assert_alike(&a, &b)?;
             }
+        }
+
+        /// Unicode escapes in names and strings, with and without UESCAPE,
+        /// nested comments and dollar quotes: two texts with the same key
+        /// classify alike, and through the cache as alone. With the same
+        /// escape characters, the keys are the same.
+        #[test]
+        fn escapes_comments_and_dollar_quotes_sharing_a_key_classify_alike(
+            t in 0..ESCAPE_TEMPLATES.len(),
+            names in prop::collection::vec(name_pair(), 5),
+            strings in prop::collection::vec(escaped_string_pair(), 3),
+            comments in prop::collection::vec((comment(), comment()), 2),
+        ) {
+            let template = ESCAPE_TEMPLATES[t];
+            let pick = |side: fn(&(String, String)) -> &String| names.iter().map(side).cloned().collect::<Vec<_>>();
+            let (names_a, names_b) = (pick(|p| &p.0), pick(|p| &p.1));
+            let strings_a: Vec<String> = strings.iter().map(|p| p.0.clone()).collect();
+            let strings_b: Vec<String> = strings.iter().map(|p| p.1.clone()).collect();
+            let comments_a: Vec<String> = comments.iter().map(|p| p.0.clone()).collect();
+            let comments_b: Vec<String> = comments.iter().map(|p| p.1.clone()).collect();
+            let a = render_slots(template, &names_a, &strings_a, &comments_a);
+            let b = render_slots(template, &names_b, &strings_b, &comments_b);
+            let key = cache_key(&a);
+            prop_assert!(key.is_some(), "{a:?} should scan");
+            if names_a == names_b && strings.iter().all(|p| p.2) {
+                prop_assert_eq!(&key, &cache_key(&b), "keys of {:?} and {:?}", a, b);
+            }
+            if key == cache_key(&b) {
+                assert_alike(&a, &b)?;
+            }
+            // A text primed by itself gets what it gets alone.
+            let cache = ClassificationCache::default();
+            let _ = cache.classify(&a);
+            prop_assert_eq!(cache.classify(&a).map(|c| (*c).clone()), classify(&a));
         }
 
         #[test]
