@@ -11,6 +11,7 @@ use clap::Parser;
 use gatehouse_proxy::{
     admin, cluster,
     config::ProxyConfig,
+    policy,
     server::{self, Runtime, Shared},
 };
 
@@ -50,8 +51,25 @@ struct Args {
     drain: Duration,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Statements are classified on the runtime's threads, and a statement
+    // nested as deeply as PostgreSQL accepts needs a deep stack for that
+    // (see policy/stack.rs). The stack is reserved address space; memory is
+    // used only as deep as a statement goes.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(policy::THREAD_STACK_BYTES)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run()),
+        Err(e) => {
+            eprintln!("gatehouse-proxy: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> ExitCode {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(

@@ -20,6 +20,7 @@ use gatehouse_crds::policy::Operation;
 use pg_query::protobuf as pb;
 use pg_query::{NodeEnum, NodeRef};
 
+use super::stack::{on_classifier_stack, running_low};
 use super::walk::for_each_child;
 use super::{
     Classification, ClassifyError, CopyFormat, ExecuteRef, FunctionRef, PreparedEffect, Statement,
@@ -35,7 +36,17 @@ use super::{
 /// `EXECUTE` is classified as [`Operation::Prepare`] with an [`ExecuteRef`];
 /// [`PreparedStatements::resolve`](super::PreparedStatements::resolve) gives
 /// it the class of the prepared statement.
+///
+/// Runs where the deepest tree PostgreSQL's parser produces fits on the
+/// stack (see [`CLASSIFY_STACK_BYTES`](super::CLASSIFY_STACK_BYTES)); a text
+/// nested more deeply than that parser accepts is [`ClassifyError::TooDeep`].
 pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
+    on_classifier_stack(|| classify_here(sql))?
+}
+
+/// [`classify`], on the current thread's stack. The parse tree is dropped
+/// here too: dropping recurses as deep as the tree.
+pub(crate) fn classify_here(sql: &str) -> Result<Classification, ClassifyError> {
     let parsed = parse(sql)?;
     let mut statements = Vec::with_capacity(parsed.stmts.len());
     for raw in &parsed.stmts {
@@ -57,20 +68,24 @@ fn parse(sql: &str) -> Result<pb::ParseResult, ClassifyError> {
     // parse failure.
     match std::panic::catch_unwind(|| pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)) {
         Ok(Ok(result)) => Ok(result.protobuf),
+        Ok(Err(pg_query::Error::Parse(message))) if nested_too_deeply(&message) => {
+            Err(ClassifyError::TooDeep(message))
+        }
         Ok(Err(pg_query::Error::Parse(message))) => Err(ClassifyError::Parse(message)),
-        // prost refuses to decode messages nested more than 100 deep (about
-        // 50 levels of expressions or sub-queries, e.g. a chain of 50 `+`).
-        // Lifting that limit would let decoding, and the walk, recurse as
-        // deep as libpg_query allows (10,000), past a task's stack.
-        Ok(Err(pg_query::Error::Decode(_))) => Err(ClassifyError::Unsupported(
-            "a statement nested more deeply than Gatehouse classifies (about 50 levels of \
-             expressions or sub-queries)",
-        )),
         Ok(Err(other)) => Err(ClassifyError::Parse(other.to_string())),
         Err(_) => Err(ClassifyError::Parse(
             "the parser failed on this statement".to_owned(),
         )),
     }
+}
+
+/// Whether a parse error is one of the parser's limits on nesting:
+/// PostgreSQL's stack check, bison's stack (10,000 states), or
+/// libpg_query's limit of 10,000 levels on the tree it serialises.
+fn nested_too_deeply(message: &str) -> bool {
+    message.starts_with("stack depth limit exceeded")
+        || message.starts_with("memory exhausted")
+        || message.starts_with("parse tree is nested too deeply")
 }
 
 /// Classifies one top-level statement.
@@ -413,6 +428,14 @@ impl Walker {
 
     fn visit(&mut self, node: NodeRef<'_>) {
         if self.error.is_some() {
+            return;
+        }
+        // The stack is sized for the deepest tree; this only fails closed
+        // if a level of the walk ever costs more than measured there.
+        if running_low() {
+            self.fail(ClassifyError::TooDeep(
+                "the walk of the parse tree ran short of stack".to_owned(),
+            ));
             return;
         }
         match stmt_kind(node) {

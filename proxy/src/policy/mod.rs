@@ -48,6 +48,7 @@ mod functions;
 mod prepared;
 mod rules;
 mod set;
+mod stack;
 #[cfg(test)]
 mod tests;
 mod walk;
@@ -71,6 +72,7 @@ pub use rules::{
     refusal_for_error, write_rule,
 };
 pub use set::PolicySet;
+pub use stack::{CLASSIFY_STACK_BYTES, THREAD_STACK_BYTES};
 
 /// Why a text could not be classified. Every variant means "refuse the
 /// statement": the proxy never forwards what it could not classify.
@@ -88,6 +90,11 @@ pub enum ClassifyError {
     /// reaches outside the database.
     #[error("{0}")]
     Refused(String),
+    /// A statement nested more deeply than PostgreSQL's parser, as
+    /// libpg_query runs it, accepts: a chain of thousands of operators or
+    /// nested calls, sub-queries or parentheses.
+    #[error("statement nested too deeply for Gatehouse to classify: {0}")]
+    TooDeep(String),
     /// `EXECUTE` of a prepared statement this session's proxy has not seen.
     #[error("prepared statement \"{0}\" is not known to Gatehouse in this session")]
     UnknownPrepared(String),

@@ -38,6 +38,9 @@ pub const INVALID_POLICY_RULE: &str = "invalid-policy";
 const INSUFFICIENT_PRIVILEGE: &str = "42501";
 /// SQLSTATE `syntax_error`.
 const SYNTAX_ERROR: &str = "42601";
+/// SQLSTATE `statement_too_complex`, PostgreSQL's own for "stack depth limit
+/// exceeded".
+const STATEMENT_TOO_COMPLEX: &str = "54001";
 
 /// The authenticated caller: a username plus groups, as the identity
 /// validators produce it.
@@ -690,6 +693,14 @@ pub fn refusal_for_error(error: &ClassifyError) -> Refusal {
             sqlstate: SYNTAX_ERROR,
             message: message.clone(),
             hint: "Gatehouse reads every statement with PostgreSQL's parser and refuses text it cannot parse"
+                .to_owned(),
+            decision: "deny",
+        },
+        ClassifyError::TooDeep(_) => Refusal {
+            sqlstate: STATEMENT_TOO_COMPLEX,
+            message: error.to_string(),
+            hint: "PostgreSQL refuses such nesting too, at a few thousand levels; write long lists flat, \
+                   with IN (...), ARRAY[...] or concat(...)"
                 .to_owned(),
             decision: "deny",
         },
