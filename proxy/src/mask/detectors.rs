@@ -23,6 +23,16 @@ pub enum Check {
     Iban,
 }
 
+/// What finds a detector's secrets.
+#[derive(Debug, Clone, Copy)]
+pub enum Pattern {
+    /// A regular expression (Rust `regex` syntax, matched on bytes). When it
+    /// has a capture group, only the group is the secret.
+    Regex(&'static str),
+    /// Code, for what a regular expression cannot say: the secret's ranges.
+    Code(fn(&[u8], &mut Vec<std::ops::Range<usize>>)),
+}
+
 /// One detector.
 #[derive(Debug, Clone, Copy)]
 pub struct Detector {
@@ -37,8 +47,8 @@ pub struct Detector {
     /// Lower-case keywords; the pattern only runs on a value containing one
     /// (ASCII case-insensitively). Empty means the pattern always runs.
     pub keywords: &'static [&'static str],
-    /// The pattern (Rust `regex` syntax, matched on bytes).
-    pub pattern: &'static str,
+    /// What finds the secret.
+    pub pattern: Pattern,
     /// The check of each candidate.
     pub check: Check,
     /// Values in which the detector must find a secret.
@@ -54,7 +64,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "aws",
         opt_in: false,
         keywords: &["akia", "asia", "abia", "acca", "a3t"],
-        pattern: r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
+        pattern: Pattern::Regex(r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b"),
         check: Check::None,
         positives: &["AKIAIOSFODNN7EXAMPLE", "key=ASIAY34FZKBOKMUTVV7A;"],
         negatives: &["AKIA-not-a-key", "akiaiosfodnn7example", "XAKIAIOSFODNN7EXAMPLEX"],
@@ -64,7 +74,9 @@ pub const DETECTORS: &[Detector] = &[
         group: "aws",
         opt_in: false,
         keywords: &["aws", "secret_access_key", "secretaccesskey"],
-        pattern: r#"(?i)(?:aws.{0,24}?)?secret.?access.?key["']?\s{0,4}[:=]\s{0,4}["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
+        pattern: Pattern::Regex(
+            r#"(?i)(?:aws.{0,24}?)?secret.?access.?key["']?\s{0,4}[:=]\s{0,4}["']?([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
+        ),
         check: Check::None,
         positives: &[
             "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -80,7 +92,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "github",
         opt_in: false,
         keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
-        pattern: r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b",
+        pattern: Pattern::Regex(r"\bgh[pousr]_[A-Za-z0-9]{36,251}\b"),
         check: Check::None,
         positives: &[
             "ghp_1a2B3c4D5e6F7g8H9i0J1k2L3m4N5o6P7q8R",
@@ -93,7 +105,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "github",
         opt_in: false,
         keywords: &["github_pat_"],
-        pattern: r"\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b",
+        pattern: Pattern::Regex(r"\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b"),
         check: Check::None,
         positives: &[
             "github_pat_11ABCDEFG0123456789abc_0123456789abcdefghijABCDEFGHIJ0123456789abcdefghijABCDEFGHI",
@@ -107,7 +119,7 @@ pub const DETECTORS: &[Detector] = &[
         keywords: &[
             "glpat-", "gldt-", "glptt-", "glrt-", "gloas-", "glcbt-", "glft-", "glsoat-",
         ],
-        pattern: r"\b(?:glpat|gldt|glptt|glrt|gloas|glcbt|glft|glsoat)-[A-Za-z0-9_\-]{20,}",
+        pattern: Pattern::Regex(r"\b(?:glpat|gldt|glptt|glrt|gloas|glcbt|glft|glsoat)-[A-Za-z0-9_\-]{20,}"),
         check: Check::None,
         positives: &[
             "glpat-xFz3Kp9QmT2vLw8RnY4s",
@@ -120,7 +132,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "slack",
         opt_in: false,
         keywords: &["xox"],
-        pattern: r"\bxox[abeoprs]-(?:[0-9]+-)+[A-Za-z0-9\-]{8,}",
+        pattern: Pattern::Regex(r"\bxox[abeoprs]-(?:[0-9]+-)+[A-Za-z0-9\-]{8,}"),
         check: Check::None,
         positives: &[
             "xoxb-2837465019-5746382910-AbCdEfGhIjKlMnOpQrStUvWx",
@@ -133,7 +145,9 @@ pub const DETECTORS: &[Detector] = &[
         group: "slack",
         opt_in: false,
         keywords: &["hooks.slack.com"],
-        pattern: r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,}",
+        pattern: Pattern::Regex(
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_\-]{20,}",
+        ),
         check: Check::None,
         positives: &["https://hooks.slack.com/services/T0A1B2C3D/B0A1B2C3D/AbCdEfGhIjKlMnOpQrStUvWx"],
         negatives: &["https://hooks.slack.com/"],
@@ -143,7 +157,9 @@ pub const DETECTORS: &[Detector] = &[
         group: "stripe",
         opt_in: false,
         keywords: &["sk_live_", "sk_test_", "rk_live_", "rk_test_", "whsec_"],
-        pattern: r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}|whsec_[A-Za-z0-9]{32,})\b",
+        pattern: Pattern::Regex(
+            r"\b(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{20,247}|whsec_[A-Za-z0-9]{32,})\b",
+        ),
         check: Check::None,
         positives: &[
             "sk_live_4eC39HqLyjWDarjtT1zdp7dc51Lg",
@@ -156,7 +172,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "google",
         opt_in: false,
         keywords: &["aiza"],
-        pattern: r"\b(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)",
+        pattern: Pattern::Regex(r"\b(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)"),
         check: Check::None,
         positives: &["AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q"],
         negatives: &["AIzaShort", "aizasya1b2c3d4e5f6g7h8i9j0k1l2m3n4o5p6q"],
@@ -166,7 +182,9 @@ pub const DETECTORS: &[Detector] = &[
         group: "openai",
         opt_in: false,
         keywords: &["t3blbkfj", "sk-proj-", "sk-svcacct-", "sk-admin-"],
-        pattern: r"\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}|[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,})",
+        pattern: Pattern::Regex(
+            r"\bsk-(?:(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,}|[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,})",
+        ),
         check: Check::None,
         positives: &[
             "sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56Qr78St90Uv12Wx34",
@@ -179,7 +197,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "anthropic",
         opt_in: false,
         keywords: &["sk-ant-"],
-        pattern: r"\bsk-ant-(?:api|admin|oat|ort)[0-9]{2}-[A-Za-z0-9_\-]{32,}",
+        pattern: Pattern::Regex(r"\bsk-ant-(?:api|admin|oat|ort)[0-9]{2}-[A-Za-z0-9_\-]{32,}"),
         check: Check::None,
         positives: &[
             "sk-ant-api03-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56Qr78St90Uv12Wx34Yz56-AbCdEfAA",
@@ -192,7 +210,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "npm",
         opt_in: false,
         keywords: &["npm_"],
-        pattern: r"\bnpm_[A-Za-z0-9]{36}\b",
+        pattern: Pattern::Regex(r"\bnpm_[A-Za-z0-9]{36}\b"),
         check: Check::None,
         positives: &["//registry/:_authToken=npm_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"],
         negatives: &["npm_config_cache", "npm_a1B2c3"],
@@ -202,7 +220,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "jwt",
         opt_in: false,
         keywords: &["eyj"],
-        pattern: r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+        pattern: Pattern::Regex(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*"),
         check: Check::None,
         positives: &[
             "Bearer eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
@@ -215,7 +233,9 @@ pub const DETECTORS: &[Detector] = &[
         opt_in: false,
         keywords: &["-----begin"],
         // To the END line, or to the end of the value when it is cut short.
-        pattern: r"-----BEGIN[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----|\z)",
+        pattern: Pattern::Regex(
+            r"-----BEGIN[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----|\z)",
+        ),
         check: Check::None,
         positives: &[
             "-----BEGIN RSA PRIVATE KEY-----\nMIIEpAIBAAKCAQEA75\n-----END RSA PRIVATE KEY-----",
@@ -232,34 +252,66 @@ pub const DETECTORS: &[Detector] = &[
         group: "connectionString",
         opt_in: false,
         keywords: &["://"],
-        pattern: r#"\b[A-Za-z][A-Za-z0-9+.\-]{1,30}://[^:@/\s'"]{1,256}:([^@/\s'"]{1,256})@"#,
+        // The user may be empty and the password may hold raw `@` and `:`:
+        // it runs to the last `@` before the host. It stops at `/ ? #`,
+        // which a URL would read as the path, and at blanks and quotes.
+        pattern: Pattern::Regex(
+            r#"\b[A-Za-z][A-Za-z0-9+.\-]{1,30}://[^\s/?#@'":]*:([^\s/?#'"]+)@[A-Za-z0-9._~%\-\[\]]+(?:[:/?#\s'",;)]|$)"#,
+        ),
         check: Check::None,
         positives: &[
             "postgres://app:s3cr3t-Pa55@db.internal:5432/orders",
             "DATABASE_URL='mongodb+srv://admin:hunter2hunter2@cluster0.example.net/'",
+            "redis://:Rq8-only-pw@cache:6379/0",
+            "mysql://root:p@ss:w0rd@db/app",
         ],
         negatives: &[
             "https://example.com/path?q=1",
             "postgres://app@db.internal/orders",
+            "http://host:8080/path?by=ada@example.com",
+            "postgres://app:${DB_PASSWORD}@db/orders",
+            "postgres://app:****@db/orders",
         ],
+    },
+    Detector {
+        name: "oracle-connect-password",
+        group: "connectionString",
+        opt_in: false,
+        keywords: &["@"],
+        // `user/password@//host:port/service`, `user/password@host:port:sid`
+        // (JDBC thin), `user/password@(DESCRIPTION=...)`.
+        pattern: Pattern::Regex(
+            r#"(?i)\b[A-Za-z][\w$#]{0,29}/([^\s/@'"]{1,128})@(?://|\(description|[A-Za-z0-9.\-]+:[0-9]{2,5}[:/])"#,
+        ),
+        check: Check::None,
+        positives: &[
+            "sqlplus scott/t1ger-Pw@//db.example.com:1521/ORCL",
+            "jdbc:oracle:thin:app/Zk9_pw@db:1521:ORCL",
+            "app/Zk9_pw@(DESCRIPTION=(ADDRESS=(HOST=db)))",
+        ],
+        negatives: &["npm i @scope/pkg@1.2.3", "see docs/intro@v2 and a/b@c"],
     },
     Detector {
         name: "password-assignment",
         group: "genericAssignment",
         opt_in: false,
-        keywords: &["pass", "pwd", "secret", "token", "key", "credential"],
-        pattern: r#"(?i)\b(?:password|passwd|passphrase|pwd|secret|client[_\-]?secret|token|auth[_\-]?token|access[_\-]?token|api[_\-]?key|private[_\-]?key|credentials?)["']?\s{0,4}[:=]\s{0,4}["']?([^\s"',;&}]{6,})"#,
+        keywords: super::assign::KEYWORDS,
+        pattern: Pattern::Code(super::assign::find),
         check: Check::None,
         positives: &[
             "password=Tr0ub4dor&3",
             r#"{"client_secret": "9f8e7d6c5b4a"}"#,
             "token: abc123def456",
             "redis.conf: requirepass x; secret:Zz9-long-value",
+            "DB_PASS=correct horse battery",
+            "<password>Sp4ce d Out</password>",
         ],
         negatives: &[
             "password reset requested",
             "token count: 42",
             "keyboard=qwerty layout",
+            "password: incorrect",
+            "password: ********",
         ],
     },
     Detector {
@@ -267,7 +319,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "card",
         opt_in: true,
         keywords: &[],
-        pattern: r"\b(?:[0-9][ \-]?){12,18}[0-9]\b",
+        pattern: Pattern::Regex(r"\b(?:[0-9][ \-]?){12,18}[0-9]\b"),
         check: Check::Luhn,
         positives: &[
             "4111 1111 1111 1111",
@@ -281,7 +333,9 @@ pub const DETECTORS: &[Detector] = &[
         group: "email",
         opt_in: true,
         keywords: &["@"],
-        pattern: r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b",
+        pattern: Pattern::Regex(
+            r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b",
+        ),
         check: Check::None,
         positives: &["ada@example.com", "Contact: grace.hopper+navy@mail.example.org."],
         negatives: &["@handle", "user@localhost"],
@@ -291,7 +345,7 @@ pub const DETECTORS: &[Detector] = &[
         group: "iban",
         opt_in: true,
         keywords: &[],
-        pattern: r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b",
+        pattern: Pattern::Regex(r"\b[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"),
         check: Check::Iban,
         positives: &["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432"],
         negatives: &["DE89 3704 0044 0532 0130 01", "AB12 CDEF GHIJ"],

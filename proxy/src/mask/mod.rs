@@ -6,18 +6,20 @@
 //! its keywords. Matching works on bytes, so a value that is not valid UTF-8
 //! is scanned like any other.
 
+mod assign;
 pub mod detectors;
 pub mod policy;
 pub mod rows;
 pub mod sql;
 pub mod stream;
+mod views;
 
 use std::{borrow::Cow, ops::Range, sync::LazyLock};
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 
-pub use detectors::{DETECTORS, Detector};
+pub use detectors::{DETECTORS, Detector, Pattern};
 pub use sql::{MaskedSql, masked_statement, statement_text};
 
 /// A Policy names a detector group that does not exist.
@@ -62,9 +64,17 @@ struct Compiled {
     detector: &'static Detector,
     /// Position in [`DETECTORS`].
     id: usize,
-    regex: Regex,
-    /// Whether only capture group 1 is the secret.
-    grouped: bool,
+    matcher: Matcher,
+}
+
+#[derive(Debug)]
+enum Matcher {
+    /// With `grouped`, only capture group 1 is the secret.
+    Regex {
+        regex: Regex,
+        grouped: bool,
+    },
+    Code(fn(&[u8], &mut Vec<Range<usize>>)),
 }
 
 /// The enabled detectors, ready to scan.
@@ -98,14 +108,21 @@ impl Scanner {
         let detectors: Vec<Compiled> = detectors
             .into_iter()
             .map(|detector| {
-                // The built-in patterns are constants covered by tests, so a
-                // failure here is a bug in this file, caught by `cargo test`.
-                #[allow(clippy::expect_used)]
-                let regex = RegexBuilder::new(detector.pattern)
-                    .unicode(false)
-                    .build()
-                    .expect("built-in detector patterns compile");
-                let grouped = regex.captures_len() > 1;
+                let matcher = match detector.pattern {
+                    Pattern::Regex(pattern) => {
+                        // The built-in patterns are constants covered by
+                        // tests, so a failure here is a bug in this file,
+                        // caught by `cargo test`.
+                        #[allow(clippy::expect_used)]
+                        let regex = RegexBuilder::new(pattern)
+                            .unicode(false)
+                            .build()
+                            .expect("built-in detector patterns compile");
+                        let grouped = regex.captures_len() > 1;
+                        Matcher::Regex { regex, grouped }
+                    }
+                    Pattern::Code(find) => Matcher::Code(find),
+                };
                 let id = DETECTORS
                     .iter()
                     .position(|d| d.name == detector.name)
@@ -113,8 +130,7 @@ impl Scanner {
                 Compiled {
                     detector,
                     id,
-                    regex,
-                    grouped,
+                    matcher,
                 }
             })
             .collect();
@@ -153,46 +169,90 @@ impl Scanner {
         self.detectors.is_empty()
     }
 
-    /// The secrets in `value`, sorted by position, overlaps merged.
+    /// The secrets in `value`, sorted by position, overlaps merged: those
+    /// in the value as it is, and those in its decoded views (backslash and
+    /// `%XX` escapes taken off, wrapped tokens joined; see [`views`]),
+    /// mapped back to the bytes that encode them.
     pub fn find(&self, value: &[u8], out: &mut Vec<Found>) {
         out.clear();
+        self.find_in(value, false, out);
+        let views = views::decoded(value);
+        if !views.is_empty() {
+            let mut seen = Vec::new();
+            for view in &views {
+                seen.clear();
+                let joined = view.has_joins();
+                self.find_in(&view.text, joined, &mut seen);
+                for f in seen.drain(..) {
+                    // A joined view only adds what crosses a join.
+                    if joined && !view.crosses_join(&f.range) {
+                        continue;
+                    }
+                    let range = view.original(f.range);
+                    if !range.is_empty() {
+                        out.push(Found { range, ..f });
+                    }
+                }
+            }
+        }
+        merge(out);
+    }
+
+    /// The secrets in `text` itself, unsorted. In a view whose lines were
+    /// `joined`, only the patterns of tokens run: a key's value ends with
+    /// its line.
+    fn find_in(&self, text: &[u8], joined: bool, out: &mut Vec<Found>) {
         let mut candidates = self.always;
         if let Some(prefilter) = &self.prefilter {
-            for hit in prefilter.find_overlapping_iter(value) {
+            for hit in prefilter.find_overlapping_iter(text) {
                 candidates |= 1 << self.owner[hit.pattern().as_usize()];
             }
         }
+        let mut ranges = Vec::new();
         while candidates != 0 {
             let i = candidates.trailing_zeros() as usize;
             candidates &= candidates - 1;
             let compiled = &self.detectors[i];
             let (name, id) = (compiled.detector.name, compiled.id);
             let check = compiled.detector.check;
-            if compiled.grouped {
-                for captures in compiled.regex.captures_iter(value) {
-                    if let Some(group) = captures.get(1)
-                        && detectors::passes(check, group.as_bytes())
-                    {
-                        out.push(Found {
-                            range: group.range(),
-                            detector: name,
-                            id,
-                        });
+            let mut found = |range: Range<usize>| {
+                out.push(Found {
+                    range,
+                    detector: name,
+                    id,
+                })
+            };
+            match &compiled.matcher {
+                Matcher::Regex { regex, grouped: true } => {
+                    for captures in regex.captures_iter(text) {
+                        if let Some(group) = captures.get(1)
+                            && detectors::passes(check, group.as_bytes())
+                            && !assign::is_placeholder(group.as_bytes())
+                        {
+                            found(group.range());
+                        }
                     }
                 }
-            } else {
-                for m in compiled.regex.find_iter(value) {
-                    if detectors::passes(check, m.as_bytes()) {
-                        out.push(Found {
-                            range: m.range(),
-                            detector: name,
-                            id,
-                        });
+                Matcher::Regex {
+                    regex,
+                    grouped: false,
+                } => {
+                    for m in regex.find_iter(text) {
+                        if detectors::passes(check, m.as_bytes()) {
+                            found(m.range());
+                        }
+                    }
+                }
+                Matcher::Code(_) if joined => {}
+                Matcher::Code(find) => {
+                    ranges.clear();
+                    find(text, &mut ranges);
+                    for range in ranges.drain(..) {
+                        found(range);
                     }
                 }
             }
         }
-        merge(out);
     }
 
     /// `value` with every secret replaced by `[masked:<detector>]`, or

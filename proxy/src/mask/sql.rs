@@ -289,9 +289,9 @@ mod tests {
 
     #[test]
     fn a_match_across_syntax_masks_nothing_of_the_syntax() {
-        // The assignment detector matches `id)OR(true)` here; none of it is
-        // a value, so the approver sees the whole condition.
-        let sql = "DELETE FROM accounts WHERE(token=id)OR(true)";
+        // The assignment detector matches `token_id` here; it is a column,
+        // not a value, so the approver sees the whole condition.
+        let sql = "DELETE FROM accounts WHERE(token=token_id)OR(true)";
         assert!(
             super::super::ALL_SECRETS.mask(sql.as_bytes()).is_some(),
             "premise: the detectors match across the syntax"
