@@ -143,6 +143,83 @@ pub(crate) const PLANTED: &[Planted] = &[
         value: "refund to DE44 5001 0517 5407 3249 31 today",
         secrets: &["DE44 5001 0517 5407 3249 31"],
     },
+    // How real tables hold secrets: escaped, encoded, under the key names
+    // people use, in every form of connection string, wrapped.
+    Planted {
+        kind: "password-assignment",
+        value: r#"{"settings": "{\"smtp\": {\"password\": \"Mv4-Lq\\\"x8Rt\"}}"}"#,
+        secrets: &["Mv4-Lq", "x8Rt"],
+    },
+    Planted {
+        kind: "connection-string-password",
+        value: "next=https%3A%2F%2Fdeploy%3AHp7-Wq2zKx%40registry.internal%2Fv2",
+        secrets: &["Hp7-Wq2zKx"],
+    },
+    Planted {
+        kind: "slack-webhook",
+        value: r#"{"hook": "https:\/\/hooks.slack.com\/services\/T01AB2CD3\/B04EF5GH6\/Kx8Lq2Wm9Rt4Vy7Zn3Pd"}"#,
+        secrets: &["Kx8Lq2Wm9Rt4Vy7Zn3Pd"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "POSTGRES_PASSWORD=Ry6-Qm2-Hx9\nPOSTGRES_USER=app",
+        secrets: &["Ry6-Qm2-Hx9"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "postgresql:\n  auth:\n    postgresPassword: \"Lp3 Wz8 ;Qa\"\n",
+        secrets: &["Lp3 Wz8 ;Qa"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "PGPASSWORD=Nd4kTq7x PGUSER=app psql -h db",
+        secrets: &["Nd4kTq7x"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "<datasource><user>app</user><password>Vw3 Kq8 Zx</password></datasource>",
+        secrets: &["Vw3 Kq8 Zx"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "module.exports = { host: 'db', user: 'app', pass: 'Hm2&Kq9;x' };",
+        secrets: &["Hm2&Kq9;x"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "env:\n- name: JWT_SECRET\n  value: jw7-Rq2-Lk9-Xs4\n",
+        secrets: &["jw7-Rq2-Lk9-Xs4"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "Server=db;User Id=sa;Password={Ab;c}}9Xy};Encrypt=true",
+        secrets: &["Ab;c}}9Xy"],
+    },
+    Planted {
+        kind: "password-assignment",
+        value: "host=db user=app password='Lq 8 Wx-3' sslmode=require",
+        secrets: &["Lq 8 Wx-3"],
+    },
+    Planted {
+        kind: "connection-string-password",
+        value: "cache at redis://:Rb5-Xq8-Tm2@cache.internal:6379/0",
+        secrets: &["Rb5-Xq8-Tm2"],
+    },
+    Planted {
+        kind: "connection-string-password",
+        value: "DSN mysql://app:Pw@d:9Kz@db.internal/app",
+        secrets: &["Pw@d:9Kz"],
+    },
+    Planted {
+        kind: "oracle-connect-password",
+        value: "sqlplus app/Orq7-Kx2@//db.internal:1521/ORCL",
+        secrets: &["Orq7-Kx2"],
+    },
+    Planted {
+        kind: "github-token",
+        value: "token on two lines: ghp_Wr4pP3dT0k3nAbCdEf\nGhIjKlMnOpQrStUv1234",
+        secrets: &["Wr4pP3dT0k3nAbCdEf", "GhIjKlMnOpQrStUv1234"],
+    },
 ];
 
 /// Values that look like secrets to a careless eye and must arrive as they are.
@@ -164,6 +241,20 @@ const LOOK_ALIKES: &[&str] = &[
     "v1.22.3 at 10.0.12.7:5432",
     "https://example.com/docs?page=2",
     "c2VjcmV0LWJ1dC1qdXN0LWJhc2U2NA==",
+    // Placeholders, references, prose and names about a secret.
+    "password: incorrect",
+    "the token expired at 10:00",
+    "password=\nnext=1",
+    "DB_PASSWORD=${DB_PASSWORD}",
+    "api_key: <your-api-key>",
+    "secret: ********",
+    "max_tokens: 4096",
+    "password_file: /run/secrets/db",
+    r#"{"password": "<redacted>", "token_type": "bearer"}"#,
+    "pass: process.env.DB_PASS,",
+    "postgres://db.internal:5432/app?sslmode=require",
+    "npm i @scope/pkg@1.2.3",
+    r#"{"msg": "cache at C:\\Users\\app\\token_cache"}"#,
 ];
 
 /// Every secret detector, and the personal-data ones `all` leaves out.

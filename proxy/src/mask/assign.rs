@@ -174,7 +174,7 @@ fn trim_key(text: &[u8], key: Range<usize>) -> Range<usize> {
 }
 
 /// Whether the key `name` names a secret.
-fn names_secret(name: &[u8]) -> bool {
+pub fn names_secret(name: &[u8]) -> bool {
     if name.is_empty() || name.len() > 128 {
         return false;
     }
@@ -398,7 +398,9 @@ fn starts_line(text: &[u8], key_start: usize) -> bool {
 }
 
 /// The end of a quoted value starting after `quote` at `at`: the closing
-/// quote's position (or the end of the text when the value is cut short).
+/// quote's position. A value whose quote does not close ends at its line's
+/// end, or (quoted with `'` or a backtick) at a `"`: that is the end of the
+/// JSON string or the attribute holding it, not part of the value.
 fn quoted_end(text: &[u8], at: usize, quote: u8) -> usize {
     let mut i = at;
     while i < text.len() {
@@ -412,8 +414,25 @@ fn quoted_end(text: &[u8], at: usize, quote: u8) -> usize {
                 }
                 return i;
             }
+            b'\n' | b'\r' => return i,
+            b'"' if quote != b'"' => return i,
             _ => i += 1,
         }
+    }
+    text.len()
+}
+
+/// Where an escaped line break or quote (`\n`, `\r`, `\"`) first
+/// follows `at`: in text that is still escaped (a JSON document read raw),
+/// it ends an unquoted value as the real one would.
+fn escaped_break(text: &[u8], at: usize) -> usize {
+    let mut from = at;
+    while let Some(i) = memchr::memchr(b'\\', &text[from..]) {
+        let i = from + i;
+        if matches!(text.get(i + 1), Some(b'n' | b'r' | b'"')) {
+            return i;
+        }
+        from = i + 1;
     }
     text.len()
 }
@@ -488,7 +507,13 @@ fn value_at(text: &[u8], at: usize, anchored: bool, indent: usize, separator: u8
             (end > start).then_some(start..end)
         }
         _ if anchored => {
-            let end = next_pair(text, at).unwrap_or_else(|| line_end(text, at));
+            // A `"` ends it too: in a value that is JSON, the line is the
+            // whole document, and the quote closes the string it is in.
+            let quote = memchr::memchr(b'"', &text[at..]).map_or(text.len(), |i| at + i);
+            let end = next_pair(text, at)
+                .unwrap_or_else(|| line_end(text, at))
+                .min(escaped_break(text, at))
+                .min(quote);
             let mut value = at..end;
             while value.end > value.start && text[value.end - 1].is_ascii_whitespace() {
                 value.end -= 1;
@@ -499,8 +524,9 @@ fn value_at(text: &[u8], at: usize, anchored: bool, indent: usize, separator: u8
             Some(value)
         }
         _ => {
+            let stop = escaped_break(text, at);
             let mut end = at;
-            while end < text.len()
+            while end < stop
                 && !text[end].is_ascii_whitespace()
                 && !matches!(
                     text[end],
@@ -573,7 +599,12 @@ fn value_of(text: &[u8], ident: usize, key: Range<usize>) -> Option<Range<usize>
             return None;
         }
         let start = close + 1;
-        let end = memchr::memchr(b'<', &text[start..]).map_or(text.len(), |i| start + i);
+        // To the closing tag; with none, to the end of the line or of the
+        // string holding the document.
+        let end = match memchr::memchr(b'<', &text[start..]) {
+            Some(i) if text.get(start + i + 1) == Some(&b'/') => start + i,
+            _ => memchr::memchr3(b'<', b'"', b'\n', &text[start..]).map_or(text.len(), |i| start + i),
+        };
         let mut value = start..end;
         while value.start < value.end && text[value.start].is_ascii_whitespace() {
             value.start += 1;
@@ -606,6 +637,7 @@ fn value_of(text: &[u8], ident: usize, key: Range<usize>) -> Option<Range<usize>
             let word = &text[value.clone()];
             let word = word.strip_suffix(b".").unwrap_or(word);
             if word.len() < 16
+                && !word.is_empty()
                 && word.iter().all(u8::is_ascii_alphabetic)
                 && word[1..].iter().all(u8::is_ascii_lowercase)
             {
@@ -796,6 +828,7 @@ mod tests {
             "bypass=true",
             "author: Ada",
             "password=\nnext=line",
+            r#"{"v": "password=\nnext=1"}"#,
             "password: ********",
             "password=<redacted>",
             "password: '${DB_PASSWORD}'",

@@ -232,9 +232,11 @@ pub const DETECTORS: &[Detector] = &[
         group: "privateKey",
         opt_in: false,
         keywords: &["-----begin"],
-        // To the END line, or to the end of the value when it is cut short.
+        // To the END line; when the key is cut short, to the end of the
+        // value or to the quote or bracket that closes the string holding
+        // it (a key inside a JSON or XML document), which no PEM body has.
         pattern: Pattern::Regex(
-            r"-----BEGIN[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----(?s:.*?)(?:-----END[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----|\z)",
+            r#"(-----BEGIN[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----(?:[^"'<>{}]*?-----END[ A-Z0-9]{0,32}PRIVATE KEY(?: BLOCK)?-----|[^"'<>{}]*))"#,
         ),
         check: Check::None,
         positives: &[

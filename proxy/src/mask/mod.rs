@@ -175,7 +175,21 @@ impl Scanner {
     /// mapped back to the bytes that encode them.
     pub fn find(&self, value: &[u8], out: &mut Vec<Found>) {
         out.clear();
+        if let Some(strings) = views::json_strings(value) {
+            self.find_json(value, &strings, out);
+            merge(out);
+            return;
+        }
         self.find_in(value, false, out);
+        if !out.is_empty() && memchr::memchr(b'\\', value).is_some() {
+            // A pattern may end (or start) inside an escape sequence of the
+            // value as it is (`\"` after a key in a JSON string); the mask
+            // takes the whole sequence, so none is left half.
+            let escapes = views::escapes(value);
+            for f in out.iter_mut() {
+                f.range = views::widen(f.range.clone(), &escapes);
+            }
+        }
         let views = views::decoded(value);
         if !views.is_empty() {
             let mut seen = Vec::new();
@@ -196,6 +210,71 @@ impl Scanner {
             }
         }
         merge(out);
+    }
+
+    /// The secrets of a JSON document: each string scanned on its own,
+    /// decoded, and the value of every key that names a secret (directly,
+    /// or as `{"name": "DB_PASSWORD", "value": ...}`), whole.
+    fn find_json(&self, value: &[u8], strings: &[views::JsonString], out: &mut Vec<Found>) {
+        let assignment = self
+            .detectors
+            .iter()
+            .find(|c| matches!(c.matcher, Matcher::Code(_)));
+        let mut inner = Vec::new();
+        // The document as it is, for patterns that read a key and its value
+        // across strings (`"aws_secret_access_key": "..."`): a find counts
+        // when it lies inside one string.
+        self.find_in(value, false, &mut inner);
+        let escapes = views::escapes(value);
+        for f in inner.drain(..) {
+            let range = views::widen(f.range.clone(), &escapes);
+            let i = strings.partition_point(|s| s.content.end < range.end);
+            if strings
+                .get(i)
+                .is_some_and(|s| s.content.start <= range.start && range.end <= s.content.end)
+            {
+                out.push(Found { range, ..f });
+            }
+        }
+        let mut key: Option<Vec<u8>> = None;
+        let mut named_secret = false;
+        for string in strings {
+            let raw = &value[string.content.clone()];
+            let decoded = views::unescaped(raw);
+            let text = decoded.as_ref().map_or(raw, |v| &v.text);
+            let at = |range: Range<usize>| {
+                let range = decoded.as_ref().map_or(range.clone(), |v| v.original(range));
+                string.content.start + range.start..string.content.start + range.end
+            };
+            if string.is_key {
+                key = Some(text.to_ascii_lowercase());
+            } else if let Some(name) = key.take() {
+                let secret = assign::names_secret(&name) || (named_secret && name == b"value");
+                if matches!(name.as_slice(), b"name" | b"key" | b"variable") {
+                    named_secret = assign::names_secret(text);
+                }
+                if let Some(c) = assignment
+                    && secret
+                    && text.trim_ascii().len() >= 3
+                    && !assign::is_placeholder(text)
+                {
+                    out.push(Found {
+                        range: string.content.clone(),
+                        detector: c.detector.name,
+                        id: c.id,
+                    });
+                    continue;
+                }
+            }
+            if text.is_empty() {
+                continue;
+            }
+            self.find(text, &mut inner);
+            out.extend(inner.drain(..).map(|f| Found {
+                range: at(f.range.clone()),
+                ..f
+            }));
+        }
     }
 
     /// The secrets in `text` itself, unsorted. In a view whose lines were

@@ -694,7 +694,18 @@ pub fn mask_copy_row(
             }
             continue;
         }
-        masker.scanner().find(value, &mut found);
+        if matches!(format, CopyFormat::Csv { .. }) && !field.escapes.is_empty() {
+            // Scan the field as CSV reads it (`""` is `"`), so a quoted
+            // value inside it reads as quoted; each find maps back to whole
+            // escape pairs.
+            let view = super::views::View::pairs_collapsed(value, &field.escapes);
+            masker.scanner().find(&view.text, &mut found);
+            for f in &mut found {
+                f.range = view.original(f.range.clone());
+            }
+        } else {
+            masker.scanner().find(value, &mut found);
+        }
         if found.is_empty() {
             continue;
         }

@@ -174,3 +174,116 @@ fn a_secret_overlapping_personal_data_is_named_as_the_secret() {
         "git clone https://[masked:github-token]/acme/app"
     );
 }
+
+mod generated {
+    //! Text generated from the pieces secrets are written with (key names,
+    //! separators, quotes, escapes, braces, line breaks), thrown at every
+    //! detector: the scanner never panics, every find lies inside the value,
+    //! and a masked JSON document is still JSON with the same shape.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PIECES: &[&str] = &[
+        "password",
+        "PGPASSWORD",
+        "db_pass",
+        "apiKey",
+        "token",
+        "Authorization",
+        "name",
+        "value",
+        "key",
+        "secret",
+        "--token",
+        "sig",
+        "=",
+        ":",
+        ":=",
+        "=>",
+        " ",
+        "\t",
+        "\n",
+        "\r\n",
+        "\"",
+        "'",
+        "`",
+        "\\",
+        "\\\"",
+        "\\n",
+        "\\u0041",
+        "\\ud83d",
+        "%",
+        "%3A",
+        "%4",
+        "{",
+        "}",
+        "}}",
+        "[",
+        "]",
+        "<",
+        ">",
+        "</",
+        "/>",
+        ";",
+        "&",
+        ",",
+        "@",
+        "//",
+        "://",
+        "|",
+        "- ",
+        "x",
+        "Zq8-",
+        "ghp_",
+        "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bD1fH3jL5",
+        "eyJ",
+        "é",
+        "\u{0}",
+        "-----BEGIN PRIVATE KEY-----",
+        "redis",
+        "AKIA",
+        "${X}",
+        "****",
+    ];
+
+    fn text() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(PIECES), 0..40).prop_map(|p| p.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_scanner_holds_on_any_text(value in text()) {
+            let scanner = Scanner::new(&["all", "card", "email", "iban"]).unwrap();
+            let mut found = Vec::new();
+            scanner.find(value.as_bytes(), &mut found);
+            for f in &found {
+                prop_assert!(f.range.start < f.range.end && f.range.end <= value.len(), "{f:?} in {value:?}");
+            }
+            for pair in found.windows(2) {
+                prop_assert!(pair[0].range.end <= pair[1].range.start, "{found:?}");
+            }
+            let _ = scanner.mask(value.as_bytes());
+        }
+
+        #[test]
+        fn a_masked_json_document_is_still_json(values in prop::collection::vec(text(), 1..4)) {
+            let scanner = Scanner::new(&["all"]).unwrap();
+            let doc = serde_json::json!({
+                "a": values[0],
+                "nested": {"b": values.get(1), "list": [values.get(2), values.get(3)]},
+                "text": serde_json::to_string(&values).unwrap(),
+            });
+            let raw = serde_json::to_vec(&doc).unwrap();
+            if let Some(masked) = scanner.mask(&raw) {
+                let reread: Result<serde_json::Value, _> = serde_json::from_slice(&masked);
+                prop_assert!(reread.is_ok(), "{}", String::from_utf8_lossy(&masked));
+                let reread = reread.unwrap();
+                prop_assert!(reread["nested"]["list"].is_array());
+            }
+        }
+    }
+}

@@ -70,6 +70,24 @@ impl View {
         }
     }
 
+    /// `value` with each two-byte escape pair starting at `pairs` (sorted
+    /// offsets) read as its second byte: CSV's `""` and `\"`.
+    pub fn pairs_collapsed(value: &[u8], pairs: &[usize]) -> View {
+        let mut view = View::default();
+        let mut pairs = pairs.iter().peekable();
+        let mut i = 0;
+        while i < value.len() {
+            if pairs.next_if(|&&p| p == i).is_some() && i + 1 < value.len() {
+                view.push(value[i + 1], i..i + 2);
+                i += 2;
+            } else {
+                view.push(value[i], i..i + 1);
+                i += 1;
+            }
+        }
+        view
+    }
+
     fn identity(value: &[u8]) -> View {
         View {
             text: value.to_vec(),
@@ -134,7 +152,7 @@ pub fn decoded(value: &[u8]) -> Vec<View> {
 /// `text` with backslash escapes decoded (`\"`, `\\`, `\/`, `\n`, `\t`,
 /// `\r`, `\b`, `\f`, `\'`, `\uXXXX` with surrogate pairs, `\xHH`), or
 /// `None` when it has none.
-fn unescaped(text: &[u8]) -> Option<View> {
+pub fn unescaped(text: &[u8]) -> Option<View> {
     let first = memchr::memchr(b'\\', text)?;
     let mut view = View::default();
     let mut decoded_any = false;
@@ -187,6 +205,90 @@ fn unescaped(text: &[u8]) -> Option<View> {
         i += 1;
     }
     decoded_any.then_some(view)
+}
+
+/// A string literal of a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonString {
+    /// Its content, between the quotes, still escaped.
+    pub content: Range<usize>,
+    /// Whether it is an object's key (a `:` follows it).
+    pub is_key: bool,
+}
+
+/// The string literals of `text` when it is a JSON object or array, or
+/// `None` when it is not one (anything but JSON's punctuation, numbers and
+/// literals outside the strings, or a string that does not close). Scanning
+/// each string on its own, decoded, keeps every find inside one string, so
+/// a masked document is still JSON with the same shape.
+pub fn json_strings(text: &[u8]) -> Option<Vec<JsonString>> {
+    let start = text.iter().position(|b| !b.is_ascii_whitespace())?;
+    if !matches!(text[start], b'{' | b'[') {
+        return None;
+    }
+    let mut strings = Vec::new();
+    let mut i = start;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                let content = i + 1;
+                let mut j = content;
+                while j < text.len() && text[j] != b'"' {
+                    j += if text[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= text.len() {
+                    return None;
+                }
+                let next = text[j + 1..].iter().position(|b| !b.is_ascii_whitespace());
+                let is_key = next.is_some_and(|n| text[j + 1 + n] == b':');
+                strings.push(JsonString {
+                    content: content..j,
+                    is_key,
+                });
+                i = j + 1;
+            }
+            b'{' | b'}' | b'[' | b']' | b',' | b':' | b'-' | b'+' | b'.' => i += 1,
+            b if b.is_ascii_whitespace() || b.is_ascii_digit() => i += 1,
+            b't' | b'r' | b'u' | b'e' | b'f' | b'a' | b'l' | b's' | b'n' | b'E' => i += 1,
+            _ => return None,
+        }
+    }
+    Some(strings)
+}
+
+/// Where each backslash escape sequence of `text` lies, in order, read as
+/// [`unescaped`] reads them (an unknown escape is two bytes).
+pub fn escapes(text: &[u8]) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(at) = memchr::memchr(b'\\', &text[from..]) {
+        let i = from + at;
+        let len = match text.get(i + 1) {
+            None => 1,
+            Some(b'x') if text.get(i + 2..i + 4).and_then(hex_byte).is_some() => 4,
+            Some(b'u') => unicode_escape(&text[i..]).map_or(2, |(_, len)| len),
+            Some(_) => 2,
+        };
+        spans.push(i..i + len);
+        from = i + len;
+    }
+    spans
+}
+
+/// `range` widened so that it neither starts nor ends inside one of the
+/// sorted, disjoint `spans`.
+pub fn widen(mut range: Range<usize>, spans: &[Range<usize>]) -> Range<usize> {
+    let inside = |at: usize| {
+        let i = spans.partition_point(|s| s.end <= at);
+        spans.get(i).filter(|s| s.start < at && at < s.end).cloned()
+    };
+    if let Some(span) = inside(range.start) {
+        range.start = span.start;
+    }
+    if let Some(span) = inside(range.end) {
+        range.end = span.end;
+    }
+    range
 }
 
 /// A `\uXXXX` escape (or a surrogate pair of two) at the start of `text`:
@@ -317,6 +419,47 @@ mod tests {
     fn surrogate_pairs_and_bad_escapes() {
         let views = view_of(r"\ud83d\ude00 \u12 \x4 \q");
         assert_eq!(views[0], "\u{1F600} \\u12 \\x4 \\q");
+    }
+
+    #[test]
+    fn csv_pairs_collapse_and_map_back() {
+        let value = r#"a ""b"" c"#;
+        let view = View::pairs_collapsed(value.as_bytes(), &[2, 5]);
+        assert_eq!(view.text, br#"a "b" c"#);
+        assert_eq!(&value[view.original(2..5)], r#"""b"""#);
+    }
+
+    #[test]
+    fn ranges_widen_to_whole_escapes() {
+        let text = br#"ab\"cd\u0041e\\"#;
+        let spans = escapes(text);
+        assert_eq!(spans, vec![2..4, 6..12, 13..15]);
+        assert_eq!(widen(0..3, &spans), 0..4);
+        assert_eq!(widen(3..8, &spans), 2..12);
+        assert_eq!(widen(4..6, &spans), 4..6);
+        assert_eq!(widen(12..14, &spans), 12..15);
+    }
+
+    #[test]
+    fn json_strings_are_found_with_their_role() {
+        let text = br#" {"k": "v\"w", "n": [1, -2.5e3, true, null, "x"]}"#;
+        let strings = json_strings(text).unwrap();
+        let parts: Vec<(&[u8], bool)> = strings
+            .iter()
+            .map(|s| (&text[s.content.clone()], s.is_key))
+            .collect();
+        assert_eq!(
+            parts,
+            vec![
+                (&b"k"[..], true),
+                (&br#"v\"w"#[..], false),
+                (&b"n"[..], true),
+                (&b"x"[..], false)
+            ]
+        );
+        assert_eq!(json_strings(b"note: {\"a\": 1}"), None);
+        assert_eq!(json_strings(br#"{"open": "never closed}"#), None);
+        assert_eq!(json_strings(b"{not json}"), None);
     }
 
     #[test]
