@@ -175,6 +175,13 @@ impl Scanner {
     /// mapped back to the bytes that encode them.
     pub fn find(&self, value: &[u8], out: &mut Vec<Found>) {
         out.clear();
+        // The common case, a clean value: nothing to decode and no keyword.
+        if self.always == 0
+            && memchr::memchr3(b'\\', b'%', b'\n', value).is_none()
+            && !self.prefilter.as_ref().is_some_and(|p| p.is_match(value))
+        {
+            return;
+        }
         if let Some(strings) = views::json_strings(value) {
             self.find_json(value, &strings, out);
             merge(out);
