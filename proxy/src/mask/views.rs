@@ -88,14 +88,6 @@ impl View {
         view
     }
 
-    fn identity(value: &[u8]) -> View {
-        View {
-            text: value.to_vec(),
-            spans: (0..value.len() as u32).map(|i| (i, i + 1)).collect(),
-            joins: Vec::new(),
-        }
-    }
-
     fn push(&mut self, byte: u8, span: Range<usize>) {
         self.text.push(byte);
         self.spans.push((span.start as u32, span.end as u32));
@@ -120,31 +112,18 @@ pub fn decoded(value: &[u8]) -> Vec<View> {
     if value.len() > u32::MAX as usize {
         return Vec::new();
     }
-    let mut views = Vec::new();
-    let mut current: Option<View> = None;
-    for _ in 0..MAX_UNESCAPES {
-        let text = current.as_ref().map_or(value, |v| &v.text);
-        let Some(inner) = unescaped(text) else { break };
-        let next = match &current {
+    // Each step decodes what the one before it left.
+    type Step = fn(&[u8]) -> Option<View>;
+    const STEPS: [Step; MAX_UNESCAPES + 2] = [unescaped, unescaped, unescaped, percent_decoded, unwrapped];
+    let mut views: Vec<View> = Vec::new();
+    for step in STEPS {
+        let text = views.last().map_or(value, |v| &v.text);
+        let Some(inner) = step(text) else { continue };
+        let next = match views.last() {
             Some(outer) => outer.compose(inner),
             None => inner,
         };
-        views.push(next.clone());
-        current = Some(next);
-    }
-    let text = current.as_ref().map_or(value, |v| &v.text);
-    if let Some(inner) = percent_decoded(text) {
-        let next = match &current {
-            Some(outer) => outer.compose(inner),
-            None => inner,
-        };
-        views.push(next.clone());
-        current = Some(next);
-    }
-    let text = current.as_ref().map_or(value, |v| &v.text);
-    if let Some(inner) = unwrapped(text) {
-        let outer = current.unwrap_or_else(|| View::identity(value));
-        views.push(outer.compose(inner));
+        views.push(next);
     }
     views
 }
