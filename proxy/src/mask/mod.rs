@@ -175,19 +175,17 @@ impl Scanner {
     /// mapped back to the bytes that encode them.
     pub fn find(&self, value: &[u8], out: &mut Vec<Found>) {
         out.clear();
-        // The common case, a clean value: nothing to decode and no keyword.
-        if self.always == 0
-            && memchr::memchr3(b'\\', b'%', b'\n', value).is_none()
-            && !self.prefilter.as_ref().is_some_and(|p| p.is_match(value))
-        {
+        // The common case, a clean value: no keyword and nothing to decode.
+        let candidates = self.candidates(value);
+        if candidates == 0 && memchr::memchr3(b'\\', b'%', b'\n', value).is_none() {
             return;
         }
         if let Some(strings) = views::json_strings(value) {
-            self.find_json(value, &strings, out);
+            self.find_json(value, candidates, &strings, out);
             merge(out);
             return;
         }
-        self.find_in(value, false, out);
+        self.run(value, candidates, false, out);
         if !out.is_empty() && memchr::memchr(b'\\', value).is_some() {
             // A pattern may end (or start) inside an escape sequence of the
             // value as it is (`\"` after a key in a JSON string); the mask
@@ -203,7 +201,7 @@ impl Scanner {
             for view in &views {
                 seen.clear();
                 let joined = view.has_joins();
-                self.find_in(&view.text, joined, &mut seen);
+                self.run(&view.text, self.candidates(&view.text), joined, &mut seen);
                 for f in seen.drain(..) {
                     // A joined view only adds what crosses a join.
                     if joined && !view.crosses_join(&f.range) {
@@ -222,7 +220,7 @@ impl Scanner {
     /// The secrets of a JSON document: each string scanned on its own,
     /// decoded, and the value of every key that names a secret (directly,
     /// or as `{"name": "DB_PASSWORD", "value": ...}`), whole.
-    fn find_json(&self, value: &[u8], strings: &[views::JsonString], out: &mut Vec<Found>) {
+    fn find_json(&self, value: &[u8], candidates: u64, strings: &[views::JsonString], out: &mut Vec<Found>) {
         let assignment = self
             .detectors
             .iter()
@@ -231,7 +229,7 @@ impl Scanner {
         // The document as it is, for patterns that read a key and its value
         // across strings (`"aws_secret_access_key": "..."`): a find counts
         // when it lies inside one string.
-        self.find_in(value, false, &mut inner);
+        self.run(value, candidates, false, &mut inner);
         let escapes = views::escapes(value);
         for f in inner.drain(..) {
             let range = views::widen(f.range.clone(), &escapes);
@@ -284,16 +282,22 @@ impl Scanner {
         }
     }
 
-    /// The secrets in `text` itself, unsorted. In a view whose lines were
-    /// `joined`, only the patterns of tokens run: a key's value ends with
-    /// its line.
-    fn find_in(&self, text: &[u8], joined: bool, out: &mut Vec<Found>) {
+    /// The detectors worth running on `text`, as a bit set: those whose
+    /// keyword it holds, and those without keywords.
+    fn candidates(&self, text: &[u8]) -> u64 {
         let mut candidates = self.always;
         if let Some(prefilter) = &self.prefilter {
             for hit in prefilter.find_overlapping_iter(text) {
                 candidates |= 1 << self.owner[hit.pattern().as_usize()];
             }
         }
+        candidates
+    }
+
+    /// The secrets the `candidates` find in `text` itself, unsorted. In a
+    /// view whose lines were `joined`, only the patterns of tokens run: a
+    /// key's value ends with its line.
+    fn run(&self, text: &[u8], mut candidates: u64, joined: bool, out: &mut Vec<Found>) {
         let mut ranges = Vec::new();
         while candidates != 0 {
             let i = candidates.trailing_zeros() as usize;
