@@ -16,7 +16,7 @@ mod views;
 
 use std::{borrow::Cow, ops::Range, sync::LazyLock};
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{Anchored, MatchKind, automaton::Automaton, dfa};
 use regex::bytes::{Regex, RegexBuilder};
 
 pub use detectors::{DETECTORS, Detector, Pattern};
@@ -81,7 +81,7 @@ enum Matcher {
 #[derive(Debug)]
 pub struct Scanner {
     detectors: Vec<Compiled>,
-    prefilter: Option<AhoCorasick>,
+    prefilter: Option<dfa::DFA>,
     /// Keyword pattern index → detector index.
     owner: Vec<usize>,
     /// Detectors without keywords, as a bit set over `detectors`.
@@ -150,9 +150,10 @@ impl Scanner {
         // Built from constant keywords; cannot fail for these sizes.
         #[allow(clippy::expect_used)]
         let prefilter = (!keywords.is_empty()).then(|| {
-            AhoCorasickBuilder::new()
+            dfa::DFA::builder()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
+                .prefilter(false)
                 .build(&keywords)
                 .expect("keyword automaton builds")
         });
@@ -286,9 +287,21 @@ impl Scanner {
     /// keyword it holds, and those without keywords.
     fn candidates(&self, text: &[u8]) -> u64 {
         let mut candidates = self.always;
-        if let Some(prefilter) = &self.prefilter {
-            for hit in prefilter.find_overlapping_iter(text) {
-                candidates |= 1 << self.owner[hit.pattern().as_usize()];
+        let Some(dfa) = &self.prefilter else {
+            return candidates;
+        };
+        // The automaton walked by hand, one table step a byte: the
+        // overlapping iterator costs more per call than a short value
+        // takes to scan. An unanchored automaton has a start state.
+        let Ok(mut state) = dfa.start_state(Anchored::No) else {
+            return u64::MAX >> (64 - self.detectors.len());
+        };
+        for &byte in text {
+            state = dfa.next_state(Anchored::No, state, byte);
+            if dfa.is_special(state) && dfa.is_match(state) {
+                for i in 0..dfa.match_len(state) {
+                    candidates |= 1 << self.owner[dfa.match_pattern(state, i).as_usize()];
+                }
             }
         }
         candidates

@@ -270,6 +270,20 @@ mod generated {
         }
 
         #[test]
+        fn candidates_are_the_detectors_whose_keyword_occurs(value in text()) {
+            let scanner = Scanner::new(&["all", "card", "email", "iban"]).unwrap();
+            let lower = value.to_ascii_lowercase();
+            let mut expected = 0u64;
+            for (i, c) in scanner.detectors.iter().enumerate() {
+                let keywords = c.detector.keywords;
+                if keywords.is_empty() || keywords.iter().any(|k| lower.contains(k)) {
+                    expected |= 1 << i;
+                }
+            }
+            prop_assert_eq!(scanner.candidates(value.as_bytes()), expected, "{:?}", value);
+        }
+
+        #[test]
         fn a_masked_json_document_is_still_json(values in prop::collection::vec(text(), 1..4)) {
             let scanner = Scanner::new(&["all"]).unwrap();
             let doc = serde_json::json!({
