@@ -553,6 +553,11 @@ static KEYWORD_FINDER: LazyLock<AhoCorasick> = LazyLock::new(|| {
 /// The secrets `text` holds as values of keys that name them, as ranges of
 /// `text`, in order.
 pub fn find(text: &[u8], out: &mut Vec<Range<usize>>) {
+    // Every form below needs a separator (`=`, `:`), an XML tag or a
+    // `--flag`: prose that only mentions a password has none of them.
+    if memchr::memchr3(b'=', b':', b'<', text).is_none() && memchr::memmem::find(text, b"--").is_none() {
+        return;
+    }
     let mut done = 0;
     for hit in KEYWORD_FINDER.find_iter(text) {
         if hit.start() < done {
