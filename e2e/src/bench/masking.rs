@@ -327,6 +327,8 @@ pub struct MaskingReport {
     /// Whether this bench was built with optimisations; without, the
     /// in-process figures and the client's speed say little.
     pub optimised_build: bool,
+    /// How many detectors `[all]` enables.
+    pub detectors: usize,
     /// The in-process figures.
     pub throughput: Vec<Throughput>,
     /// The large query's times.
@@ -343,6 +345,7 @@ impl MaskingReport {
         let budget = budget_checks(&query, &stream);
         MaskingReport {
             optimised_build: !cfg!(debug_assertions),
+            detectors: Scanner::new(&["all"]).map_or(0, |s| s.len()),
             throughput,
             query,
             stream,
@@ -360,8 +363,9 @@ impl MaskingReport {
         };
         let _ = writeln!(
             out,
-            "Masking with detectors [all] on one core, in process ({build}), on the bench \
-             table's rows (id, uuid, note, json); MB = 10⁶ bytes of cells:"
+            "Masking with detectors [all] ({} detectors) on one core, in process ({build}), on \
+             the bench table's rows (id, uuid, note, json); MB = 10⁶ bytes of cells:",
+            self.detectors
         );
         let _ = writeln!(
             out,
@@ -478,7 +482,7 @@ fn budget_checks(query: &QueryFigures, stream: &StreamFigures) -> Vec<BudgetChec
 
 #[cfg(test)]
 mod tests {
-    use gatehouse_proxy::api::policy::FailureMode;
+    use gatehouse_proxy::{api::policy::FailureMode, mask::DETECTORS};
 
     use super::*;
 
@@ -612,6 +616,9 @@ Threads:\t3
             "{text}"
         );
         assert!(text.contains("masked 10,000 of 10,000 secret notes"), "{text}");
+        let enabled = DETECTORS.iter().filter(|d| !d.opt_in).count();
+        assert!(enabled > 10);
+        assert!(text.contains(&format!("[all] ({enabled} detectors)")), "{text}");
 
         let (query, stream) = figures(2.0, 0, 65 * 1024);
         let report = MaskingReport::new(Vec::new(), query, stream);

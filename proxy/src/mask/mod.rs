@@ -1,10 +1,9 @@
 //! Masking of secret values: the detectors and the scanner that runs them.
 //!
-//! A clean value costs one pass of an Aho-Corasick automaton over the
-//! detectors' keywords (SIMD-accelerated for short keyword sets); a
-//! detector's regular expression only runs on a value that contains one of
-//! its keywords. Matching works on bytes, so a value that is not valid UTF-8
-//! is scanned like any other.
+//! A clean value costs one walk of an Aho-Corasick DFA over the detectors'
+//! keywords, one table step a byte; a detector's regular expression only
+//! runs on a value that contains one of its keywords. Matching works on
+//! bytes, so a value that is not valid UTF-8 is scanned like any other.
 
 mod assign;
 pub mod detectors;
@@ -163,6 +162,11 @@ impl Scanner {
             owner,
             always,
         }
+    }
+
+    /// How many detectors are enabled.
+    pub fn len(&self) -> usize {
+        self.detectors.len()
     }
 
     /// Whether any detector is enabled.
