@@ -247,7 +247,8 @@ impl<L: LabelValue> Counters<L> {
 pub struct MaskingMetrics {
     cells_scanned: Counter,
     bytes_scanned: Counter,
-    /// Per detector, indexed like [`DETECTORS`](crate::mask::DETECTORS).
+    /// Per detector, indexed like [`DETECTORS`](crate::mask::DETECTORS),
+    /// then one for every Policy's own detectors.
     by_detector: Vec<Counter>,
     /// Per strategy, indexed like [`MaskStats::by_rule`].
     by_rule: Vec<Counter>,
@@ -278,7 +279,9 @@ impl MaskingMetrics {
         let detectors = Family::<LabelPair, Counter>::default();
         let by_detector = crate::mask::DETECTORS
             .iter()
-            .map(|d| detectors.get_or_create_owned(&[("detector", d.name)]))
+            .map(|d| d.name)
+            .chain([crate::mask::CUSTOM_LABEL])
+            .map(|name| detectors.get_or_create_owned(&[("detector", name)]))
             .collect();
         registry.register(
             "gatehouse_mask_detector_values",
@@ -324,8 +327,11 @@ impl MaskingMetrics {
         };
         add(&self.cells_scanned, stats.cells_scanned);
         add(&self.bytes_scanned, stats.bytes_scanned);
-        for (counter, n) in self.by_detector.iter().zip(stats.by_detector) {
-            add(counter, n);
+        for &(id, n) in &stats.by_detector {
+            // A Policy's own detectors share the last counter.
+            if let Some(counter) = self.by_detector.get(id).or_else(|| self.by_detector.last()) {
+                add(counter, n);
+            }
         }
         for (counter, n) in self.by_rule.iter().zip(stats.by_rule) {
             add(counter, n);
@@ -590,6 +596,32 @@ mod tests {
         text.lines()
             .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|v| v.parse().ok())
+    }
+
+    /// A Policy's own detectors are counted under one label, whatever their
+    /// names: the Policy author's names are not a metric's labels.
+    #[test]
+    fn detectors_are_counted_by_name_and_policies_own_as_custom() {
+        use crate::mask::{CUSTOM, DETECTORS, Found};
+        let metrics = Metrics::new();
+        let twilio = DETECTORS.iter().position(|d| d.name == "twilio-api-key").unwrap();
+        let found = |id| Found {
+            range: 0..1,
+            detector: "acme",
+            id,
+        };
+        let mut stats = MaskStats::default();
+        stats.found(&[found(CUSTOM), found(twilio), found(CUSTOM)]);
+        metrics.masking.add(&stats);
+        let text = metrics.render();
+        for (series, value) in [
+            (r#"gatehouse_mask_detector_values_total{detector="custom"}"#, 2.0),
+            (r#"gatehouse_mask_detector_values_total{detector="twilio-api-key"}"#, 1.0),
+            (r#"gatehouse_mask_detector_values_total{detector="aws-access-key-id"}"#, 0.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(value), "{series}");
+        }
+        assert!(!text.contains("acme"), "{text}");
     }
 
     #[test]

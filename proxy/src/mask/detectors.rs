@@ -7,10 +7,14 @@
 //! after the formats their issuers document and the public rule sets
 //! (gitleaks, trufflehog, GitHub secret scanning) describe.
 //!
+//! gitleaks' rules (see [`super::gitleaks`]) join them, one detector a rule.
+//!
 //! When a pattern has a capture group, only the group is the secret (the
 //! password of a connection string, the value of `password=`, or a token
 //! without the delimiter byte after it that stands in for a look-ahead, which
 //! the `regex` crate does not have); otherwise the whole match is.
+
+use std::sync::LazyLock;
 
 /// How a candidate is checked beyond its pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +35,8 @@ pub enum Pattern {
     Regex(&'static str),
     /// Code, for what a regular expression cannot say: the secret's ranges.
     Code(fn(&[u8], &mut Vec<std::ops::Range<usize>>)),
+    /// A rule of gitleaks' set, matched as gitleaks matches it.
+    Gitleaks(&'static super::gitleaks::Rule),
 }
 
 /// One detector.
@@ -41,8 +47,9 @@ pub struct Detector {
     /// The name a Policy enables it by (`masking.detectors`); several
     /// detectors share one (`github` covers every GitHub token kind).
     pub group: &'static str,
-    /// Personal data rather than a secret: only on when named explicitly,
-    /// never by `all`.
+    /// Only on when named explicitly, never by `all`: personal data, and
+    /// a few gitleaks rules (see [`in_all`](super::gitleaks::in_all)).
+    /// Where its find overlaps another detector's, the other names it.
     pub opt_in: bool,
     /// Lower-case keywords; the pattern only runs on a value containing one
     /// (ASCII case-insensitively). Empty means the pattern always runs.
@@ -57,8 +64,29 @@ pub struct Detector {
     pub negatives: &'static [&'static str],
 }
 
-/// Every built-in detector.
-pub const DETECTORS: &[Detector] = &[
+/// The group of every rule imported from gitleaks.
+pub const GITLEAKS: &str = "gitleaks";
+
+/// Every built-in detector: ours, then gitleaks' rules (each named by its
+/// rule id, all in the group [`GITLEAKS`]).
+pub static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
+    OURS.iter()
+        .copied()
+        .chain(super::gitleaks::RULES.iter().map(|rule| Detector {
+            name: rule.id,
+            group: GITLEAKS,
+            opt_in: !super::gitleaks::in_all(rule),
+            keywords: rule.keywords,
+            pattern: Pattern::Gitleaks(rule),
+            check: Check::None,
+            positives: rule.positives,
+            negatives: rule.negatives,
+        }))
+        .collect()
+});
+
+/// Our own detectors.
+pub const OURS: &[Detector] = &[
     Detector {
         name: "aws-access-key-id",
         group: "aws",

@@ -7,44 +7,88 @@
 
 mod assign;
 pub mod detectors;
+pub mod gitleaks;
 pub mod policy;
 pub mod rows;
 pub mod sql;
 pub mod stream;
 mod views;
 
-use std::{borrow::Cow, ops::Range, sync::LazyLock};
+use std::{
+    borrow::Cow,
+    collections::HashSet,
+    ops::Range,
+    sync::{Arc, LazyLock, Mutex, OnceLock},
+};
 
-use aho_corasick::{Anchored, MatchKind, automaton::Automaton, dfa};
+use aho_corasick::{
+    Anchored, MatchKind,
+    automaton::{Automaton, StateID},
+    dfa,
+};
 use regex::bytes::{Regex, RegexBuilder};
 
-pub use detectors::{DETECTORS, Detector, Pattern};
+use detectors::Pattern;
+
+pub use detectors::{DETECTORS, Detector};
 pub use sql::{MaskedSql, masked_statement, statement_text};
 
-/// A Policy names a detector group that does not exist.
+/// A Policy names a detector that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown masking detector {name:?}; known: all, {known}")]
+#[error(
+    "unknown masking detector {name:?}; known: all, {known}, {gitleaks} (every rule imported from gitleaks), or a gitleaks rule id such as twilio-api-key"
+)]
 pub struct UnknownDetector {
     /// The name as written.
     pub name: String,
-    /// The names that exist.
+    /// Our detector groups.
     pub known: String,
+    /// The group of gitleaks' rules.
+    pub gitleaks: &'static str,
 }
 
-/// Checks that every name is `all` or a detector group.
-pub fn check_names(names: &[impl AsRef<str>]) -> Result<(), UnknownDetector> {
+/// The detectors `names` enable, as positions in [`DETECTORS`], sorted.
+/// A name is `all` (every secret detector, not the opt-in ones), a group
+/// (`aws`, `gitleaks`, `email`, ...) or one detector's name (a gitleaks
+/// rule id, `payment-card`, ...).
+///
+/// # Errors
+///
+/// The first name that is none of these.
+pub fn resolve(names: &[impl AsRef<str>]) -> Result<Vec<usize>, UnknownDetector> {
+    let mut ids = Vec::new();
     for name in names {
         let name = name.as_ref();
-        if name != "all" && !DETECTORS.iter().any(|d| d.group == name) {
-            let mut known: Vec<&str> = DETECTORS.iter().map(|d| d.group).collect();
+        let before = ids.len();
+        ids.extend(
+            DETECTORS
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| (name == "all" && !d.opt_in) || d.group == name || d.name == name)
+                .map(|(i, _)| i),
+        );
+        if ids.len() == before {
+            let mut known: Vec<&str> = detectors::OURS.iter().map(|d| d.group).collect();
             known.dedup();
             return Err(UnknownDetector {
                 name: name.to_owned(),
                 known: known.join(", "),
+                gitleaks: detectors::GITLEAKS,
             });
         }
     }
-    Ok(())
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Checks that every name is `all`, a detector group or a detector.
+///
+/// # Errors
+///
+/// The first name that is none of these.
+pub fn check_names(names: &[impl AsRef<str>]) -> Result<(), UnknownDetector> {
+    resolve(names).map(drop)
 }
 
 /// A secret found in a value.
@@ -54,18 +98,66 @@ pub struct Found {
     pub range: Range<usize>,
     /// Which detector found it.
     pub detector: &'static str,
-    /// Its position in [`DETECTORS`], for metrics.
+    /// Its position in [`DETECTORS`], for metrics; [`CUSTOM`] for a
+    /// Policy's own.
     pub id: usize,
 }
 
-#[derive(Debug)]
-struct Compiled {
-    detector: &'static Detector,
-    /// Position in [`DETECTORS`].
-    id: usize,
-    matcher: Matcher,
+/// The [`Found::id`] of a Policy's own detectors.
+pub const CUSTOM: usize = usize::MAX;
+
+/// The metrics label of a Policy's own detectors: their names are the
+/// Policy author's, so they are not labels.
+pub const CUSTOM_LABEL: &str = "custom";
+
+/// How much of each keyword the automaton looks for; see
+/// [`Scanner::candidates`].
+const KEYWORD_PREFIX: usize = 8;
+
+/// Most detectors one scanner runs: every built-in one and a Policy's own.
+const MAX_DETECTORS: usize = Set::BITS;
+
+/// A set of detectors, by their position in a [`Scanner`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Set([u64; 8]);
+
+impl Set {
+    const BITS: usize = 8 * 64;
+
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0 == [0; 8]
+    }
+
+    fn union(&mut self, other: &Set) {
+        for (word, other) in self.0.iter_mut().zip(other.0) {
+            *word |= other;
+        }
+    }
+
+    fn full(len: usize) -> Set {
+        let mut set = Set::default();
+        (0..len).for_each(|i| set.insert(i));
+        set
+    }
+
+    fn iter(self) -> impl Iterator<Item = usize> {
+        self.0.into_iter().enumerate().flat_map(|(word, mut bits)| {
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let i = bits.trailing_zeros() as usize;
+                    bits &= bits - 1;
+                    word * 64 + i
+                })
+            })
+        })
+    }
 }
 
+/// What finds a detector's secrets, compiled.
 #[derive(Debug)]
 enum Matcher {
     /// With `grouped`, only capture group 1 is the secret.
@@ -74,6 +166,138 @@ enum Matcher {
         grouped: bool,
     },
     Code(fn(&[u8], &mut Vec<Range<usize>>)),
+    Gitleaks(Box<gitleaks::Compiled>),
+}
+
+impl Matcher {
+    fn new(pattern: Pattern) -> Result<Matcher, String> {
+        Ok(match pattern {
+            Pattern::Regex(pattern) => Matcher::regex(pattern, 10 << 20)?,
+            Pattern::Code(find) => Matcher::Code(find),
+            Pattern::Gitleaks(rule) => Matcher::Gitleaks(Box::new(gitleaks::Compiled::new(rule)?)),
+        })
+    }
+
+    fn regex(pattern: &str, size_limit: usize) -> Result<Matcher, String> {
+        let regex = RegexBuilder::new(pattern)
+            .unicode(false)
+            .size_limit(size_limit)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let grouped = regex.captures_len() > 1;
+        Ok(Matcher::Regex { regex, grouped })
+    }
+}
+
+/// The built-in detectors' matchers, each compiled the first time a
+/// scanner needs it and shared by every scanner after.
+static BUILT_IN: LazyLock<Vec<OnceLock<Matcher>>> =
+    LazyLock::new(|| DETECTORS.iter().map(|_| OnceLock::new()).collect());
+
+/// The matcher of built-in detector `id`.
+fn built_in(id: usize) -> &'static Matcher {
+    BUILT_IN[id].get_or_init(|| {
+        // Every built-in pattern compiles in `cargo test`
+        // (`every_detector_compiles`); a failure is a bug in this crate.
+        #[allow(clippy::expect_used)]
+        Matcher::new(DETECTORS[id].pattern).expect("built-in detector compiles")
+    })
+}
+
+/// A detector a Policy defines for its own token formats
+/// (`masking.customDetectors`), compiled.
+#[derive(Debug)]
+pub struct Custom {
+    name: &'static str,
+    keywords: Vec<String>,
+    matcher: Matcher,
+}
+
+/// Longest compiled pattern of a Policy's own detector: a Policy cannot
+/// make the proxy build a huge automaton.
+const MAX_CUSTOM_PATTERN_BYTES: usize = 1 << 20;
+
+/// Shortest keyword of a Policy's own detector: a shorter one would run
+/// its pattern on most values.
+pub const MIN_KEYWORD_BYTES: usize = 3;
+
+impl Custom {
+    /// Compiles a Policy's detector: `name` for the mask, `regex` (when it
+    /// has a capture group, group 1 is the secret), and the `keywords` one
+    /// of which a value must hold for the pattern to run.
+    ///
+    /// # Errors
+    ///
+    /// A message naming what is wrong: no keyword, a keyword shorter than
+    /// [`MIN_KEYWORD_BYTES`], a pattern that does not compile or that
+    /// matches empty text.
+    pub fn new(name: &str, regex: &str, keywords: &[String]) -> Result<Custom, String> {
+        if keywords.is_empty() {
+            return Err("needs at least one keyword".into());
+        }
+        if let Some(short) = keywords.iter().find(|k| k.len() < MIN_KEYWORD_BYTES) {
+            return Err(format!(
+                "keyword {short:?} is shorter than {MIN_KEYWORD_BYTES} bytes; it would run the pattern on most values"
+            ));
+        }
+        let matcher = Matcher::regex(regex, MAX_CUSTOM_PATTERN_BYTES)
+            .map_err(|e| format!("regex is not a valid regular expression: {e}"))?;
+        if let Matcher::Regex { regex, .. } = &matcher
+            && regex.is_match(b"")
+        {
+            return Err("regex matches empty text; it must match the secret itself".into());
+        }
+        Ok(Custom {
+            name: intern(name),
+            keywords: keywords.iter().map(|k| k.to_ascii_lowercase()).collect(),
+            matcher,
+        })
+    }
+
+    /// The name shown in the mask.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// `name` as a `&'static str`, for [`Found::detector`]. Each distinct name
+/// of a Policy's detector is kept once for the life of the process; there
+/// are as many as Policy authors write, not as many as values.
+fn intern(name: &str) -> &'static str {
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    match names.get(name) {
+        Some(interned) => interned,
+        None => {
+            let interned: &'static str = Box::leak(name.to_owned().into_boxed_str());
+            names.insert(interned);
+            interned
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Compiled {
+    name: &'static str,
+    /// Position in [`DETECTORS`], or [`CUSTOM`].
+    id: usize,
+    check: detectors::Check,
+    matcher: Slot,
+}
+
+#[derive(Debug)]
+enum Slot {
+    BuiltIn,
+    Custom(Arc<Custom>),
+}
+
+impl Compiled {
+    fn matcher(&self) -> &Matcher {
+        match &self.matcher {
+            Slot::BuiltIn => built_in(self.id),
+            Slot::Custom(custom) => &custom.matcher,
+        }
+    }
 }
 
 /// The enabled detectors, ready to scan.
@@ -81,72 +305,77 @@ enum Matcher {
 pub struct Scanner {
     detectors: Vec<Compiled>,
     prefilter: Option<dfa::DFA>,
-    /// Keyword pattern index → detector index.
-    owner: Vec<usize>,
-    /// Detectors without keywords, as a bit set over `detectors`.
-    always: u64,
+    /// Keyword pattern index → the detectors that have it.
+    owners: Vec<Set>,
+    /// Detectors without keywords.
+    always: Set,
 }
 
 impl Scanner {
-    /// A scanner for the detector groups a Policy names (`all` is every
-    /// secret detector; personal-data detectors only run when named).
+    /// A scanner for the detectors a Policy names (see [`resolve`]).
+    ///
+    /// # Errors
+    ///
+    /// A name that is no detector.
     pub fn new(names: &[impl AsRef<str>]) -> Result<Scanner, UnknownDetector> {
-        check_names(names)?;
-        let all = names.iter().any(|n| n.as_ref() == "all");
-        let enabled = DETECTORS
-            .iter()
-            .filter(|d| (all && !d.opt_in) || names.iter().any(|n| n.as_ref() == d.group));
-        Ok(Self::with(enabled))
+        Ok(Self::with_ids(&resolve(names)?, &[]))
     }
 
-    /// A scanner running exactly `detectors`.
-    pub fn with<'a>(detectors: impl IntoIterator<Item = &'a Detector>) -> Scanner
-    where
-        'a: 'static,
-    {
-        let detectors: Vec<Compiled> = detectors
-            .into_iter()
-            .map(|detector| {
-                let matcher = match detector.pattern {
-                    Pattern::Regex(pattern) => {
-                        // The built-in patterns are constants covered by
-                        // tests, so a failure here is a bug in this file,
-                        // caught by `cargo test`.
-                        #[allow(clippy::expect_used)]
-                        let regex = RegexBuilder::new(pattern)
-                            .unicode(false)
-                            .build()
-                            .expect("built-in detector patterns compile");
-                        let grouped = regex.captures_len() > 1;
-                        Matcher::Regex { regex, grouped }
-                    }
-                    Pattern::Code(find) => Matcher::Code(find),
-                };
-                let id = DETECTORS
-                    .iter()
-                    .position(|d| d.name == detector.name)
-                    .unwrap_or(usize::MAX);
-                Compiled {
-                    detector,
+    /// A scanner running the built-in detectors at `ids` (positions in
+    /// [`DETECTORS`], from [`resolve`]) and Policies' `custom` ones.
+    ///
+    /// # Panics
+    ///
+    /// With more than 512 detectors in all; the CRD allows far fewer.
+    pub fn with_ids(ids: &[usize], custom: &[Arc<Custom>]) -> Scanner {
+        let mut detectors: Vec<Compiled> = ids
+            .iter()
+            .filter_map(|&id| {
+                DETECTORS.get(id).map(|d| Compiled {
+                    name: d.name,
                     id,
-                    matcher,
-                }
+                    check: d.check,
+                    matcher: Slot::BuiltIn,
+                })
             })
             .collect();
-        assert!(detectors.len() <= 64, "the candidate set is a u64");
-        let mut keywords = Vec::new();
-        let mut owner = Vec::new();
-        let mut always = 0u64;
-        for (i, compiled) in detectors.iter().enumerate() {
-            if compiled.detector.keywords.is_empty() {
-                always |= 1 << i;
+        // Each keyword cut to its first KEYWORD_PREFIX bytes (a value that
+        // holds a keyword holds its prefix), once, with every detector
+        // that has it.
+        let mut keywords: Vec<Vec<u8>> = Vec::new();
+        let mut owners: Vec<Set> = Vec::new();
+        let mut add = |keyword: &[u8], detector: usize| {
+            let prefix = keyword[..keyword.len().min(KEYWORD_PREFIX)].to_ascii_lowercase();
+            let at = keywords.iter().position(|k| *k == prefix).unwrap_or_else(|| {
+                keywords.push(prefix);
+                owners.push(Set::default());
+                keywords.len() - 1
+            });
+            owners[at].insert(detector);
+        };
+        let mut always = Set::default();
+        for (i, &id) in ids.iter().enumerate().take(detectors.len()) {
+            let d = &DETECTORS[id];
+            if d.keywords.is_empty() {
+                always.insert(i);
             }
-            for keyword in compiled.detector.keywords {
-                keywords.push(*keyword);
-                owner.push(i);
+            for keyword in d.keywords {
+                add(keyword.as_bytes(), i);
             }
         }
-        // Built from constant keywords; cannot fail for these sizes.
+        for custom in custom {
+            for keyword in &custom.keywords {
+                add(keyword.as_bytes(), detectors.len());
+            }
+            detectors.push(Compiled {
+                name: custom.name,
+                id: CUSTOM,
+                check: detectors::Check::None,
+                matcher: Slot::Custom(custom.clone()),
+            });
+        }
+        assert!(detectors.len() <= MAX_DETECTORS, "at most {MAX_DETECTORS} detectors");
+        // Built from at most a few thousand short keywords; cannot fail.
         #[allow(clippy::expect_used)]
         let prefilter = (!keywords.is_empty()).then(|| {
             dfa::DFA::builder()
@@ -159,7 +388,7 @@ impl Scanner {
         Scanner {
             detectors,
             prefilter,
-            owner,
+            owners,
             always,
         }
     }
@@ -182,7 +411,7 @@ impl Scanner {
         out.clear();
         // The common case, a clean value: no keyword and nothing to decode.
         let candidates = self.candidates(value);
-        if candidates == 0 && memchr::memchr3(b'\\', b'%', b'\n', value).is_none() {
+        if candidates.is_empty() && memchr::memchr3(b'\\', b'%', b'\n', value).is_none() {
             return;
         }
         if let Some(strings) = views::json_strings(value) {
@@ -225,11 +454,11 @@ impl Scanner {
     /// The secrets of a JSON document: each string scanned on its own,
     /// decoded, and the value of every key that names a secret (directly,
     /// or as `{"name": "DB_PASSWORD", "value": ...}`), whole.
-    fn find_json(&self, value: &[u8], candidates: u64, strings: &[views::JsonString], out: &mut Vec<Found>) {
-        let assignment = self
-            .detectors
-            .iter()
-            .find(|c| matches!(c.matcher, Matcher::Code(_)));
+    fn find_json(&self, value: &[u8], candidates: Set, strings: &[views::JsonString], out: &mut Vec<Found>) {
+        let assignment = self.detectors.iter().find(|c| {
+            matches!(&c.matcher, Slot::BuiltIn)
+                && matches!(DETECTORS.get(c.id).map(|d| d.pattern), Some(Pattern::Code(_)))
+        });
         let mut inner = Vec::new();
         // The document as it is, for patterns that read a key and its value
         // across strings (`"aws_secret_access_key": "..."`): a find counts
@@ -270,7 +499,7 @@ impl Scanner {
                 {
                     out.push(Found {
                         range: string.content.clone(),
-                        detector: c.detector.name,
+                        detector: c.name,
                         id: c.id,
                     });
                     continue;
@@ -287,9 +516,9 @@ impl Scanner {
         }
     }
 
-    /// The detectors worth running on `text`, as a bit set: those whose
-    /// keyword it holds, and those without keywords.
-    fn candidates(&self, text: &[u8]) -> u64 {
+    /// The detectors worth running on `text`: those whose keyword it
+    /// holds, and those without keywords.
+    fn candidates(&self, text: &[u8]) -> Set {
         let mut candidates = self.always;
         let Some(dfa) = &self.prefilter else {
             return candidates;
@@ -297,31 +526,96 @@ impl Scanner {
         // The automaton walked by hand, one table step a byte: the
         // overlapping iterator costs more per call than a short value
         // takes to scan. An unanchored automaton has a start state.
-        let Ok(mut state) = dfa.start_state(Anchored::No) else {
-            return u64::MAX >> (64 - self.detectors.len());
+        let Ok(start) = dfa.start_state(Anchored::No) else {
+            return Set::full(self.detectors.len());
         };
-        for &byte in text {
-            state = dfa.next_state(Anchored::No, state, byte);
-            if dfa.is_special(state) && dfa.is_match(state) {
-                for i in 0..dfa.match_len(state) {
-                    candidates |= 1 << self.owner[dfa.match_pattern(state, i).as_usize()];
+        // Each step waits for the one before it, a load from the table,
+        // so one walk cannot go faster than the load's latency. A longer
+        // value is cut into lanes walked side by side, whose steps the
+        // processor overlaps. A keyword is at most KEYWORD_PREFIX bytes,
+        // so a lane that starts that many bytes less one before its part
+        // finds every keyword that ends in its part.
+        const OVERLAP: usize = KEYWORD_PREFIX - 1;
+        let lanes = match text.len() {
+            n if n >= 8 * OVERLAP => 4,
+            n if n >= 4 * OVERLAP => 2,
+            _ => 1,
+        };
+        let part = text.len() / lanes;
+        let lane = |j: usize| &text[(j * part).saturating_sub(OVERLAP)..];
+        let mut states = [start; 4];
+        match lanes {
+            4 => {
+                let (l0, l1, l2, l3) = (lane(0), lane(1), lane(2), lane(3));
+                for (((&b0, &b1), &b2), &b3) in l0[..part].iter().zip(&l1[..part]).zip(&l2[..part]).zip(&l3[..part]) {
+                    let [s0, s1, s2, s3] = &mut states;
+                    *s0 = dfa.next_state(Anchored::No, *s0, b0);
+                    *s1 = dfa.next_state(Anchored::No, *s1, b1);
+                    *s2 = dfa.next_state(Anchored::No, *s2, b2);
+                    *s3 = dfa.next_state(Anchored::No, *s3, b3);
+                    if states.iter().any(|&s| dfa.is_special(s)) {
+                        states.iter().for_each(|&s| self.seen(dfa, s, &mut candidates));
+                    }
                 }
             }
+            2 => {
+                let (l0, l1) = (lane(0), lane(1));
+                for (&b0, &b1) in l0[..part].iter().zip(&l1[..part]) {
+                    let [s0, s1, ..] = &mut states;
+                    *s0 = dfa.next_state(Anchored::No, *s0, b0);
+                    *s1 = dfa.next_state(Anchored::No, *s1, b1);
+                    if dfa.is_special(*s0) || dfa.is_special(*s1) {
+                        self.seen(dfa, *s0, &mut candidates);
+                        self.seen(dfa, *s1, &mut candidates);
+                    }
+                }
+            }
+            _ => {}
+        }
+        // What the side-by-side walk left: all of a short value, the
+        // overlap of lanes 1 to 3, and the last lane's remainder.
+        if lanes == 1 {
+            self.walk(dfa, start, text, &mut candidates);
+        }
+        for (j, &state) in states.iter().enumerate().take(lanes).skip(1) {
+            let rest = if j + 1 == lanes {
+                &lane(j)[part..]
+            } else {
+                &lane(j)[part..part + OVERLAP]
+            };
+            self.walk(dfa, state, rest, &mut candidates);
         }
         candidates
+    }
+
+    /// Walks `bytes` from `state`, adding the detectors whose keyword ends
+    /// on the way.
+    #[inline(always)]
+    fn walk(&self, dfa: &dfa::DFA, mut state: StateID, bytes: &[u8], candidates: &mut Set) {
+        for &byte in bytes {
+            state = dfa.next_state(Anchored::No, state, byte);
+            self.seen(dfa, state, candidates);
+        }
+    }
+
+    /// Adds the detectors whose keyword `state` has just matched.
+    #[inline(always)]
+    fn seen(&self, dfa: &dfa::DFA, state: StateID, candidates: &mut Set) {
+        if dfa.is_special(state) && dfa.is_match(state) {
+            for i in 0..dfa.match_len(state) {
+                candidates.union(&self.owners[dfa.match_pattern(state, i).as_usize()]);
+            }
+        }
     }
 
     /// The secrets the `candidates` find in `text` itself, unsorted. In a
     /// view whose lines were `joined`, only the patterns of tokens run: a
     /// key's value ends with its line.
-    fn run(&self, text: &[u8], mut candidates: u64, joined: bool, out: &mut Vec<Found>) {
+    fn run(&self, text: &[u8], candidates: Set, joined: bool, out: &mut Vec<Found>) {
         let mut ranges = Vec::new();
-        while candidates != 0 {
-            let i = candidates.trailing_zeros() as usize;
-            candidates &= candidates - 1;
+        for i in candidates.iter() {
             let compiled = &self.detectors[i];
-            let (name, id) = (compiled.detector.name, compiled.id);
-            let check = compiled.detector.check;
+            let (name, id, check) = (compiled.name, compiled.id, compiled.check);
             let mut found = |range: Range<usize>| {
                 out.push(Found {
                     range,
@@ -329,7 +623,7 @@ impl Scanner {
                     id,
                 })
             };
-            match &compiled.matcher {
+            match compiled.matcher() {
                 Matcher::Regex { regex, grouped: true } => {
                     for captures in regex.captures_iter(text) {
                         if let Some(group) = captures.get(1)
@@ -354,6 +648,13 @@ impl Scanner {
                 Matcher::Code(find) => {
                     ranges.clear();
                     find(text, &mut ranges);
+                    for range in ranges.drain(..) {
+                        found(range);
+                    }
+                }
+                Matcher::Gitleaks(rule) => {
+                    ranges.clear();
+                    rule.find(text, &mut ranges);
                     for range in ranges.drain(..) {
                         found(range);
                     }
@@ -393,8 +694,10 @@ fn merge(found: &mut Vec<Found>) {
 }
 
 /// Every built-in secret detector, for text the proxy itself shows.
-static ALL_SECRETS: LazyLock<Scanner> =
-    LazyLock::new(|| Scanner::with(DETECTORS.iter().filter(|d| !d.opt_in)));
+static ALL_SECRETS: LazyLock<Scanner> = LazyLock::new(|| {
+    let all: Vec<usize> = (0..DETECTORS.len()).filter(|&i| !DETECTORS[i].opt_in).collect();
+    Scanner::with_ids(&all, &[])
+});
 
 /// A message's text as logs and recordings show it (a refusal's reason, an
 /// error): every secret the built-in detectors find is masked. SQL goes

@@ -36,7 +36,8 @@ const MIN_HASH_KEY_BYTES: usize = 16;
 #[derive(Debug, Clone)]
 pub(crate) struct PolicyMasking {
     rules: Vec<ColumnRule>,
-    detectors: Vec<String>,
+    /// Built-in detectors, as positions in [`DETECTORS`](super::DETECTORS).
+    detectors: Vec<usize>,
     failure_mode: FailureMode,
 }
 
@@ -67,7 +68,7 @@ impl Maskers {
             return Ok(None);
         };
         let name = &policy.name;
-        super::check_names(&masking.detectors)
+        let detectors = super::resolve(&masking.detectors)
             .map_err(|e| format!("Policy {name}: masking.detectors: {e}"))?;
         let mut rules = Vec::with_capacity(masking.columns.len());
         for (i, column) in masking.columns.iter().enumerate() {
@@ -104,7 +105,7 @@ impl Maskers {
         }
         Ok(Some(PolicyMasking {
             rules,
-            detectors: masking.detectors.clone(),
+            detectors,
             failure_mode: masking.failure_mode.unwrap_or(FailureMode::Strict),
         }))
     }
@@ -174,10 +175,7 @@ impl Maskers {
             .iter()
             .filter_map(|&i| self.policies.get(i).and_then(Option::as_ref))
             .collect();
-        let mut detectors: Vec<&str> = parts
-            .iter()
-            .flat_map(|p| p.detectors.iter().map(String::as_str))
-            .collect();
+        let mut detectors: Vec<usize> = parts.iter().flat_map(|p| p.detectors.iter().copied()).collect();
         detectors.sort_unstable();
         detectors.dedup();
         let rules = parts.iter().flat_map(|p| p.rules.iter().cloned()).collect();
@@ -186,8 +184,7 @@ impl Maskers {
         } else {
             FailureMode::BestEffort
         };
-        // The names were checked in `new`.
-        let scanner = Scanner::new(&detectors).unwrap_or_else(|_| Scanner::with([]));
+        let scanner = Scanner::with_ids(&detectors, &[]);
         Masker::new(
             scanner,
             rules,

@@ -158,8 +158,10 @@ pub struct MaskStats {
     pub cells_scanned: u64,
     /// Bytes the detectors scanned.
     pub bytes_scanned: u64,
-    /// Values masked, by detector (indexed like [`DETECTORS`](super::DETECTORS)).
-    pub by_detector: [u64; super::DETECTORS.len()],
+    /// Values masked, by detector: its position in
+    /// [`DETECTORS`](super::DETECTORS) ([`CUSTOM`](super::CUSTOM) for a
+    /// Policy's own), and how many.
+    pub by_detector: Vec<(usize, u64)>,
     /// Values masked by a column rule, by strategy (redact, partial, hash, null).
     pub by_rule: [u64; 4],
     /// Values that could not be scanned and were replaced (`bestEffort`).
@@ -172,8 +174,9 @@ pub struct MaskStats {
 impl MaskStats {
     pub(crate) fn found(&mut self, found: &[Found]) {
         for f in found {
-            if let Some(count) = self.by_detector.get_mut(f.id) {
-                *count += 1;
+            match self.by_detector.iter_mut().find(|(id, _)| *id == f.id) {
+                Some((_, count)) => *count += 1,
+                None => self.by_detector.push((f.id, 1)),
             }
         }
     }

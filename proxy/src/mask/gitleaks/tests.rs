@@ -1,0 +1,135 @@
+use super::*;
+
+/// What gitleaks' keyword check decides: the rule runs on `text`.
+fn runs(rule: &Rule, text: &str) -> bool {
+    let lower = text.to_ascii_lowercase();
+    rule.keywords.is_empty() || rule.keywords.iter().any(|k| lower.contains(k))
+}
+
+fn finds(compiled: &Compiled, text: &str) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    if runs(compiled.rule(), text) {
+        compiled.find(text.as_bytes(), &mut out);
+    }
+    out
+}
+
+#[test]
+fn every_rule_compiles_and_has_a_unique_id() {
+    let mut ids: Vec<&str> = RULES.iter().map(|r| r.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), RULES.len());
+    assert!(RULES.len() > 200, "{} rules", RULES.len());
+    for rule in RULES {
+        Compiled::new(rule).unwrap();
+    }
+    let left_out: Vec<&str> = RULES.iter().filter(|r| !in_all(r)).map(|r| r.id).collect();
+    assert_eq!(
+        left_out,
+        [
+            "freemius-secret-key",
+            "hashicorp-tf-password",
+            "kubernetes-secret-yaml",
+            "nuget-config-password",
+            "generic-api-key"
+        ]
+    );
+}
+
+/// gitleaks' own check of its rules (`utils.Validate`): every positive
+/// yields a finding of its rule, no negative does.
+#[test]
+fn every_rule_passes_its_own_examples() {
+    let mut failures = Vec::new();
+    let mut positives = 0;
+    for rule in RULES {
+        let compiled = Compiled::new(rule).unwrap();
+        for example in rule.positives {
+            positives += 1;
+            if finds(&compiled, example).is_empty() {
+                failures.push(format!("{}: missed {example:?}", rule.id));
+            }
+        }
+        // gitleaks skips a line that carries `gitleaks:allow`; the proxy
+        // does not (anyone who writes a row could write it), so those
+        // negatives are not negatives here.
+        for example in rule.negatives.iter().filter(|e| !e.contains("gitleaks:allow")) {
+            let found = finds(&compiled, example);
+            if !found.is_empty() {
+                failures.push(format!("{}: found {found:?} in {example:?}", rule.id));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(positives > 1000, "{positives} positive examples");
+}
+
+#[test]
+fn the_secret_is_the_rules_group_and_not_the_whole_match() {
+    let rule = RULES.iter().find(|r| r.id == "heroku-api-key").unwrap();
+    let compiled = Compiled::new(rule).unwrap();
+    let text = "HEROKU_API_KEY = 7a3c9e1f-2b4d-4e6f-8a0c-1d3e5f7a9b2c";
+    let found = finds(&compiled, text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(&text[found[0].clone()], "7a3c9e1f-2b4d-4e6f-8a0c-1d3e5f7a9b2c");
+}
+
+/// Where gitleaks' secret is a piece of the token, the whole token is
+/// masked; where it is a key's value, only the value.
+#[test]
+fn a_piece_of_a_token_masks_the_whole_match() {
+    let mask = |id: &str, text: &str| {
+        let rule = RULES.iter().find(|r| r.id == id).unwrap();
+        let found = finds(&Compiled::new(rule).unwrap(), text);
+        assert_eq!(found.len(), 1, "{id}: {found:?} in {text:?}");
+        text[found[0].clone()].to_owned()
+    };
+    let token = "ZXlKaGJHY2lPaUpJVXpJMU5pSXNJblI1Y0NJNklrcFhWQ0o5LmV5SnpkV0lpT2lJeE1qTTBOVFkzT0Rrd0lpd2libUZ0WlNJNklrcHZhRzRnUkc5bElpd2lZV1J0YVc0aU9uUnlkV1Y5LlRKVkE5NU9yTTdFMmNCYWIzMFJNSHJIRGNFZnhqb1lad2VGT05GaDdIZ1E";
+    assert_eq!(mask("jwt-base64", &format!("token={token} ")), token);
+    let hook = "https://acme.webhook.office.com/webhookb2/1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f@1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f/IncomingWebhook/0123456789abcdef0123456789abcdef/1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f";
+    assert_eq!(mask("microsoft-teams-webhook", &format!("url: {hook}")), hook);
+    assert_eq!(
+        mask("lob-api-key", "lob_key = 'live_0123456789abcdef0123456789abcdef012'"),
+        "live_0123456789abcdef0123456789abcdef012"
+    );
+    assert_eq!(
+        mask("lob-api-key", r#"{"lob_key": "live_0123456789abcdef0123456789abcdef012\n"}"#),
+        "live_0123456789abcdef0123456789abcdef012"
+    );
+}
+
+#[test]
+fn low_entropy_and_allowlisted_values_are_not_secrets() {
+    // The global allowlist lets template variables through.
+    let rule = RULES.iter().find(|r| r.id == "heroku-api-key").unwrap();
+    let compiled = Compiled::new(rule).unwrap();
+    assert!(finds(&compiled, "heroku_api_key = ${HEROKU_KEY}").is_empty());
+    // 1Password secret keys need entropy above 3.8.
+    let rule = RULES.iter().find(|r| r.id == "1password-secret-key").unwrap();
+    let compiled = Compiled::new(rule).unwrap();
+    assert!(finds(&compiled, "A3-AAAAAA-AAAAAAAAAAA-AAAAA-AAAAA-AAAAA").is_empty());
+    assert_eq!(finds(&compiled, "A3-K7QX2M-9RTV4WZB8CN-H3JF6-Y5PL1-D0GS8").len(), 1);
+}
+
+#[test]
+fn shannon_entropy_is_gos() {
+    assert_eq!(shannon(b""), 0.0);
+    assert_eq!(shannon(b"aaaa"), 0.0);
+    assert!((shannon(b"ab") - 1.0).abs() < 1e-12);
+    assert!((shannon(b"abcd") - 2.0).abs() < 1e-12);
+    // An invalid byte is one U+FFFD; a two-byte character counts two bytes
+    // in the length: p(é) = 1/3, p(a) = 1/3.
+    assert!((shannon(b"\xffa") - 1.0).abs() < 1e-12);
+    let e = shannon("éa".as_bytes());
+    assert!((e - 2.0 * (-(1.0f64 / 3.0) * (1.0f64 / 3.0).log2())).abs() < 1e-12, "{e}");
+}
+
+#[test]
+fn the_line_is_gitleaks_line() {
+    let text = b"one\ntwo key\nthree";
+    assert_eq!(&text[line(text, 8, 11)], b"\ntwo key");
+    // On the last line, to the end of the value.
+    assert_eq!(&text[line(text, 13, 15)], b"one\ntwo key\nthree");
+    assert_eq!(&b"abc"[line(b"abc", 0, 2)], b"abc");
+}
