@@ -345,6 +345,22 @@ pub const OURS: &[Detector] = &[
         ],
     },
     Detector {
+        name: "kubernetes-secret",
+        group: "kubernetes",
+        opt_in: false,
+        keywords: super::kube::KEYWORDS,
+        pattern: Pattern::Code(super::kube::find),
+        check: Check::None,
+        positives: &[
+            "kind: Secret\ndata:\n  password: c3VwZXJzZWNyZXQ=\n  api-token: dG9rZW4tMTIz\n",
+            r#"{"apiVersion":"v1","kind":"Secret","stringData":{"DB_PASS":"Tr0ub4dor&3"}}"#,
+        ],
+        negatives: &[
+            "kind: ConfigMap\ndata:\n  color: blue\n",
+            "kind: Secret\nmetadata:\n  name: db-credentials\n",
+        ],
+    },
+    Detector {
         name: "payment-card",
         group: "card",
         opt_in: true,

@@ -8,6 +8,7 @@
 mod assign;
 pub mod detectors;
 pub mod gitleaks;
+mod kube;
 pub mod policy;
 pub mod rows;
 pub mod sql;

@@ -1,0 +1,228 @@
+//! Kubernetes Secret manifests: every value under `data` and `stringData`
+//! of a text that declares `kind: Secret`, in YAML (block or flow style) or
+//! JSON, one Secret or a `List` of them.
+//!
+//! Written by hand: which values are the Secret's depends on indentation
+//! (a YAML block mapping ends where a line is indented no deeper than its
+//! key) and on quoting, which a regular expression cannot follow. gitleaks'
+//! `kubernetes-secret-yaml` finds the first entry of a YAML Secret only.
+
+use std::{ops::Range, sync::LazyLock};
+
+use regex::bytes::Regex;
+
+/// The keywords that must occur before [`find`] is worth running.
+pub const KEYWORDS: &[&str] = &["kind"];
+
+/// `kind: Secret` as YAML or JSON writes it.
+static KIND_SECRET: LazyLock<Regex> = LazyLock::new(|| {
+    // A constant pattern, compiled by the tests.
+    #[allow(clippy::expect_used)]
+    Regex::new(r#"["']?\bkind["']?[ \t]*:[ \t]*["']?Secret\b"#).expect("pattern compiles")
+});
+
+/// A `data:` or `stringData:` key, quoted or not, and where its value
+/// starts.
+static DATA_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    #[allow(clippy::expect_used)]
+    Regex::new(r#"["']?\b(?:data|stringData)["']?[ \t]*:"#).expect("pattern compiles")
+});
+
+/// The values of the Secrets' `data` and `stringData` in `text`.
+pub fn find(text: &[u8], out: &mut Vec<Range<usize>>) {
+    if !KIND_SECRET.is_match(text) {
+        return;
+    }
+    for key in DATA_KEY.find_iter(text) {
+        let mut at = key.end();
+        while text.get(at).is_some_and(|b| *b == b' ' || *b == b'\t') {
+            at += 1;
+        }
+        match text.get(at) {
+            Some(b'{') => flow(text, at + 1, out),
+            Some(b'\r' | b'\n') | None => block(text, key.start(), at, out),
+            // `data: null`, `data: ~`, a value on the key's line: no map.
+            _ => {}
+        }
+    }
+}
+
+/// A YAML block mapping: the lines after the key's that are indented
+/// deeper than the line the key is on.
+fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) {
+    let line_start = memchr::memrchr(b'\n', &text[..key]).map_or(0, |i| i + 1);
+    // The key's own indentation, counting a list item's `- ` as indent.
+    let depth = text[line_start..key]
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'-'))
+        .count();
+    // Indentation of the entries' keys, once the first is seen; a line
+    // indented deeper is the continuation of a block scalar or of a
+    // folded value, all of it secret.
+    let mut entry: Option<usize> = None;
+    while at < text.len() {
+        let end = memchr::memchr(b'\n', &text[at..]).map_or(text.len(), |i| at + i);
+        let line = &text[at..end];
+        let indent = line.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        let content = trim_end(at + indent, end, text);
+        if content.is_empty() || text[content.start] == b'#' {
+            at = end + 1;
+            continue;
+        }
+        if indent <= depth {
+            return;
+        }
+        match entry {
+            Some(e) if indent > e => out.push(content),
+            _ => {
+                entry = Some(indent);
+                if let Some(value) = entry_value(text, content) {
+                    out.push(value);
+                }
+            }
+        }
+        at = end + 1;
+    }
+}
+
+/// The value of a `key: value` line, without its quotes; `None` when the
+/// value is on the lines below (`key: |`, `key:`).
+fn entry_value(text: &[u8], line: Range<usize>) -> Option<Range<usize>> {
+    let bytes = &text[line.clone()];
+    let colon = bytes.windows(2).position(|w| w == b": ").map(|i| i + 1).or_else(|| {
+        (bytes.last() == Some(&b':')).then(|| bytes.len() - 1)
+    })?;
+    let mut start = line.start + colon + 1;
+    while start < line.end && matches!(text[start], b' ' | b'\t') {
+        start += 1;
+    }
+    let mut value = start..line.end;
+    if value.is_empty() || matches!(text[value.start], b'|' | b'>') {
+        return None;
+    }
+    if let (Some(&q), Some(&last)) = (text.get(value.start), text.get(value.end - 1))
+        && (q == b'"' || q == b'\'')
+        && last == q
+        && value.len() >= 2
+    {
+        value = value.start + 1..value.end - 1;
+    }
+    (!value.is_empty()).then_some(value)
+}
+
+/// A flow mapping or JSON object from just after its `{`: every value,
+/// without its quotes. A map cut short masks to the end of the text.
+fn flow(text: &[u8], mut at: usize, out: &mut Vec<Range<usize>>) {
+    let mut in_value = false;
+    while at < text.len() {
+        match text[at] {
+            b'}' => return,
+            b':' if !in_value => {
+                in_value = true;
+                at += 1;
+            }
+            b',' => {
+                in_value = false;
+                at += 1;
+            }
+            b' ' | b'\t' | b'\r' | b'\n' => at += 1,
+            b'"' | b'\'' => {
+                let quote = text[at];
+                let end = string_end(text, at + 1, quote);
+                if in_value && end > at + 1 {
+                    out.push(at + 1..end);
+                }
+                at = end + 1;
+            }
+            _ => {
+                // A plain scalar runs to the next `,` or `}`, a key's to
+                // its `:`.
+                let end = text[at..]
+                    .iter()
+                    .position(|b| matches!(b, b',' | b'}') || (*b == b':' && !in_value))
+                    .map_or(text.len(), |i| at + i);
+                let value = trim_end(at, end, text);
+                if in_value && !value.is_empty() {
+                    out.push(value);
+                }
+                at = end;
+            }
+        }
+    }
+}
+
+/// Where a quoted string that starts at `at` ends (its closing quote, or
+/// the end of the text), stepping over backslash escapes in `"` strings
+/// and doubled quotes in `'` strings.
+fn string_end(text: &[u8], mut at: usize, quote: u8) -> usize {
+    while at < text.len() {
+        match text[at] {
+            b'\\' if quote == b'"' => at += 2,
+            b'\'' if quote == b'\'' && text.get(at + 1) == Some(&b'\'') => at += 2,
+            b if b == quote => return at,
+            _ => at += 1,
+        }
+    }
+    text.len()
+}
+
+fn trim_end(start: usize, mut end: usize, text: &[u8]) -> Range<usize> {
+    while end > start && text[end - 1].is_ascii_whitespace() {
+        end -= 1;
+    }
+    start..end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        find(text.as_bytes(), &mut out);
+        out.into_iter().map(|r| &text[r]).collect()
+    }
+
+    #[test]
+    fn every_entry_of_a_yaml_secret() {
+        let yaml = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ntype: Opaque\ndata:\n  username: YXBwLXVzZXI=\n  password: \"Wm9vLTk5LXNlY3JldA==\"\n  # a comment\n  tls.key: |\n    LS0tLS1CRUdJTiBQUklW\n    QVRFIEtFWS0tLS0tCg==\nstringData:\n  token: 'plain text, with: colon'\n  empty: \"\"\n";
+        assert_eq!(
+            secrets(yaml),
+            [
+                "YXBwLXVzZXI=",
+                "Wm9vLTk5LXNlY3JldA==",
+                "LS0tLS1CRUdJTiBQUklW",
+                "QVRFIEtFWS0tLS0tCg==",
+                "plain text, with: colon",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_list_of_secrets_and_data_before_kind() {
+        let yaml = "apiVersion: v1\nitems:\n- apiVersion: v1\n  data:\n    a: QUJD\n    b: REVG\n  kind: Secret\n- data:\n    c: R0hJ\n  kind: Secret\nkind: List\n";
+        assert_eq!(secrets(yaml), ["QUJD", "REVG", "R0hJ"]);
+    }
+
+    #[test]
+    fn json_secrets_compact_and_pretty() {
+        let json = r#"{"apiVersion":"v1","data":{"password":"cGFzc3dvcmQ=","user":"dXNlcg=="},"kind":"Secret"}"#;
+        assert_eq!(secrets(json), ["cGFzc3dvcmQ=", "dXNlcg=="]);
+        let pretty = "{\n  \"kind\": \"Secret\",\n  \"stringData\": {\n    \"DB_URL\": \"postgres://a:b\\\"c@h/d\",\n    \"n\": 42\n  }\n}";
+        assert_eq!(secrets(pretty), ["postgres://a:b\\\"c@h/d", "42"]);
+        assert_eq!(secrets("kind: Secret\ndata: {a: QUJD, 'b': \"REVG\"}"), ["QUJD", "REVG"]);
+    }
+
+    #[test]
+    fn a_cut_json_map_is_masked_to_its_end() {
+        assert_eq!(secrets(r#"{"kind":"Secret","data":{"a":"QUJDREVGR0hJSktM"#), ["QUJDREVGR0hJSktM"]);
+    }
+
+    #[test]
+    fn other_kinds_and_prose_are_left_alone() {
+        assert!(secrets("kind: ConfigMap\ndata:\n  color: blue\n").is_empty());
+        assert!(secrets("what kind of secret data: nobody knows").is_empty());
+        assert!(secrets("kind: Secret\ndata: null\n").is_empty());
+        assert!(secrets("kind: SecretStore\ndata:\n  a: b\n").is_empty());
+    }
+}
