@@ -211,17 +211,55 @@ pub struct Masking {
     /// Built-in secret detectors run on every text value of results, errors,
     /// notices, notifications and COPY output: `all` (every secret detector),
     /// or groups: aws, github, gitlab, slack, stripe, google, openai,
-    /// anthropic, npm, jwt, privateKey, connectionString, genericAssignment.
-    /// Personal data only when named: card (Luhn-checked), email, iban.
+    /// anthropic, npm, jwt, privateKey, connectionString, genericAssignment,
+    /// kubernetes (Secret manifests), gitleaks (every rule imported from
+    /// gitleaks), or one gitleaks rule by its id (e.g. twilio-api-key). Only
+    /// when named: personal data (card, Luhn-checked; email; iban) and the
+    /// gitleaks rules written for one kind of file or for any key/value
+    /// (generic-api-key, hashicorp-tf-password, kubernetes-secret-yaml,
+    /// nuget-config-password, freemius-secret-key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub detectors: Vec<String>,
+    /// This organisation's own token formats, found like the built-in
+    /// detectors, in the same places, for the callers this Policy names.
+    /// The proxy checks each regex when the Policy is applied; one that
+    /// does not compile makes the Policy invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new("self.all(d, self.exists_one(e, e.name == d.name))").message("masking.customDetectors[].name must be unique within a Policy"))]
+    pub custom_detectors: Vec<CustomDetector>,
     /// What happens to a value that cannot be scanned (larger than the proxy's
     /// scan limit, or unreadable for its type): `strict` (the default) refuses
     /// the result with an error, `bestEffort` replaces the value with
     /// `[masked:unscanned]` and goes on. Neither passes it on unmasked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_mode: Option<FailureMode>,
+}
+
+/// A detector of an organisation's own token format.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomDetector {
+    /// Shown in the mask, `[masked:<name>]`: lower-case letters, digits and
+    /// `-`, 1 to 63 characters. Metrics count these detectors as `custom`.
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("masking.customDetectors[].name must be lower-case letters, digits and '-', starting and ending with a letter or digit"))]
+    pub name: String,
+    /// Regular expression (Rust `regex` syntax, matched on bytes; `\w`, `\d`
+    /// and `\b` are ASCII) for the secret, for example
+    /// `\bacme_[A-Za-z0-9]{32}\b`. With a capture group, only group 1 is
+    /// masked (`(?i)acme_key=([A-Za-z0-9]{32})`). It must not match empty
+    /// text.
+    #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 4096").message("masking.customDetectors[].regex must be 1 to 4096 characters"))]
+    pub regex: String,
+    /// The regex runs only on a value that contains one of these (ASCII
+    /// case-insensitively), so most values cost nothing: pick literal text
+    /// every secret holds, such as its prefix (`acme_`). 3 to 64 characters
+    /// each.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) >= 3 && size(k) <= 64)").message("masking.customDetectors[].keywords must each be 3 to 64 characters"))]
+    pub keywords: Vec<String>,
 }
 
 /// A column masking rule.

@@ -141,7 +141,10 @@ fn policy() -> Policy {
                     { "name": "(?i)password|token", "strategy": "redact" },
                     { "name": "card_number", "strategy": "partial", "keepLast": 4 }
                 ],
-                "detectors": ["all"]
+                "detectors": ["all"],
+                "customDetectors": [
+                    { "name": "acme-token", "regex": "\\bacme_[A-Za-z0-9]{32}\\b", "keywords": ["acme_"] }
+                ]
             }
         }
     }))
@@ -679,6 +682,39 @@ fn keep_last_range() {
             "masking.columns[].keepLast must be between 1 and 16",
         );
     }
+}
+
+#[test]
+fn custom_detector_names_keywords_and_regex() {
+    let with = |f: &dyn Fn(&mut gatehouse_crds::policy::CustomDetector)| {
+        let mut p = policy();
+        f(&mut p.spec.masking.as_mut().expect("fixture masks").custom_detectors[0]);
+        p
+    };
+    assert_valid(&with(&|d| d.name = "a".repeat(63)));
+    assert_valid(&with(&|d| d.keywords = vec!["abc".into(), "k".repeat(64)]));
+    for name in ["Acme", "-acme", "acme-", "acme token", "acme_token"] {
+        assert_rejected(
+            &with(&|d| d.name = name.into()),
+            "masking.customDetectors[].name must be lower-case letters, digits and '-', starting and ending with a letter or digit",
+        );
+    }
+    for keyword in ["ab", "", &"k".repeat(65)] {
+        assert_rejected(
+            &with(&|d| d.keywords = vec!["acme_".into(), keyword.to_owned()]),
+            "masking.customDetectors[].keywords must each be 3 to 64 characters",
+        );
+    }
+    for regex in [String::new(), "a".repeat(4097)] {
+        assert_rejected(
+            &with(&|d| d.regex = regex.clone()),
+            "masking.customDetectors[].regex must be 1 to 4096 characters",
+        );
+    }
+    let mut p = policy();
+    let masking = p.spec.masking.as_mut().expect("fixture masks");
+    masking.custom_detectors.push(masking.custom_detectors[0].clone());
+    assert_rejected(&p, "masking.customDetectors[].name must be unique within a Policy");
 }
 
 #[test]

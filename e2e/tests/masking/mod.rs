@@ -258,8 +258,9 @@ const LOOK_ALIKES: &[&str] = &[
 ];
 
 /// Every secret detector, and the personal-data ones `all` leaves out.
-const DETECTING: &str = "{detectors: [all, card, email, iban]}";
-const LENIENT: &str = "{detectors: [all, card, email, iban], failureMode: bestEffort}";
+/// With the Policy's own detector for the `acme-badge` value.
+pub(crate) const DETECTING: &str = r"{detectors: [all, card, email, iban], customDetectors: [{name: acme-badge, regex: '\bBDG-[0-9]{4}-[A-Z]{4}\b', keywords: [bdg-]}]}";
+const LENIENT: &str = r"{detectors: [all, card, email, iban], failureMode: bestEffort, customDetectors: [{name: acme-badge, regex: '\bBDG-[0-9]{4}-[A-Z]{4}\b', keywords: [bdg-]}]}";
 
 pub(crate) const POLICY: &str = r#"
   - name: agents-masked

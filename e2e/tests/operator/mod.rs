@@ -1106,7 +1106,10 @@ spec:
   subjects: [{{kind: ServiceAccount, name: planner, namespace: {STORY}}}]
   rules:
     - {{name: reads, match: {{operations: [select]}}, action: allow}}
-  masking: {{detectors: [all]}}
+  masking:
+    detectors: [all]
+    customDetectors:
+      - {{name: acme-badge, regex: '\bBDG-[0-9]{{4}}-[A-Z]{{4}}\b', keywords: [bdg-]}}
 "#,
         recording = recording_secret(&env, STORY)?,
         port = env.postgres.port,
@@ -1120,6 +1123,13 @@ spec:
     let session = agent(port, &token).await?;
     let who: String = session.query_one("SELECT current_user::text", &[]).await?.get(0);
     ensure!(who == STORY_ROLE, "the proxy injects its credential: {who}");
+    // The Policy's own detector, checked by the API server and compiled
+    // by the operator, masks in the proxy.
+    let badge: String = session
+        .query_one("SELECT 'badge BDG-4821-QXZW issued'::text", &[])
+        .await?
+        .get(0);
+    ensure!(badge == "badge [masked:acme-badge] issued", "{badge}");
     ensure!(
         session
             .batch_execute("DELETE FROM orders WHERE false")

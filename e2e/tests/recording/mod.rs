@@ -106,8 +106,9 @@ async fn recorded(env: &TestEnv) -> anyhow::Result<&'static Recorded> {
                 );
                 let recording = recording_yaml(&dir, &env.s3, 512)?;
                 Ok(format!(
-                    "{head}{recording}policies:{policy}      masking: {{detectors: [all, card, email, iban]}}\n",
+                    "{head}{recording}policies:{policy}      masking: {masking}\n",
                     policy = crate::masking::POLICY,
+                    masking = crate::masking::DETECTING,
                 ))
             })
             .await?;

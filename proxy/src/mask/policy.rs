@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{
-    Scanner,
+    Custom, Scanner,
     rows::{ColumnRule, Masker},
 };
 use crate::{
@@ -38,6 +38,7 @@ pub(crate) struct PolicyMasking {
     rules: Vec<ColumnRule>,
     /// Built-in detectors, as positions in [`DETECTORS`](super::DETECTORS).
     detectors: Vec<usize>,
+    custom: Vec<Arc<Custom>>,
     failure_mode: FailureMode,
 }
 
@@ -70,6 +71,16 @@ impl Maskers {
         let name = &policy.name;
         let detectors = super::resolve(&masking.detectors)
             .map_err(|e| format!("Policy {name}: masking.detectors: {e}"))?;
+        let custom = masking
+            .custom_detectors
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                Custom::new(&d.name, &d.regex, &d.keywords)
+                    .map(Arc::new)
+                    .map_err(|e| format!("Policy {name}: masking.customDetectors[{i}] ({}): {e}", d.name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let mut rules = Vec::with_capacity(masking.columns.len());
         for (i, column) in masking.columns.iter().enumerate() {
             let pattern = regex::RegexBuilder::new(&column.name)
@@ -106,6 +117,7 @@ impl Maskers {
         Ok(Some(PolicyMasking {
             rules,
             detectors,
+            custom,
             failure_mode: masking.failure_mode.unwrap_or(FailureMode::Strict),
         }))
     }
@@ -178,13 +190,14 @@ impl Maskers {
         let mut detectors: Vec<usize> = parts.iter().flat_map(|p| p.detectors.iter().copied()).collect();
         detectors.sort_unstable();
         detectors.dedup();
+        let custom: Vec<Arc<Custom>> = parts.iter().flat_map(|p| p.custom.iter().cloned()).collect();
         let rules = parts.iter().flat_map(|p| p.rules.iter().cloned()).collect();
         let failure_mode = if parts.iter().any(|p| p.failure_mode == FailureMode::Strict) {
             FailureMode::Strict
         } else {
             FailureMode::BestEffort
         };
-        let scanner = Scanner::with_ids(&detectors, &[]);
+        let scanner = Scanner::with_ids(&detectors, &custom);
         Masker::new(
             scanner,
             rules,
@@ -290,6 +303,52 @@ policies:
         assert!(Arc::ptr_eq(&agent, &again));
     }
 
+    /// A Policy's own detectors run for its callers only, beside the
+    /// built-in ones, named by the Policy's name for them.
+    #[test]
+    fn a_policys_own_detectors_mask_for_its_callers() {
+        let policies = r#"
+- name: acme
+  spec:
+    connectionSelector: {}
+    subjects: [{kind: Group, name: agents}]
+    rules: [{name: r, match: {operations: [select]}, action: allow}]
+    masking:
+      detectors: [aws]
+      customDetectors:
+      - {name: acme-token, regex: "\\bacme_[A-Za-z0-9]{24}\\b", keywords: [ACME_]}
+      - {name: acme-pin, regex: "(?i)badge_pin=([0-9]{6})", keywords: [badge_pin]}
+- name: other
+  spec:
+    connectionSelector: {}
+    subjects: [{kind: User, name: bob}]
+    rules: [{name: r, match: {operations: [select]}, action: allow}]
+    masking: {detectors: [aws]}
+"#;
+        let (policies, maskers) = compile(&config(policies, "")).unwrap();
+        let agent = maskers.for_identity(&policies, &caller("ann", &["agents"])).unwrap();
+        let masked = |value: &str| {
+            agent
+                .scanner()
+                .mask(value.as_bytes())
+                .map(|m| String::from_utf8(m).unwrap())
+        };
+        assert_eq!(
+            masked("token acme_Zx8Qw2Er4Ty6Ui8Op0As2Df4 in use").as_deref(),
+            Some("token [masked:acme-token] in use")
+        );
+        assert_eq!(
+            masked(r#"{"note": "Badge_PIN=482913; AKIAIOSFODNN7EXAMPLE"}"#).as_deref(),
+            Some(r#"{"note": "Badge_PIN=[masked:acme-pin]; [masked:aws-access-key-id]"}"#)
+        );
+        assert_eq!(masked("acme_short and badge_pin=12"), None);
+        let bob = maskers.for_identity(&policies, &caller("bob", &[])).unwrap();
+        assert_eq!(bob.scanner().mask(b"acme_Zx8Qw2Er4Ty6Ui8Op0As2Df4"), None);
+        let mut found = Vec::new();
+        agent.scanner().find(b"acme_Zx8Qw2Er4Ty6Ui8Op0As2Df4", &mut found);
+        assert_eq!(found[0].id, super::super::CUSTOM, "metrics count it as custom");
+    }
+
     #[test]
     fn the_rule_that_shows_least_wins() {
         use crate::pg::messages::{DataRow, FieldDescription, Format, Message};
@@ -348,6 +407,22 @@ policies:
             (
                 r#"{columns: [{name: "x", strategy: partial}]}"#,
                 "keepLast must be between 1 and 16",
+            ),
+            (
+                r#"{customDetectors: [{name: acme, regex: "acme_[a-z", keywords: [acme_]}]}"#,
+                "Policy p: masking.customDetectors[0] (acme): regex is not a valid regular expression",
+            ),
+            (
+                r#"{customDetectors: [{name: acme, regex: "acme_[a-z]*|", keywords: [acme_]}]}"#,
+                "masking.customDetectors[0] (acme): regex matches empty text",
+            ),
+            (
+                r#"{customDetectors: [{name: acme, regex: "ac[a-z]+", keywords: [ac]}]}"#,
+                "keyword \"ac\" is shorter than 3 bytes",
+            ),
+            (
+                r#"{customDetectors: [{name: acme, regex: "acme_[a-z]+", keywords: []}]}"#,
+                "needs at least one keyword",
             ),
         ] {
             let (policies, maskers) = compiled(masking, "").unwrap_or_else(|e| panic!("{masking}: {e}"));
