@@ -220,6 +220,38 @@ pub(crate) const PLANTED: &[Planted] = &[
         value: "token on two lines: ghp_Wr4pP3dT0k3nAbCdEf\nGhIjKlMnOpQrStUv1234",
         secrets: &["Wr4pP3dT0k3nAbCdEf", "GhIjKlMnOpQrStUv1234"],
     },
+    // Service tokens only gitleaks' rules know, a Kubernetes Secret
+    // manifest, and the Policy's own detector.
+    Planted {
+        kind: "twilio-api-key",
+        value: "sms via twilio key SK7d2f9a4c1e8b3d6f0a5c2e9b7d4f1a3c8 today",
+        secrets: &["SK7d2f9a4c1e8b3d6f0a5c2e9b7d4f1a3c8"],
+    },
+    Planted {
+        kind: "sendgrid-api-token",
+        value: "mail relay 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 set",
+        secrets: &["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"],
+    },
+    Planted {
+        kind: "shopify-access-token",
+        value: "store app token 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 in config",
+        secrets: &["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"],
+    },
+    Planted {
+        kind: "huggingface-access-token",
+        value: "model pull with 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 ok",
+        secrets: &["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"],
+    },
+    Planted {
+        kind: "kubernetes-secret",
+        value: "apiVersion: v1\nkind: Secret\nmetadata:\n  name: app\ndata:\n  db.conf: UnQ3LVhxOS1MbTI=\n  blob: Wm1YLTk5LXRrbg==\n",
+        secrets: &["UnQ3LVhxOS1MbTI=", "Wm1YLTk5LXRrbg=="],
+    },
+    Planted {
+        kind: "acme-badge",
+        value: "visitor badge BDG-7391-KMQT at desk",
+        secrets: &["BDG-7391-KMQT"],
+    },
 ];
 
 /// Values that look like secrets to a careless eye and must arrive as they are.

@@ -349,3 +349,59 @@ mod generated {
         }
     }
 }
+
+/// The services issue 16 names, as application tables hold their
+/// credentials; values written for this test, not taken from any rule's
+/// examples.
+#[test]
+fn service_credentials_are_masked_where_tables_hold_them() {
+    let scanner = Scanner::new(&["all"]).unwrap();
+    for (value, secret) in [
+        ("twilio sid and SK4f0e8a6b2c9d1e3f5a7b9c0d2e4f6a8b1 for sms", "SK4f0e8a6b2c9d1e3f5a7b9c0d2e4f6a8b1"),
+        (
+            "sendgrid: 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",
+            "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",
+        ),
+        ("mailgun_api_key = 'key-3f9a1c7e5b2d8f4a6c0e9b1d7f3a5c2e'", "3f9a1c7e5b2d8f4a6c0e9b1d7f3a5c2e"),
+        ("shop token 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", "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"),
+        (
+            "DO_TOKEN=dop_v1_4a7c1e9b3d6f0a2c5e8b1d4f7a0c3e6b9d2f5a8c1e4b7d0f3a6c9e2b5d8f1a4c",
+            "dop_v1_4a7c1e9b3d6f0a2c5e8b1d4f7a0c3e6b9d2f5a8c1e4b7d0f3a6c9e2b5d8f1a4c",
+        ),
+        ("heroku auth token: 5d8f2a7c-3e1b-4c9d-8a6f-0b2e4d7c9a1f", "5d8f2a7c-3e1b-4c9d-8a6f-0b2e4d7c9a1f"),
+        (
+            "DATADOG_APP_KEY=7c3e9a1f5b8d2e6a0c4f7b9d1e3a5c8f2b6d0e4a",
+            "7c3e9a1f5b8d2e6a0c4f7b9d1e3a5c8f2b6d0e4a",
+        ),
+        ("hub token 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", "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"),
+        ("databricks: dapi8f2c6a0e4b9d3f7a1c5e8b2d6f0a4c9e", "dapi8f2c6a0e4b9d3f7a1c5e8b2d6f0a4c9e"),
+        (
+            "twine upload -p pypi-AgEIcHlwaS5vcmcCJDk3ZWQ5YjJlLTRhYjEtNDc4Yi1hNzQ1LWJmMGU2ZDFlYzE2MgACKlsz",
+            "pypi-AgEIcHlwaS5vcmcCJDk3ZWQ5YjJlLTRhYjEtNDc4Yi1hNzQ1LWJmMGU2ZDFlYzE2MgACKlsz",
+        ),
+        (
+            "vault login hvs.CAESIJx9Qm2Wn4Er6Tb8Yv0Uc3Xi5Zo7La9Ks1Jd3Hf5Gp7Mq9Nw1Be3Rt5Yu7Io9Pa1Sd3Fg5Hj7Kl9Zx1Cv3Bn5Mq7Wn9",
+            "hvs.CAESIJx9Qm2Wn4Er6Tb8Yv0Uc3Xi5Zo7La9Ks1Jd3Hf5Gp7Mq9Nw1Be3Rt5Yu7Io9Pa1Sd3Fg5Hj7Kl9Zx1Cv3Bn5Mq7Wn9",
+        ),
+        (
+            "DefaultEndpointsProtocol=https;AccountName=acmeprod;AccountKey=q8Zx3Vb7Nm1Lk5Jh9Gf2Ds6Ap0Oi4Uy8Tr2Ew6Qz1Xc5Vb9Nm3Lk7Jh1Gf5Ds9Ap3Oi7Uy1Tr5Ew9Qz3Xc7Vb1Nm5Lk9Jh==;EndpointSuffix=core.windows.net",
+            "q8Zx3Vb7Nm1Lk5Jh9Gf2Ds6Ap0Oi4Uy8Tr2Ew6Qz1Xc5Vb9Nm3Lk7Jh1Gf5Ds9Ap3Oi7Uy1Tr5Ew9Qz3Xc7Vb1Nm5Lk9Jh==",
+        ),
+        (
+            "https://acmeprod.blob.core.windows.net/exports/q3.csv?sv=2022-11-02&ss=b&srt=o&sp=r&se=2026-12-31T00:00:00Z&spr=https&sig=Xq8%2BLk2Wm9Rt4Vy7Zn3PdHs5Jf1Gc6Ba0Ne8Qi4Uo2%3D",
+            "Xq8%2BLk2Wm9Rt4Vy7Zn3PdHs5Jf1Gc6Ba0Ne8Qi4Uo2%3D",
+        ),
+        (
+            r#"{"type": "service_account", "project_id": "acme-prod", "private_key": "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n", "client_email": "etl@acme-prod.iam.gserviceaccount.com"}"#,
+            "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7",
+        ),
+        (
+            r#"{"auths": {"registry.acme.io": {"auth": "ZGVwbG95OlJ4OC1WbjItUXQ1"}}}"#,
+            "ZGVwbG95OlJ4OC1WbjItUXQ1",
+        ),
+    ] {
+        let masked = scanner.mask(value.as_bytes()).map(|m| String::from_utf8(m).unwrap());
+        let masked = masked.unwrap_or_else(|| panic!("nothing masked in {value:?}"));
+        assert!(!masked.contains(secret), "{secret:?} left in {masked:?}");
+    }
+}
