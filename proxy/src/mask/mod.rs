@@ -113,7 +113,7 @@ pub const CUSTOM_LABEL: &str = "custom";
 
 /// How much of each keyword the automaton looks for; see
 /// [`Scanner::candidates`].
-const KEYWORD_PREFIX: usize = 8;
+const KEYWORD_PREFIX: usize = 6;
 
 /// Most detectors one scanner runs: every built-in one and a Policy's own.
 const MAX_DETECTORS: usize = Set::BITS;
@@ -532,60 +532,54 @@ impl Scanner {
         };
         // Each step waits for the one before it, a load from the table,
         // so one walk cannot go faster than the load's latency. A longer
-        // value is cut into lanes walked side by side, whose steps the
+        // value is cut into parts walked side by side, whose steps the
         // processor overlaps. A keyword is at most KEYWORD_PREFIX bytes,
         // so a lane that starts that many bytes less one before its part
-        // finds every keyword that ends in its part.
+        // finds every keyword that ends in its part. Every lane walks as
+        // many bytes (the first one a little into the second part), and
+        // the last lane the remainder of the division after.
         const OVERLAP: usize = KEYWORD_PREFIX - 1;
         let lanes = match text.len() {
-            n if n >= 8 * OVERLAP => 4,
-            n if n >= 4 * OVERLAP => 2,
-            _ => 1,
+            n if n >= 4 * OVERLAP => 4,
+            n if n >= 2 * OVERLAP => 2,
+            _ => {
+                self.walk(dfa, start, text, &mut candidates);
+                return candidates;
+            }
         };
         let part = text.len() / lanes;
-        let lane = |j: usize| &text[(j * part).saturating_sub(OVERLAP)..];
-        let mut states = [start; 4];
-        match lanes {
-            4 => {
-                let (l0, l1, l2, l3) = (lane(0), lane(1), lane(2), lane(3));
-                for (((&b0, &b1), &b2), &b3) in l0[..part].iter().zip(&l1[..part]).zip(&l2[..part]).zip(&l3[..part]) {
-                    let [s0, s1, s2, s3] = &mut states;
-                    *s0 = dfa.next_state(Anchored::No, *s0, b0);
-                    *s1 = dfa.next_state(Anchored::No, *s1, b1);
-                    *s2 = dfa.next_state(Anchored::No, *s2, b2);
-                    *s3 = dfa.next_state(Anchored::No, *s3, b3);
-                    if states.iter().any(|&s| dfa.is_special(s)) {
-                        states.iter().for_each(|&s| self.seen(dfa, s, &mut candidates));
+        let steps = part + OVERLAP;
+        let lane = |j: usize| &text[(j * part).saturating_sub(OVERLAP)..][..steps];
+        // The states live in locals, not an array, so that they stay in
+        // registers: a store and reload would lengthen every step.
+        let (mut s0, mut s1, mut s2, mut s3) = (start, start, start, start);
+        let next = |state, byte| dfa.next_state(Anchored::No, state, byte);
+        if lanes == 4 {
+            let (l0, l1, l2, l3) = (lane(0), lane(1), lane(2), lane(3));
+            for (((&b0, &b1), &b2), &b3) in l0.iter().zip(l1).zip(l2).zip(l3) {
+                s0 = next(s0, b0);
+                s1 = next(s1, b1);
+                s2 = next(s2, b2);
+                s3 = next(s3, b3);
+                if dfa.is_special(s0) | dfa.is_special(s1) | dfa.is_special(s2) | dfa.is_special(s3) {
+                    for s in [s0, s1, s2, s3] {
+                        self.seen(dfa, s, &mut candidates);
                     }
                 }
             }
-            2 => {
-                let (l0, l1) = (lane(0), lane(1));
-                for (&b0, &b1) in l0[..part].iter().zip(&l1[..part]) {
-                    let [s0, s1, ..] = &mut states;
-                    *s0 = dfa.next_state(Anchored::No, *s0, b0);
-                    *s1 = dfa.next_state(Anchored::No, *s1, b1);
-                    if dfa.is_special(*s0) || dfa.is_special(*s1) {
-                        self.seen(dfa, *s0, &mut candidates);
-                        self.seen(dfa, *s1, &mut candidates);
-                    }
+        } else {
+            for (&b0, &b1) in lane(0).iter().zip(lane(1)) {
+                s0 = next(s0, b0);
+                s1 = next(s1, b1);
+                if dfa.is_special(s0) | dfa.is_special(s1) {
+                    self.seen(dfa, s0, &mut candidates);
+                    self.seen(dfa, s1, &mut candidates);
                 }
             }
-            _ => {}
+            s3 = s1;
         }
-        // What the side-by-side walk left: all of a short value, the
-        // overlap of lanes 1 to 3, and the last lane's remainder.
-        if lanes == 1 {
-            self.walk(dfa, start, text, &mut candidates);
-        }
-        for (j, &state) in states.iter().enumerate().take(lanes).skip(1) {
-            let rest = if j + 1 == lanes {
-                &lane(j)[part..]
-            } else {
-                &lane(j)[part..part + OVERLAP]
-            };
-            self.walk(dfa, state, rest, &mut candidates);
-        }
+        // The remainder of the division, after the last lane.
+        self.walk(dfa, s3, &text[lanes * part..], &mut candidates);
         candidates
     }
 

@@ -100,7 +100,7 @@ fn a_keyword_is_seen_at_every_position() {
         let Some(keyword) = DETECTORS[c.id].keywords.iter().max_by_key(|k| k.len()) else {
             continue;
         };
-        for len in [keyword.len(), 40, 63, 97, 130] {
+        for len in [keyword.len(), 11, 19, 23, 40, 63, 97, 130] {
             for at in 0..=len.saturating_sub(keyword.len()) {
                 let mut text = vec![b' '; len.max(keyword.len())];
                 text[at..at + keyword.len()].copy_from_slice(keyword.to_ascii_uppercase().as_bytes());
