@@ -109,7 +109,8 @@ const MAX_UNESCAPES: usize = 3;
 /// line breaks inside a token. Empty when `value` has none of them, which is
 /// the common case and costs three `memchr` passes.
 pub fn decoded(value: &[u8]) -> Vec<View> {
-    if value.len() > u32::MAX as usize {
+    // Every step needs a backslash, a `%` or a line break to decode.
+    if value.len() > u32::MAX as usize || memchr::memchr3(b'\\', b'%', b'\n', value).is_none() {
         return Vec::new();
     }
     // Each step decodes what the one before it left.
