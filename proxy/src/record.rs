@@ -19,6 +19,7 @@ use gatehouse_recording::{
 };
 
 use crate::{
+    mask::Scanner,
     api::connection::RecordingMode,
     config::ProxyConfig,
     identity::Identity,
@@ -123,6 +124,7 @@ impl Recorder {
         identity: &Identity,
         client: String,
         tls: bool,
+        shown: Arc<Scanner>,
     ) -> Result<Option<Tape>, RecordingUnavailable> {
         let required = self.mode == RecordingMode::Required;
         if required && self.spool.is_full() {
@@ -150,7 +152,7 @@ impl Recorder {
         match self.spool.start(info, connect) {
             Ok(mut writer) => {
                 writer.set_best_effort(!required);
-                Ok(Some(Tape::new(writer, session, self.max_rows, self.max_bytes)))
+                Ok(Some(Tape::new(writer, session, self.max_rows, self.max_bytes, shown)))
             }
             Err(e) if required => Err(RecordingUnavailable(format!(
                 "Gatehouse cannot record this session ({e}); recording is required on this Connection"
@@ -178,6 +180,9 @@ struct Awaiting {
 #[derive(Debug)]
 pub struct Tape {
     writer: SessionWriter,
+    /// What masks the statements and messages it records (the
+    /// configuration's when the session began): see [`Scanner::shown`].
+    shown: Arc<Scanner>,
     session: String,
     next_id: u64,
     max_rows: u64,
@@ -197,9 +202,10 @@ pub struct Tape {
 }
 
 impl Tape {
-    fn new(writer: SessionWriter, session: String, max_rows: u64, max_bytes: u64) -> Tape {
+    fn new(writer: SessionWriter, session: String, max_rows: u64, max_bytes: u64, shown: Arc<Scanner>) -> Tape {
         Tape {
             writer,
+            shown,
             session,
             next_id: 1,
             max_rows,
@@ -241,10 +247,10 @@ impl Tape {
     ) {
         let id = self.next_id;
         self.next_id += 1;
-        let reason = refusal.map(|r| crate::mask::text(&r.message).into_owned());
+        let reason = refusal.map(|r| crate::mask::text_in(&self.shown, &r.message).into_owned());
         self.writer.record(Body::Statement {
             id,
-            text: crate::mask::statement_text(sql).into_owned(),
+            text: crate::mask::statement_text_in(&self.shown, sql).into_owned(),
             decision: decision.to_owned(),
             reason,
         });
@@ -292,7 +298,7 @@ impl Tape {
             statement,
             request: outcome.request().map(str::to_owned),
             outcome: outcome.kind().to_owned(),
-            message: message.map(|m| crate::mask::text(&m).into_owned()),
+            message: message.map(|m| crate::mask::text_in(&self.shown, &m).into_owned()),
         });
     }
 

@@ -90,6 +90,11 @@ impl Runtime {
         self.policies.iter().filter(|p| p.problem().is_some()).count()
     }
 
+    /// The scanner for text the proxy shows: see [`Maskers::shown`].
+    pub fn shown(&self) -> &Arc<crate::mask::Scanner> {
+        self.maskers.shown()
+    }
+
     /// The masker for `identity`'s sessions, if any Policy naming it masks.
     pub fn masker_for(&self, identity: &Identity) -> Option<Arc<Masker>> {
         self.maskers.for_identity(&self.policies, identity)
@@ -184,7 +189,7 @@ impl Shared {
         tls: bool,
     ) -> Result<Option<Tape>, RecordingUnavailable> {
         match self.recorder.get() {
-            Some(Some(recorder)) => recorder.begin(identity, client, tls),
+            Some(Some(recorder)) => recorder.begin(identity, client, tls, self.runtime().shown().clone()),
             _ if self.runtime().config.recording.mode
                 == gatehouse_crds::connection::RecordingMode::Required =>
             {

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 use crate::{
+    mask::Scanner,
     pg::{
         messages::{Bind, Format},
         sqlstate,
@@ -101,7 +102,7 @@ pub struct Shown {
 /// sees, or why it cannot be held: it does not fit in an ApprovalRequest
 /// (SQLSTATE 54000), or it holds characters a person would not see
 /// (42501). Either way the statement does not run.
-pub fn shown(sql: &str, param_types: &[u32], bind: Option<&Bind>) -> Result<Shown, Refusal> {
+pub fn shown(scanner: &Scanner, sql: &str, param_types: &[u32], bind: Option<&Bind>) -> Result<Shown, Refusal> {
     if sql.len() > MAX_STATEMENT_BYTES {
         return Err(too_large(format!(
             "the statement is {} bytes and an ApprovalRequest shows at most {MAX_STATEMENT_BYTES}",
@@ -111,7 +112,7 @@ pub fn shown(sql: &str, param_types: &[u32], bind: Option<&Bind>) -> Result<Show
     if let Some((at, c)) = hidden(sql) {
         return Err(unseeable("the statement", at, c));
     }
-    let masked = crate::mask::masked_statement(sql);
+    let masked = crate::mask::masked_statement(scanner, sql);
     if masked.text.len() > MAX_STATEMENT_BYTES {
         return Err(too_large(format!(
             "with its secrets masked the statement is {} bytes and an ApprovalRequest shows at most {MAX_STATEMENT_BYTES}",
@@ -138,7 +139,7 @@ pub fn shown(sql: &str, param_types: &[u32], bind: Option<&Bind>) -> Result<Show
             (None, _) => None,
             (Some(_), Some(detector)) => Some(crate::mask::replacement(detector)),
             (Some(v), None) => Some(
-                show_value(oid, binary, v)
+                show_value(scanner, oid, binary, v)
                     .map_err(|c| unseeable(&format!("parameter ${number}"), c.0, c.1))?,
             ),
         };
@@ -175,12 +176,12 @@ pub fn shown(sql: &str, param_types: &[u32], bind: Option<&Bind>) -> Result<Show
 /// A value as the approver reads it, secrets masked: text as sent; binary
 /// decoded when its type is a known one, else in hex. `Err` names a
 /// character a person would not see.
-fn show_value(oid: u32, binary: bool, value: &[u8]) -> Result<String, (usize, char)> {
+fn show_value(scanner: &Scanner, oid: u32, binary: bool, value: &[u8]) -> Result<String, (usize, char)> {
     let text = if binary {
         match decode_binary(oid, value) {
             Some(text) => text,
             // Hex would show a secret encoded: mask the value whole instead.
-            None => match crate::mask::secrets_in(value).first() {
+            None => match crate::mask::secrets_in(scanner, value).first() {
                 Some(found) => return Ok(crate::mask::replacement(found.detector)),
                 None => format!("\\x{}", hex::encode(value)),
             },
@@ -191,7 +192,7 @@ fn show_value(oid: u32, binary: bool, value: &[u8]) -> Result<String, (usize, ch
     if let Some(found) = hidden(&text) {
         return Err(found);
     }
-    Ok(match crate::mask::value_text(text.as_bytes()) {
+    Ok(match crate::mask::value_text(scanner, text.as_bytes()) {
         Some(masked) => String::from_utf8_lossy(&masked).into_owned(),
         None => text,
     })
@@ -417,28 +418,28 @@ mod tests {
     #[test]
     fn a_statement_that_does_not_fit_is_refused_never_cut() {
         let sql = format!("DELETE FROM t WHERE id=5{}OR true", " ".repeat(70 * 1024));
-        let refusal = shown(&sql, &[], None).expect_err("70 KiB does not fit");
+        let refusal = shown(&Scanner::all_secrets(), &sql, &[], None).expect_err("70 KiB does not fit");
         assert_eq!(refusal.sqlstate, "54000");
         assert!(
             refusal.message.contains("too large to hold for approval"),
             "{refusal:?}"
         );
         let fits = format!("DELETE FROM t WHERE id=5{}OR true", " ".repeat(1000));
-        assert_eq!(shown(&fits, &[], None).expect("fits").statement, fits);
+        assert_eq!(shown(&Scanner::all_secrets(), &fits, &[], None).expect("fits").statement, fits);
 
         let many: Vec<Option<&[u8]>> = vec![Some(b"1"); MAX_PARAMETERS + 1];
-        let refusal = shown("SELECT $1", &[], Some(&bind(&[], &many))).expect_err("too many");
+        let refusal = shown(&Scanner::all_secrets(), "SELECT $1", &[], Some(&bind(&[], &many))).expect_err("too many");
         assert_eq!(refusal.sqlstate, "54000");
         let big = vec![b'a'; MAX_VALUE_CHARS + 1];
-        let refusal = shown("SELECT $1", &[], Some(&bind(&[], &[Some(&big)]))).expect_err("too long");
+        let refusal = shown(&Scanner::all_secrets(), "SELECT $1", &[], Some(&bind(&[], &[Some(&big)]))).expect_err("too long");
         assert!(refusal.message.contains("parameter $1"), "{refusal:?}");
     }
 
     #[test]
     fn the_approver_sees_the_structure_not_a_mask_over_it() {
         let sql = "DELETE FROM accounts WHERE(token=id)OR(true)";
-        assert_eq!(shown(sql, &[], None).expect("shown").statement, sql);
-        let masked = shown(
+        assert_eq!(shown(&Scanner::all_secrets(), sql, &[], None).expect("shown").statement, sql);
+        let masked = shown(&Scanner::all_secrets(), 
             "UPDATE users SET note = 'AKIAIOSFODNN7EXAMPLE' WHERE id = 1",
             &[],
             None,
@@ -462,15 +463,15 @@ mod tests {
             "DELETE FROM t WHERE id =\u{0338} 5",
             "DELETE FROM t WHERE id = 5\u{20DD}",
         ] {
-            let refusal = shown(sql, &[], None).expect_err(sql);
+            let refusal = shown(&Scanner::all_secrets(), sql, &[], None).expect_err(sql);
             assert_eq!(refusal.sqlstate, "42501");
             assert!(refusal.message.contains("would not see"), "{refusal:?}");
         }
         assert!(
-            shown("DELETE FROM t\r\nWHERE id = 5\t", &[], None).is_ok(),
+            shown(&Scanner::all_secrets(), "DELETE FROM t\r\nWHERE id = 5\t", &[], None).is_ok(),
             "line ends and tabs are seen"
         );
-        let refusal = shown(
+        let refusal = shown(&Scanner::all_secrets(), 
             "UPDATE t SET a = $1",
             &[],
             Some(&bind(&[], &[Some("x\u{202E}y".as_bytes())])),
@@ -502,14 +503,14 @@ mod tests {
             '\u{E0FFF}',
         ] {
             let sql = format!("DELETE FROM users WHERE role <> 'admin{c}'");
-            let refusal = shown(&sql, &[], None).expect_err(&format!("U+{:04X}", u32::from(c)));
+            let refusal = shown(&Scanner::all_secrets(), &sql, &[], None).expect_err(&format!("U+{:04X}", u32::from(c)));
             assert!(
                 refusal.message.contains(&format!("U+{:04X}", u32::from(c))),
                 "{refusal:?}"
             );
         }
         assert!(
-            shown("UPDATE t SET note = 'café ☕ 東京 ≠ naïve'", &[], None).is_ok(),
+            shown(&Scanner::all_secrets(), "UPDATE t SET note = 'café ☕ 東京 ≠ naïve'", &[], None).is_ok(),
             "visible text of any script is shown"
         );
     }
@@ -532,7 +533,7 @@ mod tests {
                 Some(b"Tr0ub4dor&3"),
             ],
         );
-        let shown = shown(
+        let shown = shown(&Scanner::all_secrets(), 
             "UPDATE t SET a = $1, b = $2, c = $3, d = $4, password = $5",
             &[23, 0, 25, 17],
             Some(&values),

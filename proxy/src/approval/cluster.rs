@@ -460,7 +460,7 @@ mod tests {
                 groups: vec![],
             },
             session: "s1".into(),
-            shown: shown(sql, &[], None).expect("shown"),
+            shown: shown(&crate::mask::Scanner::all_secrets(), sql, &[], None).expect("shown"),
             binding: binding(sql, &[], None),
             policy: "writes".into(),
             rule: "deletes".into(),

@@ -32,7 +32,7 @@ use regex::bytes::{Regex, RegexBuilder};
 use detectors::Pattern;
 
 pub use detectors::{DETECTORS, Detector};
-pub use sql::{MaskedSql, masked_statement, statement_text};
+pub use sql::{MaskedSql, masked_statement, statement_text, statement_text_in};
 
 /// A Policy names a detector that does not exist.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -689,33 +689,51 @@ fn merge(found: &mut Vec<Found>) {
 }
 
 /// Every built-in secret detector, for text the proxy itself shows.
-static ALL_SECRETS: LazyLock<Scanner> = LazyLock::new(|| {
-    let all: Vec<usize> = (0..DETECTORS.len()).filter(|&i| !DETECTORS[i].opt_in).collect();
-    Scanner::with_ids(&all, &[])
-});
+static ALL_SECRETS: LazyLock<Arc<Scanner>> = LazyLock::new(|| Arc::new(Scanner::shown(&[])));
+
+impl Scanner {
+    /// The scanner for text the proxy itself shows (logs, recordings,
+    /// ApprovalRequests): every built-in secret detector, whatever the
+    /// Policies enable, and the `custom` detectors of every Policy, since
+    /// an organisation's token is as secret in a log line as in a row.
+    pub fn shown(custom: &[Arc<Custom>]) -> Scanner {
+        let all: Vec<usize> = (0..DETECTORS.len()).filter(|&i| !DETECTORS[i].opt_in).collect();
+        Scanner::with_ids(&all, custom)
+    }
+
+    /// [`Scanner::shown`] without Policies' detectors, built once.
+    pub fn all_secrets() -> Arc<Scanner> {
+        ALL_SECRETS.clone()
+    }
+}
 
 /// A message's text as logs and recordings show it (a refusal's reason, an
 /// error): every secret the built-in detectors find is masked. SQL goes
 /// through [`statement_text`] instead, which keeps its syntax.
 pub fn text(message: &str) -> Cow<'_, str> {
-    match ALL_SECRETS.mask(message.as_bytes()) {
+    text_in(&ALL_SECRETS, message)
+}
+
+/// [`text`], with what `scanner` finds (see [`Scanner::shown`]).
+pub fn text_in<'a>(scanner: &Scanner, message: &'a str) -> Cow<'a, str> {
+    match scanner.mask(message.as_bytes()) {
         Some(masked) => Cow::Owned(String::from_utf8_lossy(&masked).into_owned()),
         None => Cow::Borrowed(message),
     }
 }
 
-/// The built-in detectors, for values the proxy itself shows (a held
-/// statement's parameters): every secret detector, whatever the Policies'
-/// masking says, since a value sent to the database is as secret as the
-/// column it lands in.
-pub fn value_text(value: &[u8]) -> Option<Vec<u8>> {
-    ALL_SECRETS.mask(value)
+/// Values the proxy itself shows (a held statement's parameters), masked
+/// with `scanner` (see [`Scanner::shown`]), whatever the Policies' masking
+/// says, since a value sent to the database is as secret as the column it
+/// lands in; `None` when there is nothing to mask.
+pub fn value_text(scanner: &Scanner, value: &[u8]) -> Option<Vec<u8>> {
+    scanner.mask(value)
 }
 
-/// The secrets the built-in detectors find in `value`.
-pub fn secrets_in(value: &[u8]) -> Vec<Found> {
+/// The secrets `scanner` (see [`Scanner::shown`]) finds in `value`.
+pub fn secrets_in(scanner: &Scanner, value: &[u8]) -> Vec<Found> {
     let mut found = Vec::new();
-    ALL_SECRETS.find(value, &mut found);
+    scanner.find(value, &mut found);
     found
 }
 

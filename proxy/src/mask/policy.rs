@@ -52,6 +52,8 @@ pub struct Maskers {
     scan_limit: usize,
     /// Maskers by the positions of the Policies they combine.
     built: Mutex<HashMap<Vec<usize>, Arc<Masker>>>,
+    /// For text the proxy shows: see [`Scanner::shown`].
+    shown: Arc<Scanner>,
 }
 
 impl Maskers {
@@ -151,12 +153,26 @@ impl Maskers {
         if settings.scan_limit_bytes == 0 {
             return Err("masking.scanLimitBytes must be at least 1".into());
         }
+        let custom: Vec<Arc<Custom>> = policies.iter().flatten().flat_map(|p| p.custom.iter().cloned()).collect();
+        let shown = if custom.is_empty() {
+            Scanner::all_secrets()
+        } else {
+            Arc::new(Scanner::shown(&custom))
+        };
         Ok(Maskers {
+            shown,
             policies,
             hash_key,
             scan_limit: settings.scan_limit_bytes,
             built: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The scanner for text the proxy shows (logs, recordings,
+    /// ApprovalRequests): every built-in secret detector and every
+    /// Policy's own, whichever callers the Policies name.
+    pub fn shown(&self) -> &Arc<Scanner> {
+        &self.shown
     }
 
     /// The masker for `identity`: `None` when no Policy naming it masks
@@ -347,6 +363,14 @@ policies:
         let mut found = Vec::new();
         agent.scanner().find(b"acme_Zx8Qw2Er4Ty6Ui8Op0As2Df4", &mut found);
         assert_eq!(found[0].id, super::super::CUSTOM, "metrics count it as custom");
+        // What the proxy shows itself (logs, recordings, ApprovalRequests)
+        // is masked with every Policy's own detectors, whoever the caller.
+        let sql = "SELECT * FROM t WHERE k = 'acme_Zx8Qw2Er4Ty6Ui8Op0As2Df4'";
+        assert_eq!(
+            crate::mask::statement_text_in(maskers.shown(), sql),
+            "SELECT * FROM t WHERE k = '[masked:acme-token]'"
+        );
+        assert_eq!(crate::mask::statement_text(sql), sql, "premise: no built-in detector finds it");
     }
 
     #[test]

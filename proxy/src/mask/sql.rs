@@ -14,7 +14,7 @@ use std::{borrow::Cow, collections::BTreeMap, ops::Range};
 
 use pg_query::protobuf::{ScanToken, Token};
 
-use super::{ALL_SECRETS, Found, merge, replace};
+use super::{ALL_SECRETS, Found, Scanner, merge, replace};
 
 /// A statement's text with its secrets masked, and the parameters (`$n`)
 /// whose values are secrets by their place in it.
@@ -32,8 +32,13 @@ pub struct MaskedSql<'a> {
 /// literals and comments. Text the scanner cannot read (it was never run:
 /// the parser refused it) is masked as plain text.
 pub fn statement_text(sql: &str) -> Cow<'_, str> {
+    statement_text_in(&ALL_SECRETS, sql)
+}
+
+/// [`statement_text`], with what `scanner` finds (see [`Scanner::shown`]).
+pub fn statement_text_in<'a>(scanner: &Scanner, sql: &'a str) -> Cow<'a, str> {
     let mut found = Vec::new();
-    ALL_SECRETS.find(sql.as_bytes(), &mut found);
+    scanner.find(sql.as_bytes(), &mut found);
     // The common case costs one prefilter pass and no scan.
     if found.is_empty() {
         return Cow::Borrowed(sql);
@@ -70,13 +75,13 @@ fn names_itself(found: &Found) -> bool {
 
 /// [`statement_text`], and which of the statement's parameters hold secrets
 /// by their place in it: what approvers see of a held prepared statement.
-pub fn masked_statement(sql: &str) -> MaskedSql<'_> {
+pub fn masked_statement<'a>(scanner: &Scanner, sql: &'a str) -> MaskedSql<'a> {
     let mut found = Vec::new();
-    ALL_SECRETS.find(sql.as_bytes(), &mut found);
+    scanner.find(sql.as_bytes(), &mut found);
     // `pg_query::scan`, not `scan_tokens`: see `policy::cache_key`.
     let Ok(scanned) = pg_query::scan(sql) else {
         return MaskedSql {
-            text: statement_text(sql),
+            text: statement_text_in(scanner, sql),
             secret_parameters: BTreeMap::new(),
         };
     };
@@ -297,7 +302,7 @@ mod tests {
             "premise: the detectors match across the syntax"
         );
         assert_eq!(statement_text(sql), sql);
-        assert_eq!(masked_statement(sql).text, sql);
+        assert_eq!(masked_statement(&ALL_SECRETS, sql).text, sql);
     }
 
     #[test]
@@ -358,7 +363,7 @@ mod tests {
             let shown = statement_text(sql);
             assert_ne!(shown, sql, "premise: a secret is masked in {sql}");
             assert_eq!(syntax(&shown), syntax(sql), "{sql}\n shown as\n{shown}");
-            assert_eq!(masked_statement(sql).text, shown);
+            assert_eq!(masked_statement(&ALL_SECRETS, sql).text, shown);
         }
         // Where the syntax allows it, only the secret is masked.
         assert_eq!(
@@ -384,14 +389,14 @@ mod tests {
                 "{sql}: {}",
                 statement_text(&sql)
             );
-            assert!(!masked_statement(&sql).text.contains(key), "{sql}");
+            assert!(!masked_statement(&ALL_SECRETS, &sql).text.contains(key), "{sql}");
         }
         assert_eq!(
-            masked_statement(&format!("SELECT 1 AS \"{key}\"")).text,
+            masked_statement(&ALL_SECRETS, &format!("SELECT 1 AS \"{key}\"")).text,
             "SELECT 1 AS \"[masked:github-token]\""
         );
         assert_eq!(
-            masked_statement(&format!("SELECT 1 AS U&\"{key}\"")).text,
+            masked_statement(&ALL_SECRETS, &format!("SELECT 1 AS U&\"{key}\"")).text,
             "SELECT 1 AS U&\"[masked:github-token]\""
         );
         let pasted = "SELEC sk-proj-Ab12Cd34Ef56Gh78Ij90Kl12Mn34Op56Qr78St90Uv12Wx34 FROM t";
@@ -403,7 +408,7 @@ mod tests {
         // A name the context only makes look like a secret stays.
         let sql = "UPDATE users SET password = password_reset_hash WHERE id = 1";
         assert_eq!(statement_text(sql), sql);
-        assert_eq!(masked_statement(sql).text, sql);
+        assert_eq!(masked_statement(&ALL_SECRETS, sql).text, sql);
     }
 
     #[test]
@@ -416,13 +421,13 @@ mod tests {
 
     #[test]
     fn parameters_named_or_matched_as_secrets_are_reported() {
-        let masked = masked_statement(
+        let masked = masked_statement(&ALL_SECRETS, 
             "UPDATE users SET password = $1, api_key := $2, note = $3 WHERE token=$4 AND id = $5",
         );
         let numbers: Vec<u32> = masked.secret_parameters.keys().copied().collect();
         assert_eq!(numbers, [1, 2, 4], "{masked:?}");
         assert!(
-            masked_statement("DELETE FROM orders WHERE id = $1")
+            masked_statement(&ALL_SECRETS, "DELETE FROM orders WHERE id = $1")
                 .secret_parameters
                 .is_empty()
         );

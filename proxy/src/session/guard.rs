@@ -151,24 +151,26 @@ impl Judge for Guard {
                 .await
                 .map(|need| (classification, need)),
         };
+        let runtime = self.shared.runtime();
+        let shown = runtime.shown();
         match &judged {
             Ok((_, Some(need))) => tracing::info!(
                 user = %self.identity.username,
                 policy = %need.policy,
                 rule = %need.rule,
-                statement = %crate::mask::statement_text(sql),
+                statement = %crate::mask::statement_text_in(shown, sql),
                 "statement needs approval"
             ),
             Ok((_, None)) => tracing::debug!(
                 user = %self.identity.username,
-                statement = %crate::mask::statement_text(sql),
+                statement = %crate::mask::statement_text_in(shown, sql),
                 "statement allowed"
             ),
             Err(refusal) => tracing::info!(
                 user = %self.identity.username,
                 sqlstate = refusal.sqlstate,
-                reason = %crate::mask::text(&refusal.message),
-                statement = %crate::mask::statement_text(sql),
+                reason = %crate::mask::text_in(shown, &refusal.message),
+                statement = %crate::mask::statement_text_in(shown, sql),
                 "statement refused"
             ),
         }
@@ -189,11 +191,12 @@ impl Judge for Guard {
         let Some(approver) = self.shared.approver() else {
             return super::relay::no_approver();
         };
-        let shown = match approval::shown(sql, param_types, bind) {
+        let runtime = self.shared.runtime();
+        let shown = match approval::shown(runtime.shown(), sql, param_types, bind) {
             Ok(shown) => shown,
             Err(refusal) => return super::relay::decided(Outcome::Unshowable(refusal)),
         };
-        let config = &self.shared.runtime().config.approval;
+        let config = &runtime.config.approval;
         let ticket = Ticket {
             requester: self.identity.clone(),
             session: self.session.clone(),
@@ -240,7 +243,7 @@ impl Judge for Guard {
             tracing::info!(
                 user = %self.identity.username,
                 sqlstate = refusal.sqlstate,
-                reason = %crate::mask::text(&refusal.message),
+                reason = %crate::mask::text_in(self.shared.runtime().shown(), &refusal.message),
                 prepared = %statement,
                 "Bind of a statement prepared in SQL refused"
             );
