@@ -103,6 +103,7 @@ fn main() -> ExitCode {
         wall::a_function_that_turns_the_session_read_write_ends_it,
         wall::a_caller_whose_policy_allows_a_write_gets_a_read_write_session,
         masking::psql_gets_every_secret_masked_in_rows_copy_and_errors,
+        masking::errors_notices_and_the_proxy_log_mask_every_secret,
         masking::tokio_postgres_gets_binary_results_masked,
         masking::psycopg_gets_text_and_binary_results_masked,
         masking::look_alikes_arrive_unchanged,

@@ -22,7 +22,7 @@ use tokio::{
 };
 use tokio_postgres::error::SqlState;
 
-use gatehouse_e2e::gateway::config_head;
+use gatehouse_e2e::gateway::{ProxyProcess, config_head};
 
 use crate::proxy::{AGENT_TOKEN, agent, psql, start_proxy};
 
@@ -344,7 +344,9 @@ pub(crate) async fn fixture(env: &TestEnv) -> anyhow::Result<()> {
                 .await?;
             }
             db.batch_execute(
-                "INSERT INTO api_keys VALUES ('stripe sk_live_Z8UzDzV8fUkkibjL5DZPjN0MEQ7wjJ');
+                "CREATE FUNCTION shout(t text) RETURNS int LANGUAGE plpgsql STABLE
+                   AS $f$ BEGIN RAISE NOTICE 'saw %', t; RETURN 1; END $f$;
+                 INSERT INTO api_keys VALUES ('stripe sk_live_Z8UzDzV8fUkkibjL5DZPjN0MEQ7wjJ');
                  INSERT INTO patrons VALUES
                    (1, 'ada@example.com', 'key-one-plain', '123-45-6789', '1815-12-10',
                     '{\"tier\": \"gold\"}', '\\x0102', 'likes tea'),
@@ -554,6 +556,70 @@ pub async fn psql_gets_every_secret_masked_in_rows_copy_and_errors(env: Arc<Test
         "{err}"
     );
     tap.assert_no_secret()
+}
+
+/// Errors and notices that echo a value, and the proxy's own log of
+/// the statements it refuses: every planted secret is masked in each.
+pub async fn errors_notices_and_the_proxy_log_mask_every_secret(env: Arc<TestEnv>) -> anyhow::Result<()> {
+    fixture(&env).await?;
+    // The binary, so that its log is a file to read.
+    let name = "masking-logged";
+    let proxy = ProxyProcess::start(&env, name, |port, creds| {
+        let head = config_head(&env, name, port, creds, AGENT_TOKEN, "planner", &["agents"]);
+        Ok(format!("{head}policies:{POLICY}      masking: {DETECTING}\n"))
+    })
+    .await?;
+    let tap = Tap::to(proxy.port).await?;
+
+    // An error quotes the value that does not cast.
+    let client = agent(tap.port, AGENT_TOKEN).await?;
+    let mut messages = String::new();
+    for id in 1..=PLANTED.len() as i32 {
+        let err = client
+            .query("SELECT note::int FROM vault WHERE id = $1", &[&id])
+            .await
+            .err()
+            .context("a note cast to int")?;
+        let db = err.as_db_error().context("not a server error")?;
+        ensure!(db.code() == &SqlState::INVALID_TEXT_REPRESENTATION, "{db:?}");
+        messages.push_str(db.message());
+        messages.push('\n');
+    }
+    ensure_every_detector_masked(&messages)?;
+
+    // A notice carries the value as the function raised it.
+    let (ok, _, notices) = psql(tap.port, AGENT_TOKEN, "SELECT shout(note) FROM vault ORDER BY id").await?;
+    ensure!(ok && notices.matches("NOTICE:").count() == PLANTED.len(), "{notices}");
+    ensure_every_detector_masked(&notices)?;
+    tap.assert_no_secret()?;
+
+    // Refused statements are logged with their text, masked with every
+    // secret detector and the Policy's own (personal data is a result's
+    // business, not the log's: a statement naming an e-mail address is
+    // logged as written).
+    for p in PLANTED {
+        let sql = format!("DELETE FROM vault WHERE note = $q${}$q$", p.value);
+        let err = client.batch_execute(&sql).await.err().context("a DELETE ran")?;
+        ensure!(
+            err.as_db_error().map(|e| e.code()) == Some(&SqlState::INSUFFICIENT_PRIVILEGE),
+            "{err:?}"
+        );
+    }
+    let log_file = env.path().join(name).join("proxy.log");
+    let log = std::fs::read_to_string(&log_file)?;
+    ensure!(
+        log.matches("statement refused").count() >= PLANTED.len(),
+        "{} holds too few refusals:\n{log}",
+        log_file.display()
+    );
+    let personal = ["payment-card", "email", "iban"];
+    let leaked: Vec<String> = leaks(log.as_bytes())
+        .into_iter()
+        .filter(|leak| !personal.iter().any(|kind| leak.starts_with(&format!("{kind}: "))))
+        .collect();
+    ensure!(leaked.is_empty(), "secrets in {}:\n{}", log_file.display(), leaked.join("\n"));
+    ensure!(log.contains("[masked:acme-badge]"), "the Policy's own detector did not mask the log");
+    Ok(())
 }
 
 pub async fn tokio_postgres_gets_binary_results_masked(env: Arc<TestEnv>) -> anyhow::Result<()> {
