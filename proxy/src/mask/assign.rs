@@ -317,7 +317,8 @@ pub fn is_placeholder(value: &[u8]) -> bool {
         return true;
     }
     // A reference in code: `process.env.DB_PASS`, `os.environ["X"]`,
-    // `getenv("X")`, `config.db.password`.
+    // `getenv("X")`, `config.db.password`. Only from a name code reads
+    // settings through: `correct.horse.battery.staple` is a passphrase.
     let reference = |s: &[u8]| {
         let mut parts = s.split(|&b| b == b'.');
         let dotted = s.contains(&b'.')
@@ -327,7 +328,10 @@ pub fn is_placeholder(value: &[u8]) -> bool {
                     && p.iter()
                         .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
             });
-        dotted && !s.iter().any(u8::is_ascii_digit)
+        let root = s.split(|&b| b == b'.').next().unwrap_or_default();
+        let root = root.trim_ascii_start().to_ascii_lowercase();
+        let root = &root[root.iter().take_while(|b| matches!(b, b'$' | b'_')).count()..];
+        dotted && !s.iter().any(u8::is_ascii_digit) && CODE_ROOTS.contains(&root)
     };
     let bare = value.strip_suffix(b",").unwrap_or(value);
     if reference(bare) {
@@ -342,6 +346,52 @@ pub fn is_placeholder(value: &[u8]) -> bool {
     }
     false
 }
+
+/// The names code reads a setting through, the first part of a dotted
+/// reference (lower-case, without a leading `$` or `_`).
+const CODE_ROOTS: &[&[u8]] = &[
+    b"process",
+    b"os",
+    b"env",
+    b"environ",
+    b"environment",
+    b"system",
+    b"config",
+    b"conf",
+    b"cfg",
+    b"configuration",
+    b"settings",
+    b"setting",
+    b"secrets",
+    b"secret",
+    b"vault",
+    b"self",
+    b"this",
+    b"app",
+    b"ctx",
+    b"context",
+    b"props",
+    b"properties",
+    b"values",
+    b"params",
+    b"args",
+    b"opts",
+    b"options",
+    b"import",
+    b"window",
+    b"global",
+    b"globals",
+    b"runtime",
+    b"spring",
+    b"credentials",
+    b"creds",
+    b"vars",
+    b"var",
+    b"inputs",
+    b"input",
+    b"db",
+    b"database",
+];
 
 /// `os.environ`, `config.get`, `getenv`, `env`: what a value read from
 /// elsewhere is called through.

@@ -90,6 +90,29 @@ fn all_secret_detectors_together_mask_every_positive() {
     }
 }
 
+/// A dotted passphrase is a secret; a dotted name code reads a setting
+/// through is a reference.
+#[test]
+fn a_dotted_passphrase_is_masked_and_a_code_reference_is_not() {
+    let scanner = Scanner::new(&["all"]).unwrap();
+    for value in [
+        "postgres://app:correct.horse.battery.staple@db.internal/app",
+        "DB_PASSWORD=correct.horse.battery.staple",
+        r#"{"password": "tiger.lily.moon"}"#,
+    ] {
+        let masked = String::from_utf8(scanner.mask(value.as_bytes()).unwrap_or_default()).unwrap();
+        assert!(!masked.contains("horse") && !masked.contains("lily"), "{value:?} -> {masked:?}");
+    }
+    for value in [
+        "password = config.db.password",
+        "pass: process.env.DB_PASS,",
+        "token: $settings.api.token",
+        "postgres://app:${DB_PASSWORD}@db/orders",
+    ] {
+        assert_eq!(scanner.mask(value.as_bytes()), None, "{value:?}");
+    }
+}
+
 /// The automaton walks a long value in lanes side by side: a keyword is
 /// seen wherever it lies, across the lanes' borders too.
 #[test]
