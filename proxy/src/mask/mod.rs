@@ -115,8 +115,14 @@ pub const CUSTOM_LABEL: &str = "custom";
 /// [`Scanner::candidates`].
 const KEYWORD_PREFIX: usize = 6;
 
-/// Most detectors one scanner runs: every built-in one and a Policy's own.
+/// Most detectors one scanner runs: every built-in one and the Policies'
+/// own.
 const MAX_DETECTORS: usize = Set::BITS;
+
+/// Most detectors all the Policies of a configuration may define
+/// together: the scanner for text the proxy shows runs all of them beside
+/// every built-in one, and its candidate set has [`MAX_DETECTORS`] bits.
+pub const MAX_CUSTOM_DETECTORS: usize = 256;
 
 /// A set of detectors, by their position in a [`Scanner`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -233,6 +239,20 @@ impl Custom {
     /// [`MIN_KEYWORD_BYTES`], a pattern that does not compile or that
     /// matches empty text.
     pub fn new(name: &str, regex: &str, keywords: &[String]) -> Result<Custom, String> {
+        // The name goes into every mask, `[masked:<name>]`, which must stay
+        // valid inside JSON strings, COPY text and CSV.
+        let shaped = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let bytes = name.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > 63
+            || !bytes.iter().all(|b| shaped(b) || *b == b'-')
+            || !bytes.first().is_some_and(shaped)
+            || !bytes.last().is_some_and(shaped)
+        {
+            return Err(format!(
+                "name {name:?} must be 1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit"
+            ));
+        }
         if keywords.is_empty() {
             return Err("needs at least one keyword".into());
         }
@@ -327,8 +347,11 @@ impl Scanner {
     ///
     /// # Panics
     ///
-    /// With more than 512 detectors in all; the CRD allows far fewer.
+    /// With more than [`MAX_DETECTORS`] in all, which compiling Policies
+    /// rules out: at most [`MAX_CUSTOM_DETECTORS`] of their own beside the
+    /// built-in ones (a test checks that both fit).
     pub fn with_ids(ids: &[usize], custom: &[Arc<Custom>]) -> Scanner {
+        assert!(ids.len() + custom.len() <= MAX_DETECTORS, "at most {MAX_DETECTORS} detectors");
         let mut detectors: Vec<Compiled> = ids
             .iter()
             .filter_map(|&id| {
@@ -375,7 +398,6 @@ impl Scanner {
                 matcher: Slot::Custom(custom.clone()),
             });
         }
-        assert!(detectors.len() <= MAX_DETECTORS, "at most {MAX_DETECTORS} detectors");
         // Built from at most a few thousand short keywords; cannot fail.
         #[allow(clippy::expect_used)]
         let prefilter = (!keywords.is_empty()).then(|| {
@@ -619,6 +641,14 @@ impl Scanner {
                 })
             };
             match compiled.matcher() {
+                // A Policy's own pattern says exactly what is secret: its
+                // group, or its whole match where the group took no part.
+                Matcher::Regex { regex, grouped: true } if id == CUSTOM => {
+                    for captures in regex.captures_iter(text) {
+                        let whole = captures.get_match().range();
+                        found(captures.get(1).map_or(whole, |g| g.range()));
+                    }
+                }
                 Matcher::Regex { regex, grouped: true } => {
                     for captures in regex.captures_iter(text) {
                         if let Some(group) = captures.get(1)

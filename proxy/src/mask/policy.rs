@@ -56,6 +56,13 @@ pub struct Maskers {
     shown: Arc<Scanner>,
 }
 
+impl PolicyMasking {
+    /// How many detectors of its own the Policy defines.
+    pub(crate) fn custom_detectors(&self) -> usize {
+        self.custom.len()
+    }
+}
+
 impl Maskers {
     /// Compiles one Policy's masking, `None` when it has none.
     ///
@@ -373,6 +380,46 @@ policies:
         assert_eq!(crate::mask::statement_text(sql), sql, "premise: no built-in detector finds it");
     }
 
+    /// The Policies' own detectors are counted across the configuration:
+    /// the Policy that goes over the limit denies its callers; none makes
+    /// the proxy panic or drops a detector.
+    #[test]
+    fn too_many_detectors_of_their_own_deny_the_policy_that_exceeds() {
+        use std::fmt::Write;
+        let mut policies = String::new();
+        for p in 0..9 {
+            let detectors: String = (0..32)
+                .map(|d| format!("{{name: c{p}-{d}, regex: 'tok{p}x{d}_[a-z]{{8}}', keywords: [tok{p}x{d}_]}},"))
+                .collect();
+            write!(
+                policies,
+                r#"
+- name: p{p}
+  spec:
+    connectionSelector: {{}}
+    subjects: [{{kind: User, name: u{p}}}]
+    rules: [{{name: r, match: {{operations: [select]}}, action: allow}}]
+    masking: {{detectors: [all], customDetectors: [{detectors}]}}
+"#
+            )
+            .unwrap();
+        }
+        let (policies, maskers) = compile(&config(&policies, "")).unwrap();
+        let problems: Vec<Option<&str>> = policies.iter().map(|p| p.problem()).collect();
+        assert!(problems[..8].iter().all(Option::is_none), "{problems:?}");
+        assert!(
+            problems[8].is_some_and(|p| p.contains("more than 256 detectors of their own")),
+            "{problems:?}"
+        );
+        assert_eq!(
+            crate::mask::statement_text_in(maskers.shown(), "SELECT 'tok7x31_abcdefgh'"),
+            "SELECT '[masked:c7-31]'"
+        );
+        let last = maskers.for_identity(&policies, &caller("u7", &[])).unwrap();
+        assert!(last.scanner().mask(b"tok7x31_abcdefgh").is_some());
+        assert!(maskers.for_identity(&policies, &caller("u8", &[])).is_none());
+    }
+
     #[test]
     fn the_rule_that_shows_least_wins() {
         use crate::pg::messages::{DataRow, FieldDescription, Format, Message};
@@ -447,6 +494,12 @@ policies:
             (
                 r#"{customDetectors: [{name: acme, regex: "acme_[a-z]+", keywords: []}]}"#,
                 "needs at least one keyword",
+            ),
+            (
+                // The mask must stay valid in JSON, COPY and CSV; the CRD
+                // checks the name too, a standalone configuration does not.
+                r#"{customDetectors: [{name: 'a"b', regex: "acme_[a-z]+", keywords: [acme_]}]}"#,
+                "must be 1 to 63 lower-case letters, digits and '-'",
             ),
         ] {
             let (policies, maskers) = compiled(masking, "").unwrap_or_else(|e| panic!("{masking}: {e}"));

@@ -113,6 +113,35 @@ fn a_dotted_passphrase_is_masked_and_a_code_reference_is_not() {
     }
 }
 
+#[test]
+fn every_built_in_detector_and_the_policies_own_fit_one_scanner() {
+    assert!(DETECTORS.len() + MAX_CUSTOM_DETECTORS <= MAX_DETECTORS);
+}
+
+/// A Policy's own pattern masks what it says: its group, even where the
+/// group looks like a placeholder, or its whole match where the group took
+/// no part.
+#[test]
+fn a_policys_own_pattern_masks_its_group_or_its_match() {
+    let custom = |name: &str, regex: &str, keyword: &str| Arc::new(Custom::new(name, regex, &[keyword.to_owned()]).unwrap());
+    let scanner = Scanner::with_ids(
+        &[],
+        &[
+            custom("acme-pin", r"(?i)badge_pin=([0-9]{6})", "badge_pin"),
+            custom("acme-phrase", r"recovery_phrase=([a-z.]{12,})", "recovery_phrase"),
+            custom("acme", r"\b(?:acme_key=([A-Za-z0-9]{20})|ACMEKEY-[0-9]{12})\b", "acme"),
+        ],
+    );
+    let masked = |v: &str| String::from_utf8(scanner.mask(v.as_bytes()).unwrap()).unwrap();
+    assert_eq!(masked("badge_pin=111111"), "badge_pin=[masked:acme-pin]");
+    assert_eq!(
+        masked("recovery_phrase=correct.horse.battery.staple"),
+        "recovery_phrase=[masked:acme-phrase]"
+    );
+    assert_eq!(masked("legacy ACMEKEY-482913775310 in use"), "legacy [masked:acme] in use");
+    assert_eq!(masked("acme_key=Q7ZK2M9XW4P3LN8R5TV1"), "acme_key=[masked:acme]");
+}
+
 /// The automaton walks a long value in lanes side by side: a keyword is
 /// seen wherever it lies, across the lanes' borders too.
 #[test]

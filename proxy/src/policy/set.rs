@@ -13,7 +13,7 @@
 use super::CompiledPolicy;
 use crate::{
     config::{MaskingSettings, NamedPolicy},
-    mask::policy::Maskers,
+    mask::{MAX_CUSTOM_DETECTORS, policy::Maskers},
 };
 
 /// Every Policy of a configuration, compiled, and their masking.
@@ -37,12 +37,25 @@ impl PolicySet {
     pub fn compile(policies: &[NamedPolicy], settings: &MaskingSettings) -> Result<PolicySet, String> {
         let mut compiled = Vec::with_capacity(policies.len());
         let mut masking = Vec::with_capacity(policies.len());
+        // The Policies' own detectors, counted across the configuration.
+        let mut custom = 0;
         for policy in policies {
             let mut rules = CompiledPolicy::compile_or_deny(&policy.name, &policy.spec);
             let mut masks = None;
             if rules.problem().is_none() {
                 match Maskers::compile_policy(policy, settings) {
-                    Ok(compiled) => masks = compiled,
+                    Ok(Some(m)) if custom + m.custom_detectors() > MAX_CUSTOM_DETECTORS => {
+                        let problem = format!(
+                            "Policy {}: masking.customDetectors: with this Policy's {}, the Policies of this Connection define more than {MAX_CUSTOM_DETECTORS} detectors of their own",
+                            policy.name,
+                            m.custom_detectors()
+                        );
+                        rules = CompiledPolicy::denying(&policy.name, &policy.spec, problem);
+                    }
+                    Ok(compiled) => {
+                        custom += compiled.as_ref().map_or(0, |m| m.custom_detectors());
+                        masks = compiled;
+                    }
                     Err(problem) => rules = CompiledPolicy::denying(&policy.name, &policy.spec, problem),
                 }
             }
