@@ -9,7 +9,10 @@
 //! Two parts of gitleaks are left out on purpose: the `gitleaks:allow`
 //! comment, which anyone who can write a row could use to unmask it, and
 //! the "generic rules give way" filter, which only chooses which of two
-//! overlapping findings to report; both are masked here.
+//! overlapping findings to report; both are masked here. Two are widened,
+//! toward masking: a token pattern may end before punctuation
+//! ([`WIDER_DELIMITER`]), and the search finds the secrets gitleaks' left
+//! to right reading steps over ([`Compiled::find`]).
 
 mod rules;
 
@@ -39,6 +42,17 @@ pub fn in_all(rule: &Rule) -> bool {
 
 /// Largest compiled pattern; the biggest rule needs a few MiB.
 const SIZE_LIMIT: usize = 64 << 20;
+
+/// How most of gitleaks' token patterns end: a quote, a blank, `;`, an
+/// escaped line break, or the end of the text.
+const DELIMITER: &str = r#"(?:[\x60'"\t\n\f\r ;]|\\[nr]|$)"#;
+
+/// [`DELIMITER`], with the punctuation a token is followed by in prose,
+/// URLs and markup: `,`, `)`, `<`, `>`, `&`, `]`, `}`, `|`, and `.` at the
+/// end of a sentence (not a `.` that goes on, as in `name.ico-<hash>.png`).
+/// gitleaks misses a token at the end of a sentence or before the next
+/// query parameter; a masking proxy must not.
+const WIDER_DELIMITER: &str = r#"(?:[\x60'"\t\n\f\r ;,)<>&\]}|]|\.(?:[\t\n\f\r ]|$)|\\[nr]|$)"#;
 
 /// Compiles a gitleaks pattern for bytes. Go's `\w`, `\d` and `\b` are
 /// ASCII, so Unicode is off unless a pattern cannot do without it.
@@ -134,7 +148,7 @@ impl Compiled {
     ///
     /// A pattern the `regex` crate refuses (the tests compile every rule).
     pub fn new(rule: &'static Rule) -> Result<Compiled, String> {
-        let regex = compile(rule.regex).map_err(|e| format!("{}: {e}", rule.id))?;
+        let regex = compile(&rule.regex.replace(DELIMITER, WIDER_DELIMITER)).map_err(|e| format!("{}: {e}", rule.id))?;
         let allow = rule
             .allowlists
             .iter()
@@ -164,32 +178,64 @@ impl Compiled {
     /// header field a `jwt-base64` starts with, one segment of a webhook
     /// URL), and the whole match is masked.
     pub fn find(&self, text: &[u8], out: &mut Vec<Range<usize>>) {
-        for m in self.regex.find_iter(text) {
-            // gitleaks trims `\n` off both ends of the match.
-            let raw = &text[m.range()];
-            let lead = raw.iter().take_while(|&&b| b == b'\n').count();
-            let trail = raw[lead..].iter().rev().take_while(|&&b| b == b'\n').count();
-            let whole = m.start() + lead..m.end() - trail;
-            let matched = &text[whole.clone()];
-            let inner = self.secret(matched);
-            let secret = whole.start + inner.start..whole.start + inner.end;
-            let value = &text[secret.clone()];
-            if value.is_empty() || (self.rule.entropy != 0.0 && shannon(value) <= self.rule.entropy) {
-                continue;
+        // gitleaks reads matches left to right, each after the last. That
+        // loses secrets a proxy must not: a match that takes the delimiter
+        // before the next token (two Azure secrets one blank apart), and
+        // a greedy pattern that steps over earlier secrets to the last one
+        // on a line (`curl -u a:b ... && curl -u c:d`). So the search goes
+        // on from the end of each secret, and is run again on what a match
+        // holds before its secret. Each region searched ends before the
+        // one it came from, so this ends.
+        let mut regions = vec![(0, text.len())];
+        while let Some((mut at, end)) = regions.pop() {
+            let haystack = &text[..end];
+            while at <= end {
+                let Some(m) = self.regex.find_at(haystack, at) else {
+                    break;
+                };
+                let next = match self.finding(haystack, m.range()) {
+                    Some((secret, mask)) => {
+                        if secret.start > m.start() {
+                            regions.push((m.start(), secret.start));
+                        }
+                        out.push(mask);
+                        secret.end
+                    }
+                    None => m.end(),
+                };
+                at = next.max(m.start() + 1);
             }
-            // gitleaks' quirk: the match "ends" at its start plus the
-            // trimmed length.
-            let line = if self.needs_line {
-                &text[line(text, m.start(), m.start() + matched.len())]
-            } else {
-                &[][..]
-            };
-            if GLOBAL.allows(value, matched, line) || self.allow.iter().any(|a| a.allows(value, matched, line)) {
-                continue;
-            }
-            let rest = &text[secret.end..whole.end];
-            out.push(if only_delimiter(rest) { secret } else { whole });
         }
+    }
+
+    /// The secret of the match at `range` of `text`, and what to mask
+    /// (see [`Compiled::find`]); `None` when gitleaks would drop it.
+    fn finding(&self, text: &[u8], range: Range<usize>) -> Option<(Range<usize>, Range<usize>)> {
+        // gitleaks trims `\n` off both ends of the match.
+        let raw = &text[range.clone()];
+        let lead = raw.iter().take_while(|&&b| b == b'\n').count();
+        let trail = raw[lead..].iter().rev().take_while(|&&b| b == b'\n').count();
+        let whole = range.start + lead..range.end - trail;
+        let matched = &text[whole.clone()];
+        let inner = self.secret(matched);
+        let secret = whole.start + inner.start..whole.start + inner.end;
+        let value = &text[secret.clone()];
+        if value.is_empty() || (self.rule.entropy != 0.0 && shannon(value) <= self.rule.entropy) {
+            return None;
+        }
+        // gitleaks' quirk: the match "ends" at its start plus the trimmed
+        // length.
+        let line = if self.needs_line {
+            &text[line(text, range.start, range.start + matched.len())]
+        } else {
+            &[][..]
+        };
+        if GLOBAL.allows(value, matched, line) || self.allow.iter().any(|a| a.allows(value, matched, line)) {
+            return None;
+        }
+        let rest = &text[secret.end..whole.end];
+        let mask = if only_delimiter(rest) { secret.clone() } else { whole };
+        Some((secret, mask))
     }
 
     /// The secret within a match: the pattern runs again on the match
@@ -217,13 +263,15 @@ impl Compiled {
 }
 
 /// Whether what a match holds after its secret is no more than the
-/// delimiter gitleaks' patterns end a token with: a quote, a blank, `;`
-/// or an escaped line break (`\n`, `\r`).
+/// delimiter a token pattern ends with ([`WIDER_DELIMITER`]).
 fn only_delimiter(rest: &[u8]) -> bool {
-    matches!(
-        rest,
-        [] | [b'`' | b'\'' | b'"' | b' ' | b'\t' | b'\n' | b'\x0c' | b'\r' | b';'] | [b'\\', b'n' | b'r']
-    )
+    let blank = |b: &u8| b"\t\n\x0c\r ".contains(b);
+    match rest {
+        [] | [b'\\', b'n' | b'r'] | [b'.'] => true,
+        [b'.', b] => blank(b),
+        [b] => blank(b) || b"`'\";,)<>&]}|".contains(b),
+        _ => false,
+    }
 }
 
 /// The line gitleaks reports for a match (`detect/location.go`), as a

@@ -133,3 +133,46 @@ fn the_line_is_gitleaks_line() {
     assert_eq!(&text[line(text, 13, 15)], b"one\ntwo key\nthree");
     assert_eq!(&b"abc"[line(b"abc", 0, 2)], b"abc");
 }
+
+fn masked_by_all(value: &str) -> String {
+    let scanner = crate::mask::Scanner::new(&["all"]).unwrap();
+    scanner
+        .mask(value.as_bytes())
+        .map_or_else(|| value.to_owned(), |m| String::from_utf8(m).unwrap())
+}
+
+/// A token followed by punctuation, as prose, URLs and markup write it.
+#[test]
+fn a_token_before_punctuation_is_found() {
+    for token in [
+        "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",
+        "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",
+        "sgp_0D697F54cb24238EefB29af05Abf1b505E90950F",
+    ] {
+        for value in [
+            format!("The token is {token}."),
+            format!("tokens: {token}, and more"),
+            format!("rotate({token})"),
+            format!("<v>{token}</v>"),
+            format!("https://example.com/cb?t={token}&v=2"),
+        ] {
+            let masked = masked_by_all(&value);
+            assert!(!masked.contains(token), "{masked}");
+        }
+    }
+}
+
+/// Matches that share a delimiter, and a greedy pattern that steps over
+/// an earlier secret on its line: each secret is found.
+#[test]
+fn secrets_a_left_to_right_search_steps_over_are_found() {
+    let (a, b) = ("QtT8Q~9C-_Ij~RouHVpD2Tuf3oHWGh.DQ3kcjbAn", "Zx81Q~k3L_mN7pQ.rS2tU4vW6xY8zA0bC1dE2fGh");
+    for sep in ["\n", " ", ","] {
+        let masked = masked_by_all(&format!("{a}{sep}{b}"));
+        assert!(!masked.contains(a) && !masked.contains(b), "{sep:?}: {masked}");
+    }
+    let masked = masked_by_all(
+        "curl -u admin:Xq7pL2vR9t https://a.example/x && curl -u ci:Mz4kW8nB1s https://b.example/y",
+    );
+    assert!(!masked.contains("Xq7pL2vR9t") && !masked.contains("Mz4kW8nB1s"), "{masked}");
+}
