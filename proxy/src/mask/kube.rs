@@ -18,14 +18,14 @@ pub const KEYWORDS: &[&str] = &["kind"];
 static KIND_SECRET: LazyLock<Regex> = LazyLock::new(|| {
     // A constant pattern, compiled by the tests.
     #[allow(clippy::expect_used)]
-    Regex::new(r#"["']?\bkind["']?[ \t]*:[ \t]*["']?Secret\b"#).expect("pattern compiles")
+    Regex::new(r#"["']?\bkind["']?\s*:\s*["']?Secret\b"#).expect("pattern compiles")
 });
 
 /// A `data:` or `stringData:` key, quoted or not, and where its value
 /// starts.
 static DATA_KEY: LazyLock<Regex> = LazyLock::new(|| {
     #[allow(clippy::expect_used)]
-    Regex::new(r#"["']?\b(?:data|stringData)["']?[ \t]*:"#).expect("pattern compiles")
+    Regex::new(r#"["']?\b(?:data|stringData)["']?\s*:"#).expect("pattern compiles")
 });
 
 /// The values of the Secrets' `data` and `stringData` in `text`.
@@ -34,13 +34,35 @@ pub fn find(text: &[u8], out: &mut Vec<Range<usize>>) {
         return;
     }
     for key in DATA_KEY.find_iter(text) {
+        // After the key: blanks, then anchors and tags (`&creds`,
+        // `!!map`), then a `{` (a flow map, also on a later line) or the
+        // end of the line, with or without a comment (a block map).
         let mut at = key.end();
-        while text.get(at).is_some_and(|b| *b == b' ' || *b == b'\t') {
-            at += 1;
+        loop {
+            while text.get(at).is_some_and(|b| *b == b' ' || *b == b'\t') {
+                at += 1;
+            }
+            match text.get(at) {
+                Some(b'&' | b'!') => {
+                    at += text[at..]
+                        .iter()
+                        .take_while(|b| !b.is_ascii_whitespace() && **b != b'{')
+                        .count();
+                }
+                Some(b'#') => at += text[at..].iter().take_while(|b| **b != b'\n').count(),
+                _ => break,
+            }
         }
         match text.get(at) {
             Some(b'{') => flow(text, at + 1, out),
-            Some(b'\r' | b'\n') | None => block(text, key.start(), at, out),
+            Some(b'\r' | b'\n') | None => {
+                let next = at + text[at..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+                if text.get(next) == Some(&b'{') {
+                    flow(text, next + 1, out);
+                } else {
+                    block(text, key.start(), at, out);
+                }
+            }
             // `data: null`, `data: ~`, a value on the key's line: no map.
             _ => {}
         }
@@ -65,23 +87,30 @@ fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) {
         let line = &text[at..end];
         let indent = line.iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
         let content = trim_end(at + indent, end, text);
-        if content.is_empty() || text[content.start] == b'#' {
+        // A line deeper than the entries' keys is a block scalar's or a
+        // folded value's, `#` and all.
+        let continued = entry.is_some_and(|e| indent > e);
+        if content.is_empty() || (!continued && text[content.start] == b'#') {
             at = end + 1;
             continue;
         }
         if indent <= depth {
             return;
         }
-        match entry {
-            Some(e) if indent > e => out.push(content),
-            _ => {
-                entry = Some(indent);
-                if let Some(value) = entry_value(text, content) {
-                    out.push(value);
-                }
-            }
+        if continued {
+            out.push(content);
+            at = end + 1;
+            continue;
         }
-        at = end + 1;
+        entry = Some(indent);
+        at = match entry_value(text, content) {
+            Some(value) => {
+                out.push(value.clone());
+                // A quoted value may go on over lines, at any indent.
+                memchr::memchr(b'\n', &text[value.end..]).map_or(text.len(), |i| value.end + i) + 1
+            }
+            None => end + 1,
+        };
     }
 }
 
@@ -96,18 +125,19 @@ fn entry_value(text: &[u8], line: Range<usize>) -> Option<Range<usize>> {
     while start < line.end && matches!(text[start], b' ' | b'\t') {
         start += 1;
     }
-    let mut value = start..line.end;
-    if value.is_empty() || matches!(text[value.start], b'|' | b'>') {
+    let value = start..line.end;
+    if value.is_empty() || matches!(text[value.start], b'|' | b'>' | b'#') {
         return None;
     }
-    if let (Some(&q), Some(&last)) = (text.get(value.start), text.get(value.end - 1))
-        && (q == b'"' || q == b'\'')
-        && last == q
-        && value.len() >= 2
-    {
-        value = value.start + 1..value.end - 1;
+    // A quoted value ends at its closing quote, on this line or a later
+    // one; a plain one at the end of its line.
+    let quote = text[value.start];
+    if quote == b'"' || quote == b'\'' {
+        let close = string_end(text, value.start + 1, quote);
+        let inner = value.start + 1..close;
+        return (!inner.is_empty()).then_some(inner);
     }
-    (!value.is_empty()).then_some(value)
+    Some(value)
 }
 
 /// A flow mapping or JSON object from just after its `{`: every value,
@@ -126,6 +156,10 @@ fn flow(text: &[u8], mut at: usize, out: &mut Vec<Range<usize>>) {
                 at += 1;
             }
             b' ' | b'\t' | b'\r' | b'\n' => at += 1,
+            // A comment, after a blank, to the end of its line.
+            b'#' if at > 0 && text[at - 1].is_ascii_whitespace() => {
+                at += text[at..].iter().take_while(|b| **b != b'\n').count();
+            }
             b'"' | b'\'' => {
                 let quote = text[at];
                 let end = string_end(text, at + 1, quote);
@@ -216,6 +250,38 @@ mod tests {
     #[test]
     fn a_cut_json_map_is_masked_to_its_end() {
         assert_eq!(secrets(r#"{"kind":"Secret","data":{"a":"QUJDREVGR0hJSktM"#), ["QUJDREVGR0hJSktM"]);
+    }
+
+    const V: &str = "UzNjcjN0LVZhbHVlLTk5";
+
+    /// What YAML allows after `data:` on its line, a map that opens on
+    /// the next line, and values YAML reads over several lines.
+    #[test]
+    fn every_form_yaml_and_json_give_the_map() {
+        for after in ["# base64 values", "&creds", "!!map", "&a !!map # x"] {
+            let m = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\ndata: {after}\n  ca.crt: {V}\n");
+            assert_eq!(secrets(&m), [V], "{after:?}");
+        }
+        for m in [
+            format!("{{\n  \"kind\": \"Secret\",\n  \"data\":\n  {{\n    \"ca.crt\": \"{V}\"\n  }}\n}}"),
+            format!("kind: Secret\ndata:\n  {{\"ca.crt\": \"{V}\"}}\n"),
+            format!("{{\"kind\":\"Secret\",\"data\"\n:{{\"ca.crt\":\"{V}\"}}}}"),
+            format!("kind:\n  Secret\ndata:\n  ca.crt: {V}\n"),
+        ] {
+            assert_eq!(secrets(&m), [V], "{m:?}");
+        }
+        // A block scalar's line may start with `#`.
+        assert_eq!(secrets(&format!("kind: Secret\nstringData:\n  ca.crt: |\n    #{V}\n")), [format!("#{V}")]);
+        // A comment in a flow map may hold `}`.
+        assert_eq!(
+            secrets(&format!("kind: Secret\ndata: {{a: QUJD, # old }}\n  ca.crt: {V}}}\n")),
+            ["QUJD", V]
+        );
+        // A quoted value goes on to its closing quote, at any indent.
+        assert_eq!(
+            secrets(&format!("kind: Secret\nstringData:\n    ca.crt: \"abc\n  {V}\"\n    next: QUJD\n")),
+            [format!("abc\n  {V}").as_str(), "QUJD"]
+        );
     }
 
     #[test]
