@@ -248,9 +248,11 @@ pub struct CustomDetector {
     pub name: String,
     /// Regular expression (Rust `regex` syntax, matched on bytes; `\w`, `\d`
     /// and `\b` are ASCII) for the secret, for example
-    /// `\bacme_[A-Za-z0-9]{32}\b`. With a capture group, only group 1 is
-    /// masked (`(?i)acme_key=([A-Za-z0-9]{32})`). It must not match empty
-    /// text.
+    /// `\bacme_[A-Za-z0-9]{32}\b`. With a capture group, group 1 is masked
+    /// (`(?i)acme_key=([A-Za-z0-9]{32})`), or the whole match where group 1
+    /// took no part; a group inside a repetition holds only its last
+    /// repetition, so put the repetition inside the group. It must not
+    /// match empty text.
     #[x_kube(validation = Rule::new("size(self) > 0 && size(self) <= 4096").message("masking.customDetectors[].regex must be 1 to 4096 characters"))]
     pub regex: String,
     /// The regex runs only on a value that contains one of these (ASCII
