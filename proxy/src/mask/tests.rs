@@ -113,6 +113,16 @@ fn a_dotted_passphrase_is_masked_and_a_code_reference_is_not() {
     }
 }
 
+/// What `built_in` relies on: no built-in pattern fails to compile.
+#[test]
+fn every_detector_compiles() {
+    for detector in DETECTORS.iter() {
+        if let Err(e) = Matcher::new(detector.pattern) {
+            panic!("{}: {e}", detector.name);
+        }
+    }
+}
+
 #[test]
 fn every_built_in_detector_and_the_policies_own_fit_one_scanner() {
     assert!(DETECTORS.len() + MAX_CUSTOM_DETECTORS <= MAX_DETECTORS);
