@@ -176,3 +176,25 @@ fn secrets_a_left_to_right_search_steps_over_are_found() {
     );
     assert!(!masked.contains("Xq7pL2vR9t") && !masked.contains("Mz4kW8nB1s"), "{masked}");
 }
+
+/// A value built so that every match steps over all the secrets before
+/// it: the searches stay bounded, and every secret is still masked.
+#[test]
+fn a_value_built_to_make_searches_quadratic_is_bounded_and_masked() {
+    let rule = RULES.iter().find(|r| r.id == "curl-auth-user").unwrap();
+    let compiled = Compiled::new(rule).unwrap();
+    let text: String = (0..5_000).map(|i| format!("curl -u u{i}:Pw{i:05}x ")).collect::<String>() + "https://h/";
+    let started = std::time::Instant::now();
+    let mut found = Vec::new();
+    compiled.find(text.as_bytes(), &mut found);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    let mut masked = vec![false; text.len()];
+    for range in found {
+        masked[range].iter_mut().for_each(|m| *m = true);
+    }
+    for i in [0, 1, 2_500, 4_999] {
+        let secret = format!("Pw{i:05}x");
+        let at = text.find(&secret).unwrap();
+        assert!(masked[at..at + secret.len()].iter().all(|m| *m), "{secret}");
+    }
+}
