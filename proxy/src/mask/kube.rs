@@ -33,12 +33,20 @@ pub fn find(text: &[u8], out: &mut Vec<Range<usize>>) {
     if !KIND_SECRET.is_match(text) {
         return;
     }
+    // Where the last map read ended: a key inside it (or inside the
+    // comment or properties after another key) was read with it. Each
+    // byte is read for one key at most, so a value made of keys costs
+    // linear time.
+    let mut read = 0;
     for key in DATA_KEY.find_iter(text) {
-        // After the key: blanks, then anchors and tags (`&creds`,
+        if key.start() < read {
+            continue;
+        }
+        // After the key: blanks, then an anchor and a tag (`&creds`,
         // `!!map`), then a `{` (a flow map, also on a later line) or the
         // end of the line, with or without a comment (a block map).
         let mut at = key.end();
-        loop {
+        for _ in 0..3 {
             while text.get(at).is_some_and(|b| *b == b' ' || *b == b'\t') {
                 at += 1;
             }
@@ -53,15 +61,16 @@ pub fn find(text: &[u8], out: &mut Vec<Range<usize>>) {
                 _ => break,
             }
         }
+        read = at;
         match text.get(at) {
-            Some(b'{') => flow(text, at + 1, out),
+            Some(b'{') => read = flow(text, at + 1, out),
             Some(b'\r' | b'\n') | None => {
                 let next = at + text[at..].iter().take_while(|b| b.is_ascii_whitespace()).count();
-                if text.get(next) == Some(&b'{') {
-                    flow(text, next + 1, out);
+                read = if text.get(next) == Some(&b'{') {
+                    flow(text, next + 1, out)
                 } else {
-                    block(text, key.start(), at, out);
-                }
+                    block(text, key.start(), at, out)
+                };
             }
             // `data: null`, `data: ~`, a value on the key's line: no map.
             _ => {}
@@ -70,8 +79,8 @@ pub fn find(text: &[u8], out: &mut Vec<Range<usize>>) {
 }
 
 /// A YAML block mapping: the lines after the key's that are indented
-/// deeper than the line the key is on.
-fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) {
+/// deeper than the line the key is on. Returns where it ended.
+fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) -> usize {
     let line_start = memchr::memrchr(b'\n', &text[..key]).map_or(0, |i| i + 1);
     // The key's own indentation, counting a list item's `- ` as indent.
     let depth = text[line_start..key]
@@ -95,7 +104,7 @@ fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) {
             continue;
         }
         if indent <= depth {
-            return;
+            return at;
         }
         if continued {
             out.push(content);
@@ -112,6 +121,7 @@ fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) {
             None => end + 1,
         };
     }
+    text.len()
 }
 
 /// The value of a `key: value` line, without its quotes; `None` when the
@@ -142,11 +152,12 @@ fn entry_value(text: &[u8], line: Range<usize>) -> Option<Range<usize>> {
 
 /// A flow mapping or JSON object from just after its `{`: every value,
 /// without its quotes. A map cut short masks to the end of the text.
-fn flow(text: &[u8], mut at: usize, out: &mut Vec<Range<usize>>) {
+/// Returns where it ended.
+fn flow(text: &[u8], mut at: usize, out: &mut Vec<Range<usize>>) -> usize {
     let mut in_value = false;
     while at < text.len() {
         match text[at] {
-            b'}' => return,
+            b'}' => return at + 1,
             b':' if !in_value => {
                 in_value = true;
                 at += 1;
@@ -183,6 +194,7 @@ fn flow(text: &[u8], mut at: usize, out: &mut Vec<Range<usize>>) {
             }
         }
     }
+    text.len()
 }
 
 /// Where a quoted string that starts at `at` ends (its closing quote, or
@@ -282,6 +294,30 @@ mod tests {
             secrets(&format!("kind: Secret\nstringData:\n    ca.crt: \"abc\n  {V}\"\n    next: QUJD\n")),
             [format!("abc\n  {V}").as_str(), "QUJD"]
         );
+    }
+
+    /// Values made of keys, each of which would read to the end of the
+    /// text: linear, not quadratic.
+    #[test]
+    fn a_value_built_of_keys_costs_linear_time() {
+        for (head, unit) in [
+            ("kind: Secret\n", "data: &"),
+            ("kind: Secret\n", "data: !"),
+            ("kind: Secret\n", "data: #"),
+            ("kind: Secret\ndata: {", "data:{"),
+            ("kind: Secret\ndata: {", "data: {a: \"x "),
+            ("kind: Secret\ndata: {", "a: 1 #data: {"),
+        ] {
+            let mut text = head.to_owned();
+            while text.len() < 1 << 20 {
+                text.push_str(unit);
+            }
+            let started = std::time::Instant::now();
+            let mut out = Vec::new();
+            find(text.as_bytes(), &mut out);
+            let took = started.elapsed();
+            assert!(took < std::time::Duration::from_secs(2), "{unit:?}: {took:?}");
+        }
     }
 
     #[test]
