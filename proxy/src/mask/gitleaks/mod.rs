@@ -189,7 +189,7 @@ impl Compiled {
         // one it came from, so this ends; past RESEARCHES regions (a value
         // built to make the searches quadratic), the part of a match before
         // its secret is masked whole instead.
-        const RESEARCHES: usize = 64;
+        const RESEARCHES: usize = 16;
         let mut researched = 0;
         let mut regions = vec![(0, text.len())];
         while let Some((mut at, end)) = regions.pop() {

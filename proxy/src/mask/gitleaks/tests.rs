@@ -198,3 +198,23 @@ fn a_value_built_to_make_searches_quadratic_is_bounded_and_masked() {
         assert!(masked[at..at + secret.len()].iter().all(|m| *m), "{secret}");
     }
 }
+
+/// One `curl` with many `-u` on one line, 256 KB: each match reaches the
+/// last secret, so searching again before each one would be quadratic
+/// (minutes here).
+#[test]
+fn one_curl_with_many_users_costs_bounded_time() {
+    let scanner = crate::mask::Scanner::new(&["all"]).unwrap();
+    let mut value = String::from("curl https://x.example");
+    let mut i = 0;
+    while value.len() < 1 << 18 {
+        value.push_str(&format!(" -u u{i}:Xq7pL2vR{i}t"));
+        i += 1;
+    }
+    let started = std::time::Instant::now();
+    let masked = String::from_utf8(scanner.mask(value.as_bytes()).unwrap()).unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    for i in [0, 1, i / 2, i - 1] {
+        assert!(!masked.contains(&format!(":Xq7pL2vR{i}t ")), "u{i}");
+    }
+}
