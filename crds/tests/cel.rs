@@ -714,7 +714,10 @@ fn custom_detector_names_keywords_and_regex() {
     let mut p = policy();
     let masking = p.spec.masking.as_mut().expect("fixture masks");
     masking.custom_detectors.push(masking.custom_detectors[0].clone());
-    assert_rejected(&p, "masking.customDetectors[].name must be unique within a Policy");
+    assert_rejected(
+        &p,
+        "masking.customDetectors[].name must be unique within a Policy",
+    );
 }
 
 #[test]

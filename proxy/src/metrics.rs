@@ -616,8 +616,14 @@ mod tests {
         let text = metrics.render();
         for (series, value) in [
             (r#"gatehouse_mask_detector_values_total{detector="custom"}"#, 2.0),
-            (r#"gatehouse_mask_detector_values_total{detector="twilio-api-key"}"#, 1.0),
-            (r#"gatehouse_mask_detector_values_total{detector="aws-access-key-id"}"#, 0.0),
+            (
+                r#"gatehouse_mask_detector_values_total{detector="twilio-api-key"}"#,
+                1.0,
+            ),
+            (
+                r#"gatehouse_mask_detector_values_total{detector="aws-access-key-id"}"#,
+                0.0,
+            ),
         ] {
             assert_eq!(sample(&text, series), Some(value), "{series}");
         }

@@ -19,10 +19,10 @@ use gatehouse_recording::{
 };
 
 use crate::{
-    mask::Scanner,
     api::connection::RecordingMode,
     config::ProxyConfig,
     identity::Identity,
+    mask::Scanner,
     metrics::Metrics,
     pg::{
         Frame,
@@ -152,7 +152,13 @@ impl Recorder {
         match self.spool.start(info, connect) {
             Ok(mut writer) => {
                 writer.set_best_effort(!required);
-                Ok(Some(Tape::new(writer, session, self.max_rows, self.max_bytes, shown)))
+                Ok(Some(Tape::new(
+                    writer,
+                    session,
+                    self.max_rows,
+                    self.max_bytes,
+                    shown,
+                )))
             }
             Err(e) if required => Err(RecordingUnavailable(format!(
                 "Gatehouse cannot record this session ({e}); recording is required on this Connection"
@@ -202,7 +208,13 @@ pub struct Tape {
 }
 
 impl Tape {
-    fn new(writer: SessionWriter, session: String, max_rows: u64, max_bytes: u64, shown: Arc<Scanner>) -> Tape {
+    fn new(
+        writer: SessionWriter,
+        session: String,
+        max_rows: u64,
+        max_bytes: u64,
+        shown: Arc<Scanner>,
+    ) -> Tape {
         Tape {
             writer,
             shown,

@@ -589,7 +589,10 @@ pub async fn errors_notices_and_the_proxy_log_mask_every_secret(env: Arc<TestEnv
 
     // A notice carries the value as the function raised it.
     let (ok, _, notices) = psql(tap.port, AGENT_TOKEN, "SELECT shout(note) FROM vault ORDER BY id").await?;
-    ensure!(ok && notices.matches("NOTICE:").count() == PLANTED.len(), "{notices}");
+    ensure!(
+        ok && notices.matches("NOTICE:").count() == PLANTED.len(),
+        "{notices}"
+    );
     ensure_every_detector_masked(&notices)?;
     tap.assert_no_secret()?;
 
@@ -617,8 +620,16 @@ pub async fn errors_notices_and_the_proxy_log_mask_every_secret(env: Arc<TestEnv
         .into_iter()
         .filter(|leak| !personal.iter().any(|kind| leak.starts_with(&format!("{kind}: "))))
         .collect();
-    ensure!(leaked.is_empty(), "secrets in {}:\n{}", log_file.display(), leaked.join("\n"));
-    ensure!(log.contains("[masked:acme-badge]"), "the Policy's own detector did not mask the log");
+    ensure!(
+        leaked.is_empty(),
+        "secrets in {}:\n{}",
+        log_file.display(),
+        leaked.join("\n")
+    );
+    ensure!(
+        log.contains("[masked:acme-badge]"),
+        "the Policy's own detector did not mask the log"
+    );
     Ok(())
 }
 

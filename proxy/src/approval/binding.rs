@@ -102,7 +102,12 @@ pub struct Shown {
 /// sees, or why it cannot be held: it does not fit in an ApprovalRequest
 /// (SQLSTATE 54000), or it holds characters a person would not see
 /// (42501). Either way the statement does not run.
-pub fn shown(scanner: &Scanner, sql: &str, param_types: &[u32], bind: Option<&Bind>) -> Result<Shown, Refusal> {
+pub fn shown(
+    scanner: &Scanner,
+    sql: &str,
+    param_types: &[u32],
+    bind: Option<&Bind>,
+) -> Result<Shown, Refusal> {
     if sql.len() > MAX_STATEMENT_BYTES {
         return Err(too_large(format!(
             "the statement is {} bytes and an ApprovalRequest shows at most {MAX_STATEMENT_BYTES}",
@@ -425,21 +430,39 @@ mod tests {
             "{refusal:?}"
         );
         let fits = format!("DELETE FROM t WHERE id=5{}OR true", " ".repeat(1000));
-        assert_eq!(shown(&Scanner::all_secrets(), &fits, &[], None).expect("fits").statement, fits);
+        assert_eq!(
+            shown(&Scanner::all_secrets(), &fits, &[], None)
+                .expect("fits")
+                .statement,
+            fits
+        );
 
         let many: Vec<Option<&[u8]>> = vec![Some(b"1"); MAX_PARAMETERS + 1];
-        let refusal = shown(&Scanner::all_secrets(), "SELECT $1", &[], Some(&bind(&[], &many))).expect_err("too many");
+        let refusal =
+            shown(&Scanner::all_secrets(), "SELECT $1", &[], Some(&bind(&[], &many))).expect_err("too many");
         assert_eq!(refusal.sqlstate, "54000");
         let big = vec![b'a'; MAX_VALUE_CHARS + 1];
-        let refusal = shown(&Scanner::all_secrets(), "SELECT $1", &[], Some(&bind(&[], &[Some(&big)]))).expect_err("too long");
+        let refusal = shown(
+            &Scanner::all_secrets(),
+            "SELECT $1",
+            &[],
+            Some(&bind(&[], &[Some(&big)])),
+        )
+        .expect_err("too long");
         assert!(refusal.message.contains("parameter $1"), "{refusal:?}");
     }
 
     #[test]
     fn the_approver_sees_the_structure_not_a_mask_over_it() {
         let sql = "DELETE FROM accounts WHERE(token=id)OR(true)";
-        assert_eq!(shown(&Scanner::all_secrets(), sql, &[], None).expect("shown").statement, sql);
-        let masked = shown(&Scanner::all_secrets(), 
+        assert_eq!(
+            shown(&Scanner::all_secrets(), sql, &[], None)
+                .expect("shown")
+                .statement,
+            sql
+        );
+        let masked = shown(
+            &Scanner::all_secrets(),
             "UPDATE users SET note = 'AKIAIOSFODNN7EXAMPLE' WHERE id = 1",
             &[],
             None,
@@ -468,10 +491,17 @@ mod tests {
             assert!(refusal.message.contains("would not see"), "{refusal:?}");
         }
         assert!(
-            shown(&Scanner::all_secrets(), "DELETE FROM t\r\nWHERE id = 5\t", &[], None).is_ok(),
+            shown(
+                &Scanner::all_secrets(),
+                "DELETE FROM t\r\nWHERE id = 5\t",
+                &[],
+                None
+            )
+            .is_ok(),
             "line ends and tabs are seen"
         );
-        let refusal = shown(&Scanner::all_secrets(), 
+        let refusal = shown(
+            &Scanner::all_secrets(),
             "UPDATE t SET a = $1",
             &[],
             Some(&bind(&[], &[Some("x\u{202E}y".as_bytes())])),
@@ -503,14 +533,21 @@ mod tests {
             '\u{E0FFF}',
         ] {
             let sql = format!("DELETE FROM users WHERE role <> 'admin{c}'");
-            let refusal = shown(&Scanner::all_secrets(), &sql, &[], None).expect_err(&format!("U+{:04X}", u32::from(c)));
+            let refusal = shown(&Scanner::all_secrets(), &sql, &[], None)
+                .expect_err(&format!("U+{:04X}", u32::from(c)));
             assert!(
                 refusal.message.contains(&format!("U+{:04X}", u32::from(c))),
                 "{refusal:?}"
             );
         }
         assert!(
-            shown(&Scanner::all_secrets(), "UPDATE t SET note = 'café ☕ 東京 ≠ naïve'", &[], None).is_ok(),
+            shown(
+                &Scanner::all_secrets(),
+                "UPDATE t SET note = 'café ☕ 東京 ≠ naïve'",
+                &[],
+                None
+            )
+            .is_ok(),
             "visible text of any script is shown"
         );
     }
@@ -533,7 +570,8 @@ mod tests {
                 Some(b"Tr0ub4dor&3"),
             ],
         );
-        let shown = shown(&Scanner::all_secrets(), 
+        let shown = shown(
+            &Scanner::all_secrets(),
             "UPDATE t SET a = $1, b = $2, c = $3, d = $4, password = $5",
             &[23, 0, 25, 17],
             Some(&values),

@@ -128,9 +128,11 @@ fn block(text: &[u8], key: usize, mut at: usize, out: &mut Vec<Range<usize>>) ->
 /// value is on the lines below (`key: |`, `key:`).
 fn entry_value(text: &[u8], line: Range<usize>) -> Option<Range<usize>> {
     let bytes = &text[line.clone()];
-    let colon = bytes.windows(2).position(|w| w == b": ").map(|i| i + 1).or_else(|| {
-        (bytes.last() == Some(&b':')).then(|| bytes.len() - 1)
-    })?;
+    let colon = bytes
+        .windows(2)
+        .position(|w| w == b": ")
+        .map(|i| i + 1)
+        .or_else(|| (bytes.last() == Some(&b':')).then(|| bytes.len() - 1))?;
     let mut start = line.start + colon + 1;
     while start < line.end && matches!(text[start], b' ' | b'\t') {
         start += 1;
@@ -252,16 +254,23 @@ mod tests {
 
     #[test]
     fn json_secrets_compact_and_pretty() {
-        let json = r#"{"apiVersion":"v1","data":{"password":"cGFzc3dvcmQ=","user":"dXNlcg=="},"kind":"Secret"}"#;
+        let json =
+            r#"{"apiVersion":"v1","data":{"password":"cGFzc3dvcmQ=","user":"dXNlcg=="},"kind":"Secret"}"#;
         assert_eq!(secrets(json), ["cGFzc3dvcmQ=", "dXNlcg=="]);
         let pretty = "{\n  \"kind\": \"Secret\",\n  \"stringData\": {\n    \"DB_URL\": \"postgres://a:b\\\"c@h/d\",\n    \"n\": 42\n  }\n}";
         assert_eq!(secrets(pretty), ["postgres://a:b\\\"c@h/d", "42"]);
-        assert_eq!(secrets("kind: Secret\ndata: {a: QUJD, 'b': \"REVG\"}"), ["QUJD", "REVG"]);
+        assert_eq!(
+            secrets("kind: Secret\ndata: {a: QUJD, 'b': \"REVG\"}"),
+            ["QUJD", "REVG"]
+        );
     }
 
     #[test]
     fn a_cut_json_map_is_masked_to_its_end() {
-        assert_eq!(secrets(r#"{"kind":"Secret","data":{"a":"QUJDREVGR0hJSktM"#), ["QUJDREVGR0hJSktM"]);
+        assert_eq!(
+            secrets(r#"{"kind":"Secret","data":{"a":"QUJDREVGR0hJSktM"#),
+            ["QUJDREVGR0hJSktM"]
+        );
     }
 
     const V: &str = "UzNjcjN0LVZhbHVlLTk5";
@@ -271,7 +280,9 @@ mod tests {
     #[test]
     fn every_form_yaml_and_json_give_the_map() {
         for after in ["# base64 values", "&creds", "!!map", "&a !!map # x"] {
-            let m = format!("apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\ndata: {after}\n  ca.crt: {V}\n");
+            let m = format!(
+                "apiVersion: v1\nkind: Secret\nmetadata:\n  name: tls\ndata: {after}\n  ca.crt: {V}\n"
+            );
             assert_eq!(secrets(&m), [V], "{after:?}");
         }
         for m in [
@@ -283,15 +294,22 @@ mod tests {
             assert_eq!(secrets(&m), [V], "{m:?}");
         }
         // A block scalar's line may start with `#`.
-        assert_eq!(secrets(&format!("kind: Secret\nstringData:\n  ca.crt: |\n    #{V}\n")), [format!("#{V}")]);
+        assert_eq!(
+            secrets(&format!("kind: Secret\nstringData:\n  ca.crt: |\n    #{V}\n")),
+            [format!("#{V}")]
+        );
         // A comment in a flow map may hold `}`.
         assert_eq!(
-            secrets(&format!("kind: Secret\ndata: {{a: QUJD, # old }}\n  ca.crt: {V}}}\n")),
+            secrets(&format!(
+                "kind: Secret\ndata: {{a: QUJD, # old }}\n  ca.crt: {V}}}\n"
+            )),
             ["QUJD", V]
         );
         // A quoted value goes on to its closing quote, at any indent.
         assert_eq!(
-            secrets(&format!("kind: Secret\nstringData:\n    ca.crt: \"abc\n  {V}\"\n    next: QUJD\n")),
+            secrets(&format!(
+                "kind: Secret\nstringData:\n    ca.crt: \"abc\n  {V}\"\n    next: QUJD\n"
+            )),
             [format!("abc\n  {V}").as_str(), "QUJD"]
         );
     }

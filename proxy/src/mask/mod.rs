@@ -351,7 +351,10 @@ impl Scanner {
     /// rules out: at most [`MAX_CUSTOM_DETECTORS`] of their own beside the
     /// built-in ones (a test checks that both fit).
     pub fn with_ids(ids: &[usize], custom: &[Arc<Custom>]) -> Scanner {
-        assert!(ids.len() + custom.len() <= MAX_DETECTORS, "at most {MAX_DETECTORS} detectors");
+        assert!(
+            ids.len() + custom.len() <= MAX_DETECTORS,
+            "at most {MAX_DETECTORS} detectors"
+        );
         let mut detectors: Vec<Compiled> = ids
             .iter()
             .filter_map(|&id| {

@@ -160,7 +160,11 @@ impl Maskers {
         if settings.scan_limit_bytes == 0 {
             return Err("masking.scanLimitBytes must be at least 1".into());
         }
-        let custom: Vec<Arc<Custom>> = policies.iter().flatten().flat_map(|p| p.custom.iter().cloned()).collect();
+        let custom: Vec<Arc<Custom>> = policies
+            .iter()
+            .flatten()
+            .flat_map(|p| p.custom.iter().cloned())
+            .collect();
         let shown = if custom.is_empty() {
             Scanner::all_secrets()
         } else {
@@ -349,7 +353,9 @@ policies:
     masking: {detectors: [aws]}
 "#;
         let (policies, maskers) = compile(&config(policies, "")).unwrap();
-        let agent = maskers.for_identity(&policies, &caller("ann", &["agents"])).unwrap();
+        let agent = maskers
+            .for_identity(&policies, &caller("ann", &["agents"]))
+            .unwrap();
         let masked = |value: &str| {
             agent
                 .scanner()
@@ -377,7 +383,11 @@ policies:
             crate::mask::statement_text_in(maskers.shown(), sql),
             "SELECT * FROM t WHERE k = '[masked:acme-token]'"
         );
-        assert_eq!(crate::mask::statement_text(sql), sql, "premise: no built-in detector finds it");
+        assert_eq!(
+            crate::mask::statement_text(sql),
+            sql,
+            "premise: no built-in detector finds it"
+        );
     }
 
     /// The Policies' own detectors are counted across the configuration:
@@ -389,7 +399,9 @@ policies:
         let mut policies = String::new();
         for p in 0..9 {
             let detectors: String = (0..32)
-                .map(|d| format!("{{name: c{p}-{d}, regex: 'tok{p}x{d}_[a-z]{{8}}', keywords: [tok{p}x{d}_]}},"))
+                .map(|d| {
+                    format!("{{name: c{p}-{d}, regex: 'tok{p}x{d}_[a-z]{{8}}', keywords: [tok{p}x{d}_]}},")
+                })
                 .collect();
             write!(
                 policies,

@@ -421,7 +421,8 @@ mod tests {
 
     #[test]
     fn parameters_named_or_matched_as_secrets_are_reported() {
-        let masked = masked_statement(&ALL_SECRETS, 
+        let masked = masked_statement(
+            &ALL_SECRETS,
             "UPDATE users SET password = $1, api_key := $2, note = $3 WHERE token=$4 AND id = $5",
         );
         let numbers: Vec<u32> = masked.secret_parameters.keys().copied().collect();
