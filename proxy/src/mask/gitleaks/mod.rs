@@ -47,12 +47,46 @@ const SIZE_LIMIT: usize = 64 << 20;
 /// escaped line break, or the end of the text.
 const DELIMITER: &str = r#"(?:[\x60'"\t\n\f\r ;]|\\[nr]|$)"#;
 
-/// [`DELIMITER`], with the punctuation a token is followed by in prose,
-/// URLs and markup: `,`, `)`, `<`, `>`, `&`, `]`, `}`, `|`, and `.` at the
-/// end of a sentence (not a `.` that goes on, as in `name.ico-<hash>.png`).
+/// [`DELIMITER`], with the punctuation prose, URLs and markup put after a
+/// token: `,` `)` `<` `>` `&` `]` `}` `|` `?` `!` `/` `#` `*`, `:` before a
+/// blank, and `.` at the end of a sentence (before a blank, a quote, `)`,
+/// `<` or another `.`; not a `.` that goes on, as in `a.ico-<hash>.png`).
 /// gitleaks misses a token at the end of a sentence or before the next
-/// query parameter; a masking proxy must not.
-const WIDER_DELIMITER: &str = r#"(?:[\x60'"\t\n\f\r ;,)<>&\]}|]|\.(?:[\t\n\f\r ]|$)|\\[nr]|$)"#;
+/// query parameter; a masking proxy must not. Only for tokens that name
+/// themselves by a prefix ([`names_itself`]): a rule that reads a key's
+/// value (`dropbox: <15 letters>`) or a bare hash keeps gitleaks' ending,
+/// or a word at the end of a sentence would be taken for a secret.
+const WIDER_DELIMITER: &str =
+    r#"(?:[\x60'"\t\n\f\r ;,)<>&\]}|?!/#*]|:(?:[\t\n\f\r ]|$)|\.(?:[\t\n\f\r "')<.]|$)|\\[nr]|$)"#;
+
+/// Whether every match of `pattern`'s secret (its `group`, or group 1, or
+/// the whole match) starts with a literal of 3 bytes or more, in all its forms: a token
+/// that names itself (`ntn_`, `sgp_`, `hf_`), not a class of characters
+/// that ordinary words and hashes also fill.
+fn names_itself(pattern: &str, group: u8) -> bool {
+    use regex_syntax::hir::{Hir, HirKind, literal::Extractor};
+    fn capture(hir: &Hir, index: u32) -> Option<&Hir> {
+        match hir.kind() {
+            HirKind::Capture(c) if c.index == index => Some(&c.sub),
+            HirKind::Capture(c) => capture(&c.sub, index),
+            HirKind::Repetition(r) => capture(&r.sub, index),
+            HirKind::Concat(subs) | HirKind::Alternation(subs) => subs.iter().find_map(|s| capture(s, index)),
+            _ => None,
+        }
+    }
+    let Ok(hir) = regex_syntax::ParserBuilder::new()
+        .unicode(false)
+        .utf8(false)
+        .build()
+        .parse(pattern)
+    else {
+        return false;
+    };
+    // Without that group, the secret is the whole match.
+    let secret = capture(&hir, u32::from(group.max(1))).unwrap_or(&hir);
+    let prefixes = Extractor::new().extract(secret);
+    prefixes.is_finite() && prefixes.min_literal_len().is_some_and(|n| n >= 3)
+}
 
 /// Compiles a gitleaks pattern for bytes. Go's `\w`, `\d` and `\b` are
 /// ASCII, so Unicode is off unless a pattern cannot do without it.
@@ -111,7 +145,10 @@ impl Allow {
             Target::Match => whole,
             Target::Line => line,
         };
-        let regex = self.regex.as_ref().map(|r| !target.is_empty() && r.is_match(target));
+        let regex = self
+            .regex
+            .as_ref()
+            .map(|r| !target.is_empty() && r.is_match(target));
         let stopword = self
             .stopwords
             .as_ref()
@@ -148,8 +185,12 @@ impl Compiled {
     ///
     /// A pattern the `regex` crate refuses (the tests compile every rule).
     pub fn new(rule: &'static Rule) -> Result<Compiled, String> {
-        let regex =
-            compile(&rule.regex.replace(DELIMITER, WIDER_DELIMITER)).map_err(|e| format!("{}: {e}", rule.id))?;
+        let pattern = if names_itself(rule.regex, rule.secret_group) {
+            rule.regex.replace(DELIMITER, WIDER_DELIMITER)
+        } else {
+            rule.regex.to_owned()
+        };
+        let regex = compile(&pattern).map_err(|e| format!("{}: {e}", rule.id))?;
         let allow = rule
             .allowlists
             .iter()
@@ -244,7 +285,11 @@ impl Compiled {
             return None;
         }
         let rest = &text[secret.end..whole.end];
-        let mask = if only_delimiter(rest) { secret.clone() } else { whole };
+        let mask = if only_delimiter(rest) {
+            secret.clone()
+        } else {
+            whole
+        };
         Some((secret, mask))
     }
 
@@ -277,9 +322,10 @@ impl Compiled {
 fn only_delimiter(rest: &[u8]) -> bool {
     let blank = |b: &u8| b"\t\n\x0c\r ".contains(b);
     match rest {
-        [] | [b'\\', b'n' | b'r'] | [b'.'] => true,
-        [b'.', b] => blank(b),
-        [b] => blank(b) || b"`'\";,)<>&]}|".contains(b),
+        [] | [b'\\', b'n' | b'r'] | [b'.' | b':'] => true,
+        [b'.', b] => blank(b) || b"\"')<.".contains(b),
+        [b':', b] => blank(b),
+        [b] => blank(b) || b"`'\";,)<>&]}|?!/#*".contains(b),
         _ => false,
     }
 }

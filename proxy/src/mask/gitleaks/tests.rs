@@ -61,7 +61,12 @@ fn every_rule_passes_its_own_examples() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(positives > 1000, "{positives} positive examples");
 }
 
@@ -90,11 +95,17 @@ fn a_piece_of_a_token_masks_the_whole_match() {
     let hook = "https://acme.webhook.office.com/webhookb2/1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f@1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f/IncomingWebhook/0123456789abcdef0123456789abcdef/1a2b3c4d-1a2b-1a2b-1a2b-1a2b3c4d5e6f";
     assert_eq!(mask("microsoft-teams-webhook", &format!("url: {hook}")), hook);
     assert_eq!(
-        mask("lob-api-key", "lob_key = 'live_0123456789abcdef0123456789abcdef012'"),
+        mask(
+            "lob-api-key",
+            "lob_key = 'live_0123456789abcdef0123456789abcdef012'"
+        ),
         "live_0123456789abcdef0123456789abcdef012"
     );
     assert_eq!(
-        mask("lob-api-key", r#"{"lob_key": "live_0123456789abcdef0123456789abcdef012\n"}"#),
+        mask(
+            "lob-api-key",
+            r#"{"lob_key": "live_0123456789abcdef0123456789abcdef012\n"}"#
+        ),
         "live_0123456789abcdef0123456789abcdef012"
     );
 }
@@ -109,7 +120,10 @@ fn low_entropy_and_allowlisted_values_are_not_secrets() {
     let rule = RULES.iter().find(|r| r.id == "1password-secret-key").unwrap();
     let compiled = Compiled::new(rule).unwrap();
     assert!(finds(&compiled, "A3-AAAAAA-AAAAAAAAAAA-AAAAA-AAAAA-AAAAA").is_empty());
-    assert_eq!(finds(&compiled, "A3-K7QX2M-9RTV4WZB8CN-H3JF6-Y5PL1-D0GS8").len(), 1);
+    assert_eq!(
+        finds(&compiled, "A3-K7QX2M-9RTV4WZB8CN-H3JF6-Y5PL1-D0GS8").len(),
+        1
+    );
 }
 
 #[test]
@@ -122,7 +136,10 @@ fn shannon_entropy_is_gos() {
     // in the length: p(é) = 1/3, p(a) = 1/3.
     assert!((shannon(b"\xffa") - 1.0).abs() < 1e-12);
     let e = shannon("éa".as_bytes());
-    assert!((e - 2.0 * (-(1.0f64 / 3.0) * (1.0f64 / 3.0).log2())).abs() < 1e-12, "{e}");
+    assert!(
+        (e - 2.0 * (-(1.0f64 / 3.0) * (1.0f64 / 3.0).log2())).abs() < 1e-12,
+        "{e}"
+    );
 }
 
 #[test]
@@ -147,7 +164,7 @@ fn a_token_before_punctuation_is_found() {
     for token in [
         "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",
         "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",
-        "sgp_0D697F54cb24238EefB29af05Abf1b505E90950F",
+        "pul-7f3c9a2e1b4d6f8a0c2e4b6d8f0a1c3e5b7d9f2a",
     ] {
         for value in [
             format!("The token is {token}."),
@@ -166,7 +183,10 @@ fn a_token_before_punctuation_is_found() {
 /// an earlier secret on its line: each secret is found.
 #[test]
 fn secrets_a_left_to_right_search_steps_over_are_found() {
-    let (a, b) = ("QtT8Q~9C-_Ij~RouHVpD2Tuf3oHWGh.DQ3kcjbAn", "Zx81Q~k3L_mN7pQ.rS2tU4vW6xY8zA0bC1dE2fGh");
+    let (a, b) = (
+        "QtT8Q~9C-_Ij~RouHVpD2Tuf3oHWGh.DQ3kcjbAn",
+        "Zx81Q~k3L_mN7pQ.rS2tU4vW6xY8zA0bC1dE2fGh",
+    );
     for sep in ["\n", " ", ","] {
         let masked = masked_by_all(&format!("{a}{sep}{b}"));
         assert!(!masked.contains(a) && !masked.contains(b), "{sep:?}: {masked}");
@@ -174,7 +194,10 @@ fn secrets_a_left_to_right_search_steps_over_are_found() {
     let masked = masked_by_all(
         "curl -u admin:Xq7pL2vR9t https://a.example/x && curl -u ci:Mz4kW8nB1s https://b.example/y",
     );
-    assert!(!masked.contains("Xq7pL2vR9t") && !masked.contains("Mz4kW8nB1s"), "{masked}");
+    assert!(
+        !masked.contains("Xq7pL2vR9t") && !masked.contains("Mz4kW8nB1s"),
+        "{masked}"
+    );
 }
 
 /// A value built so that every match steps over all the secrets before
@@ -183,11 +206,18 @@ fn secrets_a_left_to_right_search_steps_over_are_found() {
 fn a_value_built_to_make_searches_quadratic_is_bounded_and_masked() {
     let rule = RULES.iter().find(|r| r.id == "curl-auth-user").unwrap();
     let compiled = Compiled::new(rule).unwrap();
-    let text: String = (0..5_000).map(|i| format!("curl -u u{i}:Pw{i:05}x ")).collect::<String>() + "https://h/";
+    let text: String = (0..5_000)
+        .map(|i| format!("curl -u u{i}:Pw{i:05}x "))
+        .collect::<String>()
+        + "https://h/";
     let started = std::time::Instant::now();
     let mut found = Vec::new();
     compiled.find(text.as_bytes(), &mut found);
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     let mut masked = vec![false; text.len()];
     for range in found {
         masked[range].iter_mut().for_each(|m| *m = true);
@@ -213,8 +243,67 @@ fn one_curl_with_many_users_costs_bounded_time() {
     }
     let started = std::time::Instant::now();
     let masked = String::from_utf8(scanner.mask(value.as_bytes()).unwrap()).unwrap();
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     for i in [0, 1, i / 2, i - 1] {
         assert!(!masked.contains(&format!(":Xq7pL2vR{i}t ")), "u{i}");
+    }
+}
+
+/// The wider ending is only for tokens that name themselves by a prefix.
+#[test]
+fn only_self_naming_tokens_end_before_punctuation() {
+    let named = |id: &str| {
+        let rule = RULES.iter().find(|r| r.id == id).unwrap();
+        names_itself(rule.regex, rule.secret_group)
+    };
+    for id in [
+        "notion-api-token",
+        "huggingface-organization-api-token",
+        "shopify-access-token",
+        "github-pat",
+    ] {
+        assert!(named(id), "{id}");
+    }
+    // A key's value, a bare hash beside a prefixed form, bare digits.
+    for id in [
+        "dropbox-api-token",
+        "sourcegraph-access-token",
+        "asana-client-id",
+        "discord-client-id",
+    ] {
+        assert!(!named(id), "{id}");
+    }
+    for token in [
+        "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",
+        "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",
+    ] {
+        for value in [
+            format!("Is it {token}?"),
+            format!("Revoke {token}!"),
+            format!("key {token}: revoked"),
+            format!("He said \"the token is {token}.\" then left"),
+            format!("(the token is {token}.)"),
+            format!("<p>token {token}.</p>"),
+            format!("https://x.example/api/{token}/status"),
+            format!("https://x.example/cb?t={token}#frag"),
+            format!("**{token}**"),
+            format!("the token is {token}..."),
+        ] {
+            let masked = masked_by_all(&value);
+            assert!(!masked.contains(token), "{value:?} -> {masked:?}");
+        }
+    }
+    for value in [
+        "See Dropbox: troubleshooting.",
+        "Fixed upstream in [sourcegraph#123](https://github.com/sourcegraph/sourcegraph/commit/3f786850e387550fdab836ed7e6dc881de23001b).",
+        "Bumped sourcegraph to 3f786850e387550fdab836ed7e6dc881de23001b, see changelog",
+        "Asana task: 1201234567890123.",
+        "discord,112233445566778899,active",
+    ] {
+        assert_eq!(masked_by_all(value), value);
     }
 }
