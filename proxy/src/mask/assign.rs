@@ -317,21 +317,36 @@ pub fn is_placeholder(value: &[u8]) -> bool {
         return true;
     }
     // A reference in code: `process.env.DB_PASS`, `os.environ["X"]`,
-    // `getenv("X")`, `config.db.password`. Only from a name code reads
-    // settings through: `correct.horse.battery.staple` is a passphrase.
+    // `getenv("X")`, `config.db.password`, `req.body.apiKey`. Not a dotted
+    // passphrase: `correct.horse.battery.staple`, `this.is.my.pass`.
     let reference = |s: &[u8]| {
-        let mut parts = s.split(|&b| b == b'.');
-        let dotted = s.contains(&b'.')
-            && parts.all(|p| {
+        let parts: Vec<&[u8]> = s.split(|&b| b == b'.').collect();
+        let shaped = parts.len() > 1
+            && !s.iter().any(u8::is_ascii_digit)
+            && parts.iter().all(|p| {
                 !p.is_empty()
                     && (p[0].is_ascii_alphabetic() || p[0] == b'_' || p[0] == b'$')
                     && p.iter()
                         .all(|&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
             });
-        let root = s.split(|&b| b == b'.').next().unwrap_or_default();
-        let root = root.trim_ascii_start().to_ascii_lowercase();
+        if !shaped {
+            return false;
+        }
+        let root = parts[0].to_ascii_lowercase();
         let root = &root[root.iter().take_while(|b| matches!(b, b'$' | b'_')).count()..];
-        dotted && !s.iter().any(u8::is_ascii_digit) && CODE_ROOTS.contains(&root)
+        // What code reads settings through is a reference whatever follows.
+        if SETTINGS_ROOTS.contains(&root) {
+            return true;
+        }
+        // An object's field is one when it names a secret (or an
+        // environment variable) and reads like code, not words.
+        let last = parts[parts.len() - 1];
+        let env_name = last
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_');
+        OBJECT_ROOTS.contains(&root)
+            && parts[1..].iter().all(|p| p.len() >= 3)
+            && (names_secret(last) || env_name)
     };
     let bare = value.strip_suffix(b",").unwrap_or(value);
     if reference(bare) {
@@ -347,50 +362,62 @@ pub fn is_placeholder(value: &[u8]) -> bool {
     false
 }
 
-/// The names code reads a setting through, the first part of a dotted
-/// reference (lower-case, without a leading `$` or `_`).
-const CODE_ROOTS: &[&[u8]] = &[
+/// The names code reads settings through: a dotted value that starts
+/// with one (lower-case, without a leading `$` or `_`) is a reference.
+const SETTINGS_ROOTS: &[&[u8]] = &[
     b"process",
     b"os",
     b"env",
     b"environ",
     b"environment",
-    b"system",
     b"config",
     b"conf",
     b"cfg",
     b"configuration",
     b"settings",
-    b"setting",
     b"secrets",
-    b"secret",
     b"vault",
-    b"self",
-    b"this",
-    b"app",
     b"ctx",
-    b"context",
     b"props",
     b"properties",
-    b"values",
     b"params",
     b"args",
     b"opts",
     b"options",
-    b"import",
-    b"window",
-    b"global",
-    b"globals",
-    b"runtime",
     b"spring",
     b"credentials",
     b"creds",
-    b"vars",
-    b"var",
-    b"inputs",
-    b"input",
+    b"runtime",
+    b"import",
+];
+
+/// Objects code reads a secret from (`user.password`, `req.body.apiKey`):
+/// a reference only when the field names a secret.
+const OBJECT_ROOTS: &[&[u8]] = &[
+    b"this",
+    b"self",
+    b"user",
+    b"current_user",
+    b"request",
+    b"req",
+    b"res",
+    b"response",
+    b"body",
+    b"form",
+    b"data",
+    b"app",
+    b"context",
+    b"values",
+    b"rails",
+    b"account",
+    b"client",
+    b"connection",
+    b"conn",
     b"db",
     b"database",
+    b"auth",
+    b"session",
+    b"secret",
 ];
 
 /// `os.environ`, `config.get`, `getenv`, `env`: what a value read from
