@@ -666,6 +666,16 @@ pub async fn tokio_postgres_gets_binary_results_masked(env: Arc<TestEnv>) -> any
         let value = doc["v"].as_str().unwrap_or_default();
         ensure!(value.contains("[masked:"), "{doc}");
     }
+    // Arrays in binary have a layout of their own: one that holds a
+    // secret goes as NULL, a clean one as it came.
+    let arrays = client
+        .query("SELECT ARRAY[note], ARRAY[kind] FROM vault ORDER BY id", &[])
+        .await?;
+    for row in &arrays {
+        let notes: Option<Vec<String>> = row.get(0);
+        let kinds: Option<Vec<String>> = row.get(1);
+        ensure!(notes.is_none() && kinds.is_some(), "{notes:?} {kinds:?}");
+    }
     // A prepared statement, described once and executed twice.
     let statement = client.prepare("SELECT note FROM vault WHERE kind = $1").await?;
     for kind in ["jwt", "private-key"] {

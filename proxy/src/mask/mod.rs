@@ -419,6 +419,13 @@ impl Scanner {
         }
     }
 
+    /// Whether a detector reads values that hold no keyword: one without
+    /// keywords (payment cards, IBANs), or a Policy's own, which may
+    /// describe bare digits. Numbers, dates and uuids are scanned only then.
+    pub fn reads_bare_values(&self) -> bool {
+        !self.always.is_empty() || self.detectors.iter().any(|d| d.id == CUSTOM)
+    }
+
     /// How many detectors are enabled.
     pub fn len(&self) -> usize {
         self.detectors.len()

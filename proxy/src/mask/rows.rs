@@ -24,6 +24,9 @@ use crate::pg::{
 /// Type OIDs the proxy knows (pg_type.dat).
 mod oid {
     pub const BYTEA: u32 = 17;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const INT8: u32 = 20;
     pub const JSON: u32 = 114;
     pub const JSONB: u32 = 3802;
     /// Types whose values cannot hold a secret: numbers, booleans, times,
@@ -50,18 +53,31 @@ enum Kind {
     ByteaText,
     /// `bytea` in binary format: the bytes.
     ByteaBinary,
-    /// A value that is not text (a number in binary, a timestamp, ...).
+    /// A number, a date, a uuid, ... (the type's oid, and the format): its
+    /// text holds no token, so only detectors that read bare digits (the
+    /// ones without keywords: card, iban) and a Policy's own run on it; a
+    /// find makes it NULL, the one masked value every type has.
+    Typed(u32, Format),
+    /// A value of unknown layout in binary (an array, a composite, a
+    /// user type): scanned as its bytes, NULL where anything is found, as
+    /// a mask inside it would break its layout.
     Opaque,
 }
 
 impl Kind {
+    /// Whether a mask can be written into a value of this kind; where not,
+    /// the value is masked as NULL.
+    fn has_text(self) -> bool {
+        !matches!(self, Kind::Typed(..) | Kind::Opaque)
+    }
+
     fn of(field: &FieldDescription, format: Format) -> Kind {
         match (field.type_oid, format) {
             (oid::BYTEA, Format::Text) => Kind::ByteaText,
             (oid::BYTEA, Format::Binary) => Kind::ByteaBinary,
             (oid::JSON, _) | (oid::JSONB, Format::Text) => Kind::Json,
             (oid::JSONB, Format::Binary) => Kind::JsonbBinary,
-            (t, _) if oid::NOT_TEXT.contains(&t) => Kind::Opaque,
+            (t, format) if oid::NOT_TEXT.contains(&t) => Kind::Typed(t, format),
             (_, Format::Text) => Kind::Text,
             (t, Format::Binary) if oid::TEXT_BINARY.contains(&t) => Kind::Text,
             // A user type or an array in binary: its layout is unknown.
@@ -273,10 +289,16 @@ impl Masker {
                     .map(|(i, _)| i),
             })
             .collect();
-        let active = columns
-            .iter()
-            .any(|c| c.rule.is_some() || (c.kind != Kind::Opaque && !self.scanner.is_empty()));
+        let active = columns.iter().any(|c| c.rule.is_some() || self.scans(c.kind));
         Plan { columns, active }
+    }
+
+    /// Whether the detectors run on values of `kind`.
+    fn scans(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::Typed(..) => self.scanner.reads_bare_values(),
+            _ => !self.scanner.is_empty(),
+        }
     }
 
     /// Masks one DataRow frame of a result planned as `plan`.
@@ -301,9 +323,10 @@ impl Masker {
                     stats.by_rule[strategy_index(rule.strategy)] += 1;
                     Some(self.apply_rule(rule, column.kind, value))
                 }
-                (Some(value), None) if column.kind != Kind::Opaque && !self.scanner.is_empty() => {
+                (Some(value), None) if self.scans(column.kind) => {
                     match self.scan_cell(i, column.kind, value, &mut found, stats) {
-                        Ok(masked) => masked.map(|m| Some(Bytes::from(m))),
+                        // A value with no text form is masked as NULL.
+                        Ok(masked) => masked.map(|m| column.kind.has_text().then(|| Bytes::from(m))),
                         Err(e) if self.failure_mode == FailureMode::BestEffort => {
                             stats.unscannable_replaced += 1;
                             tracing::debug!(error = %e, "replaced a value that could not be scanned");
@@ -399,8 +422,26 @@ impl Masker {
                     out
                 }))
             }
+            // An integer in binary, read as the digits its text would be;
+            // another typed value in binary has no digits to read.
+            Kind::Typed(t, Format::Binary) => {
+                let number = match (t, value) {
+                    (oid::INT2, &[a, b]) => i64::from(i16::from_be_bytes([a, b])),
+                    (oid::INT4, &[a, b, c, d]) => i64::from(i32::from_be_bytes([a, b, c, d])),
+                    (oid::INT8, bytes) if bytes.len() == 8 => {
+                        let mut be = [0u8; 8];
+                        be.copy_from_slice(bytes);
+                        i64::from_be_bytes(be)
+                    }
+                    _ => return Ok(None),
+                };
+                self.scanner.find(number.to_string().as_bytes(), found);
+                Ok((!found.is_empty()).then(Vec::new))
+            }
             // Text, JSON (the replacement is JSON-string safe), bytea in
-            // binary and in the escape format (the replacement has no backslash).
+            // binary and in the escape format (the replacement has no
+            // backslash); typed values in text and opaque ones are NULL
+            // where anything is found (see `mask_row`).
             _ => {
                 self.scanner.find(value, found);
                 Ok((!found.is_empty()).then(|| super::replace(value, found)))
@@ -444,7 +485,7 @@ fn encode_text(kind: Kind, text: &str) -> Option<Bytes> {
             out.extend_from_slice(json_string(text).as_bytes());
             Some(Bytes::from(out))
         }
-        Kind::Opaque => None,
+        Kind::Typed(..) | Kind::Opaque => None,
     }
 }
 
@@ -537,6 +578,69 @@ mod tests {
                 Some(b"2".to_vec()),
                 Some(b"key [masked:aws-access-key-id] here".to_vec())
             ]
+        );
+    }
+
+    /// A secret in an array (or any value of unknown layout) in binary is
+    /// found in its bytes, and the value goes as NULL: a mask inside it
+    /// would break its layout. A clean one goes as it came.
+    #[test]
+    fn a_secret_in_a_binary_array_is_masked_as_null() {
+        let m = masker(vec![]);
+        let text_array = 1009;
+        let plan = m.plan(&[field("tags", text_array), field("n", 23)], &[Format::Binary]);
+        // A text[] in binary: header, then each element's length and bytes.
+        let array = |element: &[u8]| {
+            let mut v = vec![0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 25, 0, 0, 0, 1, 0, 0, 0, 1];
+            v.extend_from_slice(&u32::try_from(element.len()).unwrap().to_be_bytes());
+            v.extend_from_slice(element);
+            v
+        };
+        let dirty = array(b"deploy with AKIAZ3MPLE7QX4RT2WVN");
+        let clean = array(b"shipped");
+        let one = 1i32.to_be_bytes();
+        assert_eq!(
+            masked(&m, &plan, &row(&[Some(&dirty), Some(&one)])),
+            [None, Some(one.to_vec())]
+        );
+        assert!(matches!(
+            m.mask_row(
+                &plan,
+                &row(&[Some(&clean), Some(&one)]),
+                &mut MaskStats::default()
+            )
+            .unwrap(),
+            Masked::Unchanged
+        ));
+    }
+
+    /// Numbers, dates and uuids hold no token: with `[all]` they are not
+    /// scanned. Detectors that read bare digits (cards) scan them, in text
+    /// and as binary integers, and a find goes as NULL.
+    #[test]
+    fn a_card_in_a_number_column_is_masked_when_cards_are() {
+        let card = b"4111111111111111";
+        let number = 4_111_111_111_111_111i64.to_be_bytes();
+        let all = masker(vec![]);
+        let plan = all.plan(&[field("n", oid::INT8)], &[]);
+        assert!(!plan.active, "[all] leaves numbers alone");
+        let cards = Masker::new(
+            Scanner::new(&["all", "card"]).unwrap(),
+            vec![],
+            b"key".to_vec(),
+            1 << 20,
+            FailureMode::Strict,
+        );
+        let text = cards.plan(&[field("n", oid::INT8), field("m", oid::INT8)], &[]);
+        assert_eq!(
+            masked(&cards, &text, &row(&[Some(card), Some(b"42")])),
+            [None, Some(b"42".to_vec())]
+        );
+        let binary = cards.plan(&[field("n", oid::INT8)], &[Format::Binary]);
+        assert_eq!(masked(&cards, &binary, &row(&[Some(&number)])), [None]);
+        assert_eq!(
+            masked(&cards, &binary, &row(&[Some(&42i64.to_be_bytes())])),
+            [Some(42i64.to_be_bytes().to_vec())]
         );
     }
 
