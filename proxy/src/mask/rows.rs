@@ -27,6 +27,9 @@ mod oid {
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
     pub const INT8: u32 = 20;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const NUMERIC: u32 = 1700;
     pub const JSON: u32 = 114;
     pub const JSONB: u32 = 3802;
     /// Types whose values cannot hold a secret: numbers, booleans, times,
@@ -425,17 +428,10 @@ impl Masker {
             // An integer in binary, read as the digits its text would be;
             // another typed value in binary has no digits to read.
             Kind::Typed(t, Format::Binary) => {
-                let number = match (t, value) {
-                    (oid::INT2, &[a, b]) => i64::from(i16::from_be_bytes([a, b])),
-                    (oid::INT4, &[a, b, c, d]) => i64::from(i32::from_be_bytes([a, b, c, d])),
-                    (oid::INT8, bytes) if bytes.len() == 8 => {
-                        let mut be = [0u8; 8];
-                        be.copy_from_slice(bytes);
-                        i64::from_be_bytes(be)
-                    }
-                    _ => return Ok(None),
+                let Some(digits) = binary_number_text(t, value)? else {
+                    return Ok(None);
                 };
-                self.scanner.find(number.to_string().as_bytes(), found);
+                self.scanner.find(digits.as_bytes(), found);
                 Ok((!found.is_empty()).then(Vec::new))
             }
             // Text, JSON (the replacement is JSON-string safe), bytea in
@@ -472,6 +468,41 @@ impl Masker {
         };
         encode_text(kind, &text)
     }
+}
+
+/// A number in binary as the digits its text holds, for the detectors that
+/// read bare digits: `int2`, `int4`, `int8`, `float4`, `float8` and
+/// `numeric` (its digits, without sign, point or scale). `None` for other
+/// types (dates, uuids, ... hold no such digits); an error when the bytes
+/// do not fit the type.
+fn binary_number_text(oid: u32, value: &[u8]) -> Result<Option<String>, &'static str> {
+    let wrong = "a binary number of the wrong length";
+    let be8 = |v: &[u8]| -> Result<[u8; 8], &'static str> { v.try_into().map_err(|_| wrong) };
+    let be4 = |v: &[u8]| -> Result<[u8; 4], &'static str> { v.try_into().map_err(|_| wrong) };
+    Ok(Some(match oid {
+        oid::INT2 => i16::from_be_bytes(value.try_into().map_err(|_| wrong)?).to_string(),
+        oid::INT4 => i32::from_be_bytes(be4(value)?).to_string(),
+        oid::INT8 => i64::from_be_bytes(be8(value)?).to_string(),
+        oid::FLOAT4 => format!("{}", f32::from_be_bytes(be4(value)?)),
+        oid::FLOAT8 => format!("{}", f64::from_be_bytes(be8(value)?)),
+        oid::NUMERIC => {
+            // ndigits, weight, sign, dscale, then base-10000 digits.
+            let (header, digits) = value
+                .split_at_checked(8)
+                .ok_or("a binary numeric shorter than its header")?;
+            let ndigits = usize::from(u16::from_be_bytes([header[0], header[1]]));
+            if digits.len() != 2 * ndigits {
+                return Err("a binary numeric whose digits do not match its count");
+            }
+            digits
+                .chunks_exact(2)
+                .map(|d| format!("{:04}", u16::from_be_bytes([d[0], d[1]])))
+                .collect::<String>()
+                .trim_start_matches('0')
+                .to_owned()
+        }
+        _ => return Ok(None),
+    }))
 }
 
 /// `text` as a value of `kind`, or NULL where the kind has no text form.
@@ -641,6 +672,33 @@ mod tests {
         assert_eq!(
             masked(&cards, &binary, &row(&[Some(&42i64.to_be_bytes())])),
             [Some(42i64.to_be_bytes().to_vec())]
+        );
+        // numeric(16) and float8 in binary, as drivers ask for them.
+        let numeric: Vec<u8> = [4u16, 3, 0, 0, 4111, 1111, 1111, 1111]
+            .iter()
+            .flat_map(|d| d.to_be_bytes())
+            .collect();
+        let float = 4_111_111_111_111_111f64.to_be_bytes();
+        let plan = cards.plan(
+            &[field("n", oid::NUMERIC), field("f", oid::FLOAT8)],
+            &[Format::Binary],
+        );
+        assert_eq!(
+            masked(&cards, &plan, &row(&[Some(&numeric), Some(&float)])),
+            [None, None]
+        );
+        // A millisecond timestamp passes Luhn by chance, but no card
+        // number starts with 1.
+        let ms = 1_733_450_335_000i64;
+        assert_eq!(
+            masked(&cards, &binary, &row(&[Some(&ms.to_be_bytes())])),
+            [Some(ms.to_be_bytes().to_vec())]
+        );
+        // Bytes that do not fit the type cannot be read: refused.
+        assert!(
+            cards
+                .mask_row(&binary, &row(&[Some(b"abc")]), &mut MaskStats::default())
+                .is_err()
         );
     }
 
