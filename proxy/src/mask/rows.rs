@@ -425,8 +425,8 @@ impl Masker {
                     out
                 }))
             }
-            // An integer in binary, read as the digits its text would be;
-            // another typed value in binary has no digits to read.
+            // A number in binary (integer, float, numeric), read as its
+            // digits; a date, a uuid, ... in binary has none to read.
             Kind::Typed(t, Format::Binary) => {
                 let Some(digits) = binary_number_text(t, value)? else {
                     return Ok(None);
