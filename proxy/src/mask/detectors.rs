@@ -86,6 +86,9 @@ pub static DETECTORS: LazyLock<Vec<Detector>> = LazyLock::new(|| {
         .collect()
 });
 
+/// The name of the key/value detector (see `assign.rs`).
+pub const ASSIGNMENT: &str = "password-assignment";
+
 /// Our own detectors.
 pub const OURS: &[Detector] = &[
     Detector {
@@ -323,7 +326,7 @@ pub const OURS: &[Detector] = &[
         negatives: &["npm i @scope/pkg@1.2.3", "see docs/intro@v2 and a/b@c"],
     },
     Detector {
-        name: "password-assignment",
+        name: ASSIGNMENT,
         group: "genericAssignment",
         opt_in: false,
         keywords: super::assign::KEYWORDS,

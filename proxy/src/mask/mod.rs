@@ -330,6 +330,10 @@ pub struct Scanner {
     owners: Vec<Set>,
     /// Detectors without keywords.
     always: Set,
+    /// The key/value detector, whose find names a JSON key's whole value.
+    assignment: Option<usize>,
+    /// See [`Scanner::reads_bare_values`].
+    bare: bool,
 }
 
 impl Scanner {
@@ -411,11 +415,15 @@ impl Scanner {
                 .build(&keywords)
                 .expect("keyword automaton builds")
         });
+        let assignment = detectors.iter().position(|c| c.name == detectors::ASSIGNMENT);
+        let bare = !always.is_empty() || !custom.is_empty();
         Scanner {
             detectors,
             prefilter,
             owners,
             always,
+            assignment,
+            bare,
         }
     }
 
@@ -423,7 +431,7 @@ impl Scanner {
     /// keywords (payment cards, IBANs), or a Policy's own, which may
     /// describe bare digits. Numbers, dates and uuids are scanned only then.
     pub fn reads_bare_values(&self) -> bool {
-        !self.always.is_empty() || self.detectors.iter().any(|d| d.id == CUSTOM)
+        self.bare
     }
 
     /// How many detectors are enabled.
@@ -488,10 +496,7 @@ impl Scanner {
     /// decoded, and the value of every key that names a secret (directly,
     /// or as `{"name": "DB_PASSWORD", "value": ...}`), whole.
     fn find_json(&self, value: &[u8], candidates: Set, strings: &[views::JsonString], out: &mut Vec<Found>) {
-        let assignment = self.detectors.iter().find(|c| {
-            matches!(&c.matcher, Slot::BuiltIn)
-                && matches!(DETECTORS.get(c.id).map(|d| d.pattern), Some(Pattern::Code(_)))
-        });
+        let assignment = self.assignment.map(|i| &self.detectors[i]);
         let mut inner = Vec::new();
         // The document as it is, for patterns that read a key and its value
         // across strings (`"aws_secret_access_key": "..."`): a find counts

@@ -106,6 +106,8 @@ struct Column {
     kind: Kind,
     /// Index into the masker's rules.
     rule: Option<usize>,
+    /// Whether the detectors run on its values.
+    scanned: bool,
 }
 
 /// The masking plan of one result.
@@ -281,18 +283,22 @@ impl Masker {
         let columns: Vec<Column> = fields
             .iter()
             .enumerate()
-            .map(|(i, field)| Column {
-                kind: Kind::of(field, Format::for_index(formats, i)),
-                rule: self
-                    .rules
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, r)| r.name.is_match(&field.name))
-                    .max_by_key(|(_, r)| strategy_index(r.strategy))
-                    .map(|(i, _)| i),
+            .map(|(i, field)| {
+                let kind = Kind::of(field, Format::for_index(formats, i));
+                Column {
+                    kind,
+                    scanned: self.scans(kind),
+                    rule: self
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.name.is_match(&field.name))
+                        .max_by_key(|(_, r)| strategy_index(r.strategy))
+                        .map(|(i, _)| i),
+                }
             })
             .collect();
-        let active = columns.iter().any(|c| c.rule.is_some() || self.scans(c.kind));
+        let active = columns.iter().any(|c| c.rule.is_some() || c.scanned);
         Plan { columns, active }
     }
 
@@ -326,7 +332,7 @@ impl Masker {
                     stats.by_rule[strategy_index(rule.strategy)] += 1;
                     Some(self.apply_rule(rule, column.kind, value))
                 }
-                (Some(value), None) if self.scans(column.kind) => {
+                (Some(value), None) if column.scanned => {
                     match self.scan_cell(i, column.kind, value, &mut found, stats) {
                         // A value with no text form is masked as NULL.
                         Ok(masked) => masked.map(|m| column.kind.has_text().then(|| Bytes::from(m))),
